@@ -1,0 +1,291 @@
+//! `/api/{collection}` and `/api/{collection}/{id}`: create, list, read, replace, patch, delete.
+//! Handlers only translate HTTP to a [`Write`] and back; the meaning of a write lives in
+//! [`crate::write`], its atomicity in the store.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::extract::{BodyKind, JsonBody, Path, Query, WriteHeaders};
+use super::AppState;
+use crate::error::ApiError;
+use crate::model::{validate_collection, validate_id, Data, Document};
+use crate::store::Committed;
+use crate::write::{fingerprint, Mutation, Write};
+
+pub fn check_collection(c: &str) -> Result<(), ApiError> {
+    validate_collection(c).map_err(|e| ApiError::bad_request("invalid_collection", e.to_string()))
+}
+
+pub fn check_names(c: &str, id: &str) -> Result<(), ApiError> {
+    check_collection(c)?;
+    validate_id(id).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))
+}
+
+/// `"3"`: a document's ETag is its version.
+pub fn etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).expect("digits are a valid header value")
+}
+
+/// An opaque pagination cursor.
+pub fn encode_cursor(s: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
+pub fn decode_cursor(s: &str) -> Result<String, ApiError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is not one this server returned"))
+}
+
+/// Checks a `limit` parameter against the configured page size.
+pub fn page_limit(limit: Option<usize>, state: &AppState) -> Result<usize, ApiError> {
+    let max = state.config.limits.max_page;
+    match limit {
+        None => Ok(100.min(max)),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {max}"),
+        )),
+    }
+}
+
+fn object(body: JsonBody) -> Result<(Data, bytes::Bytes), ApiError> {
+    match body.value {
+        Value::Object(m) => Ok((m, body.raw)),
+        other => Err(ApiError::bad_request(
+            "not_an_object",
+            format!("a document must be a JSON object, not {}", json_kind(&other)),
+        )),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Takes a top-level `"id"` out of a body: it names the document and lives in the envelope.
+fn take_id(data: &mut Data) -> Result<Option<String>, ApiError> {
+    match data.remove("id") {
+        None => Ok(None),
+        Some(Value::String(id)) => {
+            validate_id(&id).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
+            Ok(Some(id))
+        }
+        Some(_) => Err(ApiError::bad_request("invalid_id", "\"id\" must be a string")),
+    }
+}
+
+struct WriteRequest<'a> {
+    method: &'a Method,
+    collection: String,
+    id: Option<String>,
+    mutation: Mutation,
+    headers: WriteHeaders,
+    raw: &'a [u8],
+}
+
+async fn commit(state: &AppState, req: WriteRequest<'_>) -> Result<Response, ApiError> {
+    let path = format!("{}/{}", req.collection, req.id.as_deref().unwrap_or(""));
+    let expected = req
+        .headers
+        .expected_version
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    let write = Write {
+        fingerprint: fingerprint(&[
+            req.method.as_str().as_bytes(),
+            path.as_bytes(),
+            expected.as_bytes(),
+            req.raw,
+        ]),
+        collection: req.collection,
+        id: req.id,
+        mutation: req.mutation,
+        expected_version: req.headers.expected_version,
+        client_id: req.headers.client_id,
+        idempotency_key: req.headers.idempotency_key,
+    };
+    let committed = state.store.commit(write).await?;
+    Ok(write_response(committed))
+}
+
+fn write_response(c: Committed) -> Response {
+    let status = if c.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut headers = HeaderMap::new();
+    if let Some(doc) = &c.document {
+        headers.insert(header::ETAG, etag(doc.version));
+        if c.created {
+            let location = format!("/api/{}/{}", doc.collection, doc.id);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                headers.insert(header::LOCATION, v);
+            }
+        }
+    }
+    if c.replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    (
+        status,
+        headers,
+        Json(json!({ "document": c.document, "event": c.event })),
+    )
+        .into_response()
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Path(collection): Path<String>,
+    headers: WriteHeaders,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    check_collection(&collection)?;
+    let (mut data, raw) = object(body)?;
+    let id = take_id(&mut data)?;
+    let req = WriteRequest {
+        method: &Method::POST,
+        collection,
+        id,
+        mutation: Mutation::Create(data),
+        headers,
+        raw: &raw,
+    };
+    commit(&state, req).await
+}
+
+pub async fn replace(
+    State(state): State<AppState>,
+    Path((collection, id)): Path<(String, String)>,
+    headers: WriteHeaders,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    check_names(&collection, &id)?;
+    let (mut data, raw) = object(body)?;
+    if take_id(&mut data)?.is_some_and(|body_id| body_id != id) {
+        return Err(ApiError::bad_request(
+            "id_mismatch",
+            "the body's \"id\" differs from the URL's",
+        ));
+    }
+    let req = WriteRequest {
+        method: &Method::PUT,
+        collection,
+        id: Some(id),
+        mutation: Mutation::Replace(data),
+        headers,
+        raw: &raw,
+    };
+    commit(&state, req).await
+}
+
+/// PATCH takes RFC 6902 (`application/json-patch+json`) or RFC 7396 (`application/merge-patch+json`).
+/// Plain `application/json` is accepted too: an array is a JSON Patch, an object a merge patch.
+pub async fn patch(
+    State(state): State<AppState>,
+    Path((collection, id)): Path<(String, String)>,
+    headers: WriteHeaders,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    check_names(&collection, &id)?;
+    let mutation = match (body.kind, &body.value) {
+        (BodyKind::JsonPatch, _) | (BodyKind::Json, Value::Array(_)) => {
+            let patch = serde_json::from_value(body.value.clone())
+                .map_err(|e| ApiError::bad_request("invalid_patch", format!("invalid JSON Patch: {e}")))?;
+            Mutation::Patch(patch)
+        }
+        (BodyKind::MergePatch, _) | (BodyKind::Json, Value::Object(_)) => Mutation::Merge(body.value.clone()),
+        (BodyKind::Json, other) => {
+            return Err(ApiError::bad_request(
+                "invalid_patch",
+                format!(
+                    "a patch must be a JSON Patch array or a merge-patch object, not {}",
+                    json_kind(other)
+                ),
+            ))
+        }
+    };
+    let req = WriteRequest {
+        method: &Method::PATCH,
+        collection,
+        id: Some(id),
+        mutation,
+        headers,
+        raw: &body.raw,
+    };
+    commit(&state, req).await
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Path((collection, id)): Path<(String, String)>,
+    headers: WriteHeaders,
+) -> Result<Response, ApiError> {
+    check_names(&collection, &id)?;
+    let req = WriteRequest {
+        method: &Method::DELETE,
+        collection,
+        id: Some(id),
+        mutation: Mutation::Delete,
+        headers,
+        raw: b"",
+    };
+    commit(&state, req).await
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path((collection, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    check_names(&collection, &id)?;
+    let doc = live(&state, &collection, &id).await?;
+    Ok(([(header::ETAG, etag(doc.version))], Json(doc)).into_response())
+}
+
+async fn live(state: &AppState, collection: &str, id: &str) -> Result<Document, ApiError> {
+    state
+        .store
+        .get(collection, id)
+        .await?
+        .and_then(|s| s.live())
+        .ok_or_else(|| ApiError::not_found(format!("no document '{id}' in '{collection}'")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Path(collection): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    check_collection(&collection)?;
+    let limit = page_limit(q.limit, &state)?;
+    let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    let items = state.store.list(&collection, after.as_deref(), limit).await?;
+    let next = (items.len() == limit)
+        .then(|| items.last().map(|d| encode_cursor(&d.id)))
+        .flatten();
+    Ok(Json(json!({ "items": items, "next_cursor": next })))
+}

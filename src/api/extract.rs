@@ -1,0 +1,163 @@
+//! Extractors whose rejections speak the API's error format: JSON bodies (content type, size, depth,
+//! syntax), the write headers (`If-Match`, `X-Client-Id`, `Idempotency-Key`), query and path.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts, HeaderMap, StatusCode};
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::json::raw_depth;
+use crate::model::{validate_id, Version};
+
+/// `Query<T>` with our error format.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+/// `Path<T>` with our error format.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+/// The media types a body may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `application/json`
+    Json,
+    /// `application/json-patch+json` (RFC 6902)
+    JsonPatch,
+    /// `application/merge-patch+json` (RFC 7396)
+    MergePatch,
+}
+
+impl BodyKind {
+    fn from_headers(headers: &HeaderMap) -> Option<BodyKind> {
+        let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+        let essence = ct.split(';').next()?.trim().to_ascii_lowercase();
+        match essence.as_str() {
+            "application/json" => Some(BodyKind::Json),
+            "application/json-patch+json" => Some(BodyKind::JsonPatch),
+            "application/merge-patch+json" => Some(BodyKind::MergePatch),
+            _ => None,
+        }
+    }
+}
+
+/// A parsed JSON body with its media type and raw bytes (for fingerprints).
+pub struct JsonBody {
+    pub kind: BodyKind,
+    pub value: Value,
+    pub raw: Bytes,
+}
+
+impl FromRequest<AppState> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(kind) = BodyKind::from_headers(req.headers()) else {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send Content-Type: application/json (or, for PATCH, application/json-patch+json or \
+                 application/merge-patch+json)",
+            ));
+        };
+        let raw = Bytes::from_request(req, state).await?;
+        let max_depth = state.config.limits.max_json_depth;
+        if raw_depth(&raw, max_depth) > max_depth {
+            return Err(ApiError::bad_request(
+                "too_deep",
+                format!("JSON nests deeper than {max_depth} levels"),
+            ));
+        }
+        let value = serde_json::from_slice(&raw)
+            .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON: {e}")))?;
+        Ok(JsonBody { kind, value, raw })
+    }
+}
+
+/// The headers that qualify a write.
+#[derive(Debug, Clone)]
+pub struct WriteHeaders {
+    pub expected_version: Option<Version>,
+    pub client_id: String,
+    pub idempotency_key: Option<String>,
+}
+
+/// Longest `Idempotency-Key` accepted.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+impl<S: Send + Sync> FromRequestParts<S> for WriteHeaders {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let h = &parts.headers;
+        let text = |name: &str, code: &'static str| -> Result<Option<String>, ApiError> {
+            h.get(name)
+                .map(|v| {
+                    v.to_str()
+                        .map(|s| s.trim().to_string())
+                        .map_err(|_| ApiError::bad_request(code, format!("{name} must be visible ASCII")))
+                })
+                .transpose()
+        };
+        let expected_version = match text("if-match", "invalid_if_match")? {
+            None => None,
+            Some(s) if s == "*" => None,
+            Some(s) => Some(parse_version_tag(&s).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_if_match",
+                    "If-Match must be a document version, like \"3\" (the ETag) or 3",
+                )
+            })?),
+        };
+        let client_id = text("x-client-id", "invalid_client_id")?.unwrap_or_else(|| "server".into());
+        validate_id(&client_id).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_client_id",
+                format!(
+                    "X-Client-Id: {}",
+                    e.to_string().replace("document id", "client id")
+                ),
+            )
+        })?;
+        let idempotency_key = text("idempotency-key", "invalid_idempotency_key")?;
+        if let Some(k) = &idempotency_key {
+            if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY || !k.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ApiError::bad_request(
+                    "invalid_idempotency_key",
+                    format!("Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+                ));
+            }
+        }
+        Ok(WriteHeaders {
+            expected_version,
+            client_id,
+            idempotency_key,
+        })
+    }
+}
+
+/// `"3"`, `W/"3"` or `3` → 3.
+pub fn parse_version_tag(s: &str) -> Option<Version> {
+    let s = s.strip_prefix("W/").unwrap_or(s);
+    let s = s.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(s);
+    s.parse().ok().filter(|v| *v > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_tags() {
+        assert_eq!(parse_version_tag("\"3\""), Some(3));
+        assert_eq!(parse_version_tag("W/\"12\""), Some(12));
+        assert_eq!(parse_version_tag("7"), Some(7));
+        for bad in ["", "\"\"", "abc", "0", "-1", "\"3", "1.5"] {
+            assert_eq!(parse_version_tag(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The HTTP API — thin handlers over the store. See the README's API section for every route.
+
+mod documents;
+mod events;
+mod extract;
+mod history;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, Response, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::services::ServeDir;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::hub::Hub;
+use crate::store::Store;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub hub: Hub,
+    pub config: Arc<Config>,
+}
+
+/// The whole HTTP surface: the API under `/api`, the UI at `/`.
+pub fn router(state: AppState) -> Router {
+    let limits = state.config.limits;
+    let api = Router::new()
+        .route("/health", get(health))
+        .route("/events", get(events::list))
+        .route("/{collection}", get(documents::list).post(documents::create))
+        .route(
+            "/{collection}/{id}",
+            get(documents::get)
+                .put(documents::replace)
+                .patch(documents::patch)
+                .delete(documents::delete),
+        )
+        .route("/{collection}/{id}/history", get(history::history))
+        .route("/{collection}/{id}/snapshots", get(history::snapshots))
+        .route("/{collection}/{id}/versions/{version}", get(history::version))
+        .fallback(|| async { ApiError::not_found("no such API route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        });
+    let ui = ServeDir::new(&state.config.static_dir).append_index_html_on_directories(true);
+    Router::new()
+        .nest("/api", api)
+        .fallback_service(ui)
+        .with_state(state)
+        // Each `layer` wraps the ones before it: the body limit is innermost, the JSON error
+        // rewrite outermost (so it also sees the timeout's and the panic catcher's responses).
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            limits.request_timeout,
+        ))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
+        }))
+        .layer(axum::middleware::map_response(json_errors))
+}
+
+async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let last_seq = state.store.last_seq().await?;
+    Ok(Json(json!({ "status": "ok", "last_seq": last_seq })))
+}
+
+/// Gives error responses produced outside our handlers (a timeout, the static files' 404, ...) the
+/// API's JSON error body.
+async fn json_errors(response: Response<Body>) -> Response<Body> {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        return ApiError::from_status(status).into_response();
+    }
+    response
+}

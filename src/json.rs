@@ -1,0 +1,86 @@
+//! JSON limits that `serde_json` does not enforce the way we want: nesting depth, checked on raw bytes
+//! before parsing (so a hostile body costs one linear scan) and on values a patch produced.
+
+use serde_json::Value;
+
+/// Deepest nesting of arrays/objects accepted in a request body or a stored document.
+pub const DEFAULT_MAX_DEPTH: usize = 64;
+
+/// The deepest `[`/`{` nesting in `bytes`, ignoring brackets inside strings. Stops counting once the
+/// depth passes `limit` and returns `limit + 1`, so the scan is O(n) with no allocation.
+pub fn raw_depth(bytes: &[u8], limit: usize) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    max = depth;
+                    if max > limit {
+                        return limit + 1;
+                    }
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// The nesting depth of a value: 0 for a scalar, 1 for `{}` or `[1]`, and so on. Iterative, so a
+/// deep value cannot overflow the stack.
+pub fn value_depth(value: &Value) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        max = max.max(d + 1);
+        stack.extend(children.map(|c| (c, d + 1)));
+    }
+    max
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn raw_depth_counts_nesting_outside_strings() {
+        assert_eq!(raw_depth(b"1", 10), 0);
+        assert_eq!(raw_depth(b"{}", 10), 1);
+        assert_eq!(raw_depth(br#"{"a":[{"b":[]}]}"#, 10), 4);
+        assert_eq!(raw_depth(br#"{"a":"[[[[{{{{"}"#, 10), 1);
+        assert_eq!(raw_depth(br#"{"a":"\"[[[["}"#, 10), 1);
+        assert_eq!(raw_depth(&b"[".repeat(1_000_000), 64), 65);
+    }
+
+    #[test]
+    fn value_depth_matches_raw_depth() {
+        for v in [
+            json!(1),
+            json!({}),
+            json!({"a": [1, {"b": {"c": []}}]}),
+            json!([[[]]]),
+        ] {
+            let text = serde_json::to_vec(&v).unwrap();
+            assert_eq!(value_depth(&v), raw_depth(&text, 100), "{v}");
+        }
+    }
+}

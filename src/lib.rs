@@ -1,0 +1,38 @@
+//! # EventSync
+//!
+//! A versioned JSON document store whose every write is checked against the document's version,
+//! turned into an RFC 6902 patch and appended to a sequenced event log, from which connected clients
+//! are kept current.
+//!
+//! ## The data's path, in order
+//!
+//! ```text
+//!  HTTP request ── api/ ─────────── extract and validate (names, content type, size, depth, headers)
+//!        │
+//!        ▼
+//!  write/ ───────────────────────── plan(): version check → apply → diff      (pure, no I/O)
+//!        │
+//!        ▼
+//!  store/ (trait Store) ─────────── commit(): one transaction: document + event + snapshot-if-due
+//!        │   └─ sqlite/ ─────────── one writer thread, group commit (one fsync per batch)
+//!        ▼
+//!  hub.rs ───────────────────────── publish in sequence order to in-process subscribers
+//!
+//!  maintenance.rs ───────────────── timed snapshots and compaction keep the log bounded
+//!  server/ ──────────────────────── wiring, connection limit, graceful shutdown
+//! ```
+//!
+//! The library is what tests drive: [`server::Server::start`] on a `127.0.0.1:0` listener; the
+//! binary in `main.rs` only parses [`config::Config`] and calls [`server::run`].
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod json;
+pub mod maintenance;
+pub mod model;
+pub mod server;
+pub mod store;
+pub mod time;
+pub mod write;

@@ -1,0 +1,37 @@
+//! The `eventsync` binary: configuration in, [`eventsync::server::run`] out.
+
+use std::process::ExitCode;
+
+use eventsync::config::Config;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EVENTSYNC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::from_env_and_args() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("eventsync: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("eventsync: cannot listen on {}: {e}", config.listen);
+            return ExitCode::from(1);
+        }
+    };
+    match eventsync::server::run(listener, config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("eventsync: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Wiring: open the store, build the router, serve, and shut down as a tree.
+//!
+//! Shutdown (SIGINT/SIGTERM in the binary, [`Server::shutdown`] in tests): the listener stops
+//! accepting, in-flight requests finish (their writes are committed and answered), background tasks
+//! stop, and the store closes cleanly (queued writes committed, WAL checkpointed) — all within
+//! `shutdown_timeout`.
+
+mod listener;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::listener::LimitedListener;
+use crate::api::{router, AppState};
+use crate::config::{Config, StoreKind};
+use crate::hub::Hub;
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::store::{Store, StoreError};
+use crate::write::Limits;
+
+/// Live events a hub subscriber may fall behind before it lags and must re-read the log.
+pub const HUB_CAPACITY: usize = 16_384;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("opening the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("shutdown did not finish within {0:?}")]
+    ShutdownTimeout(std::time::Duration),
+}
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub hub: Hub,
+    pub store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl Server {
+    /// Starts serving on `listener`; returns once the store is open and the socket accepts.
+    pub async fn start(listener: TcpListener, config: Config) -> Result<Server, ServerError> {
+        let addr = listener.local_addr()?;
+        let hub = Hub::new(HUB_CAPACITY);
+        let store = open_store(&config, hub.clone()).await?;
+        let config = Arc::new(config);
+        let shutdown = CancellationToken::new();
+        let state = AppState {
+            store: Arc::clone(&store),
+            hub: hub.clone(),
+            config: Arc::clone(&config),
+        };
+        let tasks = TaskTracker::new();
+        tasks.spawn(crate::maintenance::run(
+            Arc::clone(&store),
+            config.snapshots,
+            config.limits.idempotency_ttl,
+            shutdown.child_token(),
+        ));
+        let listener = LimitedListener::new(listener, config.limits.max_connections);
+        let serve =
+            axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let task = tokio::spawn(serve_then_close(
+            serve,
+            Arc::clone(&store),
+            tasks,
+            shutdown.clone(),
+            config,
+        ));
+        Ok(Server {
+            addr,
+            hub,
+            store,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Begins a graceful shutdown.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until the server has stopped (after [`Server::shutdown`], or a fatal error).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.task
+            .await
+            .unwrap_or_else(|e| Err(ServerError::Io(std::io::Error::other(e.to_string()))))
+    }
+}
+
+async fn open_store(config: &Config, hub: Hub) -> Result<Arc<dyn Store>, ServerError> {
+    match config.store {
+        StoreKind::Embedded => {
+            let opts = SqliteOptions {
+                path: config.database_path(),
+                durability: config.durability,
+                write_queue: config.limits.write_queue,
+                max_batch: config.limits.max_batch,
+                limits: Limits {
+                    max_document_bytes: config.limits.max_document_bytes,
+                    max_depth: config.limits.max_json_depth,
+                },
+                snapshot_every: config.snapshots.every,
+            };
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(opts, hub))
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))??;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+async fn serve_then_close(
+    serve: impl std::future::IntoFuture<Output = std::io::Result<()>>,
+    store: Arc<dyn Store>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    config: Arc<Config>,
+) -> Result<(), ServerError> {
+    let served = serve.into_future().await;
+    // Whatever stopped the server (a signal or an error), stop everything else with it.
+    shutdown.cancel();
+    let deadline = config.shutdown_timeout;
+    let finish = async {
+        tasks.close();
+        tasks.wait().await;
+        store.close().await
+    };
+    let closed = tokio::time::timeout(deadline, finish)
+        .await
+        .map_err(|_| ServerError::ShutdownTimeout(deadline))?;
+    served?;
+    closed?;
+    Ok(())
+}
+
+/// Serves until SIGINT or SIGTERM, then shuts down gracefully. What `main` runs.
+pub async fn run(listener: TcpListener, config: Config) -> Result<(), ServerError> {
+    let deadline = config.shutdown_timeout;
+    let server = Server::start(listener, config).await?;
+    println!("listening on http://{}", server.addr);
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown();
+    // In-flight requests get the deadline; the store's close gets its own inside `wait`.
+    tokio::time::timeout(deadline * 2, server.wait())
+        .await
+        .map_err(|_| ServerError::ShutdownTimeout(deadline))?
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

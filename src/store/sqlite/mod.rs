@@ -1,0 +1,249 @@
+//! The embedded store: SQLite (bundled) in WAL mode, the default backend — nothing to install.
+//!
+//! - Writes go to one writer thread ([`writer`]) that batches them into group commits.
+//! - Reads run on a small pool of read-only connections on tokio's blocking pool, so neither ever
+//!   blocks the async runtime. WAL lets readers proceed while the writer commits.
+//! - The database is one file, `eventsync.db` in the data directory; inspect it with `sqlite3`.
+
+mod rows;
+mod schema;
+mod writer;
+
+pub use schema::Durability;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use self::writer::{backend, Chunk, Command, DocKey, Writer};
+use crate::hub::Hub;
+use crate::model::{Document, Event, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
+use crate::store::{Committed, EventFilter, MaintenanceStats, Retention, Store, StoreError};
+use crate::time::Timestamp;
+use crate::write::{Limits, Write};
+
+/// Idle read connections kept open; more are opened on demand and closed after use.
+const MAX_IDLE_READERS: usize = 8;
+
+/// How to open the embedded store.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// The database file.
+    pub path: PathBuf,
+    pub durability: Durability,
+    /// Writes that may wait for the writer; beyond this a write fails with `Overloaded`.
+    pub write_queue: usize,
+    /// Most commands the writer takes into one group commit.
+    pub max_batch: usize,
+    pub limits: Limits,
+    /// Snapshot a document every this many versions.
+    pub snapshot_every: u64,
+}
+
+pub struct SqliteStore {
+    commands: mpsc::Sender<Command>,
+    readers: Arc<Readers>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database and starts the writer thread. Blocking: call it at
+    /// startup or from `spawn_blocking`.
+    pub fn open(opts: SqliteOptions, hub: Hub) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
+        }
+        let conn = schema::open_writer(&opts.path, opts.durability).map_err(backend)?;
+        let next_seq = rows::last_seq(&conn).map_err(backend)? + 1;
+        let (tx, rx) = mpsc::channel(opts.write_queue.max(1));
+        let writer = Writer {
+            conn,
+            hub,
+            next_seq,
+            limits: opts.limits,
+            snapshot_every: opts.snapshot_every,
+            max_batch: opts.max_batch.max(1),
+        };
+        let handle = std::thread::Builder::new()
+            .name("eventsync-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Backend(format!("spawning the writer thread: {e}")))?;
+        Ok(SqliteStore {
+            commands: tx,
+            readers: Arc::new(Readers {
+                path: opts.path,
+                idle: Mutex::new(Vec::new()),
+            }),
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    async fn send<T>(&self, make: impl FnOnce(writer::Reply<T>) -> Command) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.try_send(make(tx)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+        })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs a maintenance command chunk by chunk until it has covered every document.
+    async fn chunked(
+        &self,
+        make: impl Fn(Option<DocKey>, writer::Reply<Chunk>) -> Command,
+    ) -> Result<MaintenanceStats, StoreError> {
+        let mut total = MaintenanceStats::default();
+        let mut after = None;
+        loop {
+            let (stats, next) = self.send(|reply| make(after.take(), reply)).await?;
+            total += stats;
+            match next {
+                Some(key) => after = Some(key),
+                None => return Ok(total),
+            }
+        }
+    }
+}
+
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    async fn run<R, F>(self: &Arc<Self>, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let pooled = this.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => schema::open_reader(&this.path)?,
+            };
+            let out = f(&conn);
+            let mut idle = this.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("reader task: {e}")))?
+        .map_err(backend)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn commit(&self, write: Write) -> Result<Committed, StoreError> {
+        self.send(|reply| Command::Write(Box::new(write), reply)).await
+    }
+
+    async fn get(&self, collection: &str, id: &str) -> Result<Option<StoredDoc>, StoreError> {
+        let (c, i) = (collection.to_string(), id.to_string());
+        self.readers.run(move |conn| rows::get_doc(conn, &c, &i)).await
+    }
+
+    async fn list(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Document>, StoreError> {
+        let (c, a) = (collection.to_string(), after.map(str::to_string));
+        self.readers
+            .run(move |conn| rows::list_docs(conn, &c, a.as_deref(), limit))
+            .await
+    }
+
+    async fn events(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let f = filter.clone();
+        self.readers.run(move |conn| rows::events(conn, &f, limit)).await
+    }
+
+    async fn document_events(
+        &self,
+        collection: &str,
+        id: &str,
+        from: Version,
+        to: Version,
+    ) -> Result<Vec<Event>, StoreError> {
+        let (c, i) = (collection.to_string(), id.to_string());
+        self.readers
+            .run(move |conn| rows::document_events(conn, &c, &i, from, to))
+            .await
+    }
+
+    async fn snapshots(&self, collection: &str, id: &str) -> Result<Vec<SnapshotInfo>, StoreError> {
+        let (c, i) = (collection.to_string(), id.to_string());
+        self.readers.run(move |conn| rows::snapshots(conn, &c, &i)).await
+    }
+
+    async fn snapshot_at_or_before(
+        &self,
+        collection: &str,
+        id: &str,
+        version: Version,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let (c, i) = (collection.to_string(), id.to_string());
+        self.readers
+            .run(move |conn| rows::snapshot_at_or_before(conn, &c, &i, version))
+            .await
+    }
+
+    async fn snapshot_changed(&self) -> Result<MaintenanceStats, StoreError> {
+        self.chunked(|after, reply| Command::SnapshotChanged { after, reply })
+            .await
+    }
+
+    async fn compact(
+        &self,
+        retention: Retention,
+        idempotency_ttl_ms: i64,
+        now: Timestamp,
+    ) -> Result<MaintenanceStats, StoreError> {
+        self.chunked(|after, reply| Command::Compact {
+            retention,
+            idempotency_ttl_ms,
+            now,
+            after,
+            reply,
+        })
+        .await
+    }
+
+    async fn last_seq(&self) -> Result<Seq, StoreError> {
+        self.readers.run(rows::last_seq).await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        // `send` (not `try_send`): closing waits for room behind the queued writes.
+        self.commands
+            .send(Command::Close(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?;
+        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = handle {
+            tokio::task::spawn_blocking(move || h.join())
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))?
+                .map_err(|_| StoreError::Backend("the writer thread panicked".into()))?;
+        }
+        self.readers
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        Ok(())
+    }
+}

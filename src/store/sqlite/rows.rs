@@ -1,0 +1,190 @@
+//! Mapping rows to domain types, and the read queries (run on pooled read-only connections).
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde_json::Value;
+
+use crate::model::{Data, Document, Event, Op, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
+use crate::store::EventFilter;
+use crate::time::Timestamp;
+
+pub const DOC_COLUMNS: &str =
+    "collection, id, version, data, created_at, updated_at, deleted, compacted_through, snapshot_version";
+pub const EVENT_COLUMNS: &str = "seq, collection, doc_id, version, op, patch, client_id, op_id, ts";
+
+/// A corrupt row is reported as a conversion failure, never a panic.
+fn bad(col: usize, msg: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, msg.into())
+}
+
+pub fn parse_data(col: usize, text: &str) -> rusqlite::Result<Data> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(bad(col, "stored document is not an object".into())),
+        Err(e) => Err(bad(col, e.to_string())),
+    }
+}
+
+fn u64_at(row: &Row<'_>, i: usize) -> rusqlite::Result<u64> {
+    Ok(row.get::<_, i64>(i)?.max(0) as u64)
+}
+
+pub fn stored_doc(row: &Row<'_>) -> rusqlite::Result<StoredDoc> {
+    let data: String = row.get(3)?;
+    Ok(StoredDoc {
+        doc: Document {
+            collection: row.get(0)?,
+            id: row.get(1)?,
+            version: u64_at(row, 2)?,
+            data: if data.is_empty() {
+                Data::new()
+            } else {
+                parse_data(3, &data)?
+            },
+            created_at: Timestamp(row.get(4)?),
+            updated_at: Timestamp(row.get(5)?),
+        },
+        deleted: row.get::<_, i64>(6)? != 0,
+        compacted_through: u64_at(row, 7)?,
+        snapshot_version: u64_at(row, 8)?,
+    })
+}
+
+pub fn event(row: &Row<'_>) -> rusqlite::Result<Event> {
+    let op: String = row.get(4)?;
+    let patch: String = row.get(5)?;
+    Ok(Event {
+        seq: u64_at(row, 0)?,
+        collection: row.get(1)?,
+        id: row.get(2)?,
+        version: u64_at(row, 3)?,
+        op: Op::parse(&op).ok_or_else(|| bad(4, format!("unknown op {op}")))?,
+        patch: serde_json::from_str(&patch).map_err(|e| bad(5, e.to_string()))?,
+        client_id: row.get(6)?,
+        op_id: row.get(7)?,
+        ts: Timestamp(row.get(8)?),
+    })
+}
+
+pub fn get_doc(conn: &Connection, collection: &str, id: &str) -> rusqlite::Result<Option<StoredDoc>> {
+    conn.prepare_cached(&format!(
+        "SELECT {DOC_COLUMNS} FROM documents WHERE collection = ?1 AND id = ?2"
+    ))?
+    .query_row(params![collection, id], stored_doc)
+    .optional()
+}
+
+pub fn list_docs(
+    conn: &Connection,
+    collection: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> rusqlite::Result<Vec<Document>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {DOC_COLUMNS} FROM documents WHERE collection = ?1 AND id > ?2 AND deleted = 0 \
+         ORDER BY id LIMIT ?3"
+    ))?;
+    let rows = stmt.query_map(params![collection, after.unwrap_or(""), limit as i64], stored_doc)?;
+    rows.map(|r| r.map(|s| s.doc)).collect()
+}
+
+pub fn events(conn: &Connection, f: &EventFilter, limit: usize) -> rusqlite::Result<Vec<Event>> {
+    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?");
+    let mut args: Vec<rusqlite::types::Value> = vec![(f.after.min(i64::MAX as u64) as i64).into()];
+    let mut push = |clause: &str, v: rusqlite::types::Value| {
+        sql.push_str(clause);
+        args.push(v);
+    };
+    if let Some(c) = &f.collection {
+        push(" AND collection = ?", c.clone().into());
+    }
+    if let Some(id) = &f.id {
+        push(" AND doc_id = ?", id.clone().into());
+    }
+    if let Some(op) = f.op {
+        push(" AND op = ?", op.as_str().to_string().into());
+    }
+    if let Some(c) = &f.client_id {
+        push(" AND client_id = ?", c.clone().into());
+    }
+    if let Some(t) = f.since {
+        push(" AND ts >= ?", t.0.into());
+    }
+    if let Some(t) = f.until {
+        push(" AND ts < ?", t.0.into());
+    }
+    push(" ORDER BY seq LIMIT ?", (limit as i64).into());
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), event)?;
+    rows.collect()
+}
+
+pub fn document_events(
+    conn: &Connection,
+    collection: &str,
+    id: &str,
+    from: Version,
+    to: Version,
+) -> rusqlite::Result<Vec<Event>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE collection = ?1 AND doc_id = ?2 \
+         AND version >= ?3 AND version <= ?4 ORDER BY version"
+    ))?;
+    let (from, to) = (from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64);
+    let rows = stmt.query_map(params![collection, id, from, to], event)?;
+    rows.collect()
+}
+
+pub fn snapshots(conn: &Connection, collection: &str, id: &str) -> rusqlite::Result<Vec<SnapshotInfo>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT version, seq, ts, length(data) FROM snapshots WHERE collection = ?1 AND doc_id = ?2 \
+         ORDER BY version",
+    )?;
+    let rows = stmt.query_map(params![collection, id], |r| {
+        Ok(SnapshotInfo {
+            version: u64_at(r, 0)?,
+            seq: u64_at(r, 1)?,
+            ts: Timestamp(r.get(2)?),
+            bytes: u64_at(r, 3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+pub fn snapshot_at_or_before(
+    conn: &Connection,
+    collection: &str,
+    id: &str,
+    version: Version,
+) -> rusqlite::Result<Option<Snapshot>> {
+    conn.prepare_cached(
+        "SELECT version, seq, ts, data FROM snapshots WHERE collection = ?1 AND doc_id = ?2 \
+         AND version <= ?3 ORDER BY version DESC LIMIT 1",
+    )?
+    .query_row(
+        params![collection, id, version.min(i64::MAX as u64) as i64],
+        |r| {
+            let data: String = r.get(3)?;
+            Ok(Snapshot {
+                collection: collection.to_string(),
+                id: id.to_string(),
+                version: u64_at(r, 0)?,
+                seq: u64_at(r, 1)?,
+                ts: Timestamp(r.get(2)?),
+                data: parse_data(3, &data)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// The highest sequence number ever assigned, surviving compaction of the newest events
+/// (AUTOINCREMENT keeps it in `sqlite_sequence`).
+pub fn last_seq(conn: &Connection) -> rusqlite::Result<Seq> {
+    let from_sequence: Option<i64> = conn
+        .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'events'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let from_events: Option<i64> = conn.query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?;
+    Ok(from_sequence.max(from_events).unwrap_or(0).max(0) as u64)
+}

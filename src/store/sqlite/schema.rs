@@ -1,0 +1,108 @@
+//! The embedded store's tables, and how a connection is opened.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+
+/// How durable a commit is. See the README's "Durability" section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `synchronous=FULL`: the WAL is fsync'd at every commit (group commit shares one fsync among
+    /// all writes of a batch). An acknowledged write survives a process kill *and* a power loss.
+    Full,
+    /// `synchronous=NORMAL`: the WAL is written at every commit but fsync'd only at checkpoints. An
+    /// acknowledged write survives a process kill; a power loss may lose the last commits.
+    Normal,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "full" => Ok(Durability::Full),
+            "normal" => Ok(Durability::Normal),
+            other => Err(format!("durability must be 'full' or 'normal', not '{other}'")),
+        }
+    }
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS documents (
+    collection        TEXT    NOT NULL,
+    id                TEXT    NOT NULL,
+    version           INTEGER NOT NULL,
+    seq               INTEGER NOT NULL,
+    data              TEXT    NOT NULL,
+    created_at        INTEGER NOT NULL,
+    updated_at        INTEGER NOT NULL,
+    deleted           INTEGER NOT NULL DEFAULT 0,
+    snapshot_version  INTEGER NOT NULL DEFAULT 0,
+    compacted_through INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (collection, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS documents_unsnapshotted ON documents (collection, id)
+    WHERE deleted = 0 AND version > snapshot_version;
+CREATE INDEX IF NOT EXISTS documents_compactable ON documents (collection, id)
+    WHERE snapshot_version > compacted_through;
+
+CREATE TABLE IF NOT EXISTS events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection TEXT    NOT NULL,
+    doc_id     TEXT    NOT NULL,
+    version    INTEGER NOT NULL,
+    op         TEXT    NOT NULL,
+    patch      TEXT    NOT NULL,
+    client_id  TEXT    NOT NULL,
+    op_id      TEXT    NOT NULL,
+    ts         INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_document ON events (collection, doc_id, version);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (ts);
+
+CREATE TABLE IF NOT EXISTS snapshots (
+    collection TEXT    NOT NULL,
+    doc_id     TEXT    NOT NULL,
+    version    INTEGER NOT NULL,
+    seq        INTEGER NOT NULL,
+    ts         INTEGER NOT NULL,
+    data       TEXT    NOT NULL,
+    PRIMARY KEY (collection, doc_id, version)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS idempotency (
+    client_id   TEXT    NOT NULL,
+    key         TEXT    NOT NULL,
+    fingerprint INTEGER NOT NULL,
+    result      TEXT    NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (client_id, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_at);
+"#;
+
+/// Opens the writer's connection: WAL, the chosen durability, and the schema.
+pub fn open_writer(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "busy_timeout", 5000)?;
+    // Checkpoint in the writer thread every ~4 MiB of WAL (the default 1000 pages).
+    conn.pragma_update(None, "wal_autocheckpoint", 1000)?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection for the reader pool.
+pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.pragma_update(None, "busy_timeout", 5000)?;
+    Ok(conn)
+}

@@ -1,0 +1,461 @@
+//! Applying a write — the first half of the data path: **version check → apply → diff**.
+//!
+//! A [`Write`] says what a client asked for; [`plan`] decides, from the document's current state and
+//! nothing else, what that means: a new version with its RFC 6902 diff, no change at all, or a typed
+//! refusal. It does no I/O, so every backend runs the very same rules inside its own transaction
+//! (habit 3 of STYLE.md: the backend owns atomicity, this module owns meaning), and the rules are
+//! unit-tested here densely.
+//!
+//! The event's patch is always the *computed* diff between the stored versions, never the client's
+//! patch as sent: a merge patch, a replace and a JSON Patch that moves things around all become the
+//! same canonical RFC 6902 operations, and a write whose result equals the current body appends
+//! nothing.
+
+mod history;
+
+pub use history::{rebuild, RebuildError};
+
+use json_patch::Patch;
+use serde_json::Value;
+
+use crate::json::value_depth;
+use crate::model::{Data, Op, Version};
+
+/// What a client asked to do to one document.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub collection: String,
+    /// `None` for a create that lets the server choose the id.
+    pub id: Option<String>,
+    pub mutation: Mutation,
+    /// `If-Match`: apply only if the document is at exactly this version.
+    pub expected_version: Option<Version>,
+    /// Who wrote it (`X-Client-Id`, `server` by default).
+    pub client_id: String,
+    /// The client's `Idempotency-Key`, if it sent one: a repeat returns the first result.
+    pub idempotency_key: Option<String>,
+    /// Identifies the request's content, so a reused idempotency key with another request is caught.
+    pub fingerprint: u64,
+}
+
+/// The change itself.
+#[derive(Debug, Clone)]
+pub enum Mutation {
+    Create(Data),
+    Replace(Data),
+    /// RFC 6902.
+    Patch(Patch),
+    /// RFC 7396.
+    Merge(Value),
+    Delete,
+}
+
+/// The document as it is before the write (a tombstone counts as "not there" but keeps its version).
+#[derive(Debug, Clone, Copy)]
+pub struct Current<'a> {
+    pub version: Version,
+    pub data: &'a Data,
+    pub deleted: bool,
+}
+
+/// Limits a write's result must respect.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_document_bytes: usize,
+    pub max_depth: usize,
+}
+
+/// What a write amounts to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// The result equals the current body: nothing to store, no event.
+    Unchanged,
+    /// A new version.
+    Change(Change),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub op: Op,
+    pub version: Version,
+    /// The new body (empty for a delete).
+    pub data: Data,
+    /// `data` serialized, ready to store; empty for a delete.
+    pub data_json: String,
+    /// RFC 6902 diff from the previous body (from `{}` for a create; empty for a delete).
+    pub patch: Patch,
+}
+
+/// Why a write was refused. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The document does not exist (or was deleted).
+    #[error("document not found")]
+    NotFound,
+    /// A create named an id that is live.
+    #[error("a document with this id already exists (version {current_version})")]
+    AlreadyExists { current_version: Version },
+    /// `If-Match` named another version than the current one.
+    #[error("version conflict: expected {expected}, current is {current_version}")]
+    VersionConflict {
+        expected: Version,
+        current_version: Version,
+    },
+    /// The JSON Patch could not be applied (a failed `test`, a missing path, ...).
+    #[error("patch operation {operation} failed: {reason}")]
+    PatchFailed { operation: usize, reason: String },
+    /// The result is not a JSON object.
+    #[error("a document must be a JSON object; the result would be {found}")]
+    NotAnObject { found: &'static str },
+    /// The result is larger than the configured limit.
+    #[error("document would be {size} bytes; the limit is {limit}")]
+    TooLarge { size: usize, limit: usize },
+    /// The result nests deeper than the configured limit.
+    #[error("document would nest {depth} levels deep; the limit is {limit}")]
+    TooDeep { depth: usize, limit: usize },
+}
+
+/// Decides what `mutation` does to `current`. Pure: the caller stores the result atomically.
+pub fn plan(
+    current: Option<Current<'_>>,
+    mutation: &Mutation,
+    expected: Option<Version>,
+    limits: Limits,
+) -> Result<Plan, WriteError> {
+    let live = current.filter(|c| !c.deleted);
+    if let Mutation::Create(data) = mutation {
+        if let Some(c) = live {
+            return Err(WriteError::AlreadyExists {
+                current_version: c.version,
+            });
+        }
+        let version = current.map_or(1, |c| c.version + 1);
+        let new = Value::Object(data.clone());
+        let patch = json_patch::diff(&Value::Object(Data::new()), &new);
+        return finish(Op::Create, version, new, patch, limits);
+    }
+
+    let Some(cur) = live else {
+        return Err(WriteError::NotFound);
+    };
+    if let Some(expected) = expected.filter(|e| *e != cur.version) {
+        return Err(WriteError::VersionConflict {
+            expected,
+            current_version: cur.version,
+        });
+    }
+    let old = Value::Object(cur.data.clone());
+    let new = match mutation {
+        Mutation::Create(_) => unreachable!("handled above"),
+        Mutation::Delete => {
+            return Ok(Plan::Change(Change {
+                op: Op::Delete,
+                version: cur.version + 1,
+                data: Data::new(),
+                data_json: String::new(),
+                patch: Patch(Vec::new()),
+            }))
+        }
+        Mutation::Replace(data) => Value::Object(data.clone()),
+        Mutation::Patch(patch) => {
+            let mut doc = old.clone();
+            json_patch::patch(&mut doc, patch).map_err(|e| WriteError::PatchFailed {
+                operation: e.operation,
+                reason: e.kind.to_string(),
+            })?;
+            doc
+        }
+        Mutation::Merge(patch) => {
+            let mut doc = old.clone();
+            json_patch::merge(&mut doc, patch);
+            doc
+        }
+    };
+    if new == old {
+        return Ok(Plan::Unchanged);
+    }
+    let patch = json_patch::diff(&old, &new);
+    finish(Op::Update, cur.version + 1, new, patch, limits)
+}
+
+fn finish(op: Op, version: Version, new: Value, patch: Patch, limits: Limits) -> Result<Plan, WriteError> {
+    let data = match new {
+        Value::Object(map) => map,
+        other => {
+            return Err(WriteError::NotAnObject {
+                found: kind_of(&other),
+            })
+        }
+    };
+    let depth = value_depth(&Value::Object(data.clone()));
+    if depth > limits.max_depth {
+        return Err(WriteError::TooDeep {
+            depth,
+            limit: limits.max_depth,
+        });
+    }
+    let data_json = serde_json::to_string(&data).expect("a JSON map always serializes");
+    if data_json.len() > limits.max_document_bytes {
+        return Err(WriteError::TooLarge {
+            size: data_json.len(),
+            limit: limits.max_document_bytes,
+        });
+    }
+    Ok(Plan::Change(Change {
+        op,
+        version,
+        data,
+        data_json,
+        patch,
+    }))
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A stable 64-bit FNV-1a hash, for request fingerprints that must survive restarts and upgrades
+/// (std's `DefaultHasher` promises neither).
+pub fn fingerprint(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in *part {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const LIMITS: Limits = Limits {
+        max_document_bytes: 1024,
+        max_depth: 8,
+    };
+
+    fn data(v: Value) -> Data {
+        match v {
+            Value::Object(m) => m,
+            _ => panic!("not an object"),
+        }
+    }
+
+    fn patch(v: Value) -> Patch {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn change(p: Result<Plan, WriteError>) -> Change {
+        match p {
+            Ok(Plan::Change(c)) => c,
+            other => panic!("expected a change, got {other:?}"),
+        }
+    }
+
+    fn live(version: Version, d: &Data) -> Option<Current<'_>> {
+        Some(Current {
+            version,
+            data: d,
+            deleted: false,
+        })
+    }
+
+    #[test]
+    fn create_starts_at_version_one_with_a_diff_from_empty() {
+        let c = change(plan(
+            None,
+            &Mutation::Create(data(json!({"gold": 5}))),
+            None,
+            LIMITS,
+        ));
+        assert_eq!((c.op, c.version), (Op::Create, 1));
+        assert_eq!(
+            serde_json::to_value(&c.patch).unwrap(),
+            json!([{"op": "add", "path": "/gold", "value": 5}])
+        );
+        assert_eq!(c.data_json, r#"{"gold":5}"#);
+    }
+
+    #[test]
+    fn create_over_a_live_document_is_refused_but_over_a_tombstone_continues_the_version_line() {
+        let d = data(json!({"a": 1}));
+        let err = plan(live(3, &d), &Mutation::Create(d.clone()), None, LIMITS).unwrap_err();
+        assert_eq!(err, WriteError::AlreadyExists { current_version: 3 });
+        let tomb = Some(Current {
+            version: 4,
+            data: &d,
+            deleted: true,
+        });
+        let c = change(plan(tomb, &Mutation::Create(d.clone()), None, LIMITS));
+        assert_eq!((c.op, c.version), (Op::Create, 5));
+    }
+
+    #[test]
+    fn writes_to_missing_or_deleted_documents_are_not_found() {
+        let d = Data::new();
+        let tomb = Some(Current {
+            version: 2,
+            data: &d,
+            deleted: true,
+        });
+        for m in [
+            Mutation::Replace(d.clone()),
+            Mutation::Delete,
+            Mutation::Merge(json!({})),
+        ] {
+            assert_eq!(plan(None, &m, None, LIMITS), Err(WriteError::NotFound));
+            assert_eq!(plan(tomb, &m, Some(2), LIMITS), Err(WriteError::NotFound));
+        }
+    }
+
+    #[test]
+    fn if_match_must_equal_the_current_version() {
+        let d = data(json!({"a": 1}));
+        let m = Mutation::Replace(data(json!({"a": 2})));
+        assert_eq!(
+            plan(live(4, &d), &m, Some(3), LIMITS),
+            Err(WriteError::VersionConflict {
+                expected: 3,
+                current_version: 4
+            })
+        );
+        assert_eq!(change(plan(live(4, &d), &m, Some(4), LIMITS)).version, 5);
+        assert_eq!(change(plan(live(4, &d), &m, None, LIMITS)).version, 5);
+    }
+
+    #[test]
+    fn json_patch_result_is_diffed_canonically() {
+        let d = data(json!({"a": 1, "b": {"c": [1, 2]}}));
+        let p = patch(json!([
+            {"op": "copy", "from": "/a", "path": "/x"},
+            {"op": "remove", "path": "/x"},
+            {"op": "add", "path": "/b/c/-", "value": 3},
+            {"op": "replace", "path": "/a", "value": 2}
+        ]));
+        let c = change(plan(live(1, &d), &Mutation::Patch(p), None, LIMITS));
+        assert_eq!(
+            Value::Object(c.data.clone()),
+            json!({"a": 2, "b": {"c": [1, 2, 3]}})
+        );
+        let mut rebuilt = Value::Object(d.clone());
+        json_patch::patch(&mut rebuilt, &c.patch).unwrap();
+        assert_eq!(rebuilt, Value::Object(c.data));
+        assert_eq!(c.op, Op::Update);
+    }
+
+    #[test]
+    fn json_pointer_escapes_round_trip() {
+        let d = data(json!({"a/b": 1, "m~n": 2}));
+        let p = patch(
+            json!([{"op": "replace", "path": "/a~1b", "value": 10}, {"op": "remove", "path": "/m~0n"}]),
+        );
+        let c = change(plan(live(1, &d), &Mutation::Patch(p), None, LIMITS));
+        assert_eq!(Value::Object(c.data), json!({"a/b": 10}));
+    }
+
+    #[test]
+    fn failing_patches_are_refused_with_the_operation_index() {
+        let d = data(json!({"a": 1}));
+        let p = patch(
+            json!([{"op": "test", "path": "/a", "value": 1}, {"op": "test", "path": "/a", "value": 2}]),
+        );
+        match plan(live(1, &d), &Mutation::Patch(p), None, LIMITS) {
+            Err(WriteError::PatchFailed { operation, .. }) => assert_eq!(operation, 1),
+            other => panic!("{other:?}"),
+        }
+        let p = patch(json!([{"op": "remove", "path": "/missing"}]));
+        assert!(matches!(
+            plan(live(1, &d), &Mutation::Patch(p), None, LIMITS),
+            Err(WriteError::PatchFailed { .. })
+        ));
+    }
+
+    #[test]
+    fn results_that_are_not_objects_are_refused() {
+        let d = data(json!({"a": 1}));
+        let p = patch(json!([{"op": "replace", "path": "", "value": [1]}]));
+        assert_eq!(
+            plan(live(1, &d), &Mutation::Patch(p), None, LIMITS),
+            Err(WriteError::NotAnObject { found: "an array" })
+        );
+        assert_eq!(
+            plan(live(1, &d), &Mutation::Merge(json!("x")), None, LIMITS),
+            Err(WriteError::NotAnObject { found: "a string" })
+        );
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        let d = data(json!({"a": 1, "b": {"c": 1, "d": 2}}));
+        let c = change(plan(
+            live(1, &d),
+            &Mutation::Merge(json!({"a": null, "b": {"c": 5}})),
+            None,
+            LIMITS,
+        ));
+        assert_eq!(Value::Object(c.data), json!({"b": {"c": 5, "d": 2}}));
+    }
+
+    #[test]
+    fn a_write_that_changes_nothing_is_unchanged() {
+        let d = data(json!({"a": 1}));
+        assert_eq!(
+            plan(live(1, &d), &Mutation::Replace(d.clone()), None, LIMITS),
+            Ok(Plan::Unchanged)
+        );
+        assert_eq!(
+            plan(live(1, &d), &Mutation::Merge(json!({"a": 1})), None, LIMITS),
+            Ok(Plan::Unchanged)
+        );
+        let p = patch(json!([{"op": "test", "path": "/a", "value": 1}]));
+        assert_eq!(
+            plan(live(1, &d), &Mutation::Patch(p), None, LIMITS),
+            Ok(Plan::Unchanged)
+        );
+    }
+
+    #[test]
+    fn delete_bumps_the_version_with_an_empty_patch() {
+        let d = data(json!({"a": 1}));
+        let c = change(plan(live(7, &d), &Mutation::Delete, Some(7), LIMITS));
+        assert_eq!((c.op, c.version, c.patch.0.len()), (Op::Delete, 8, 0));
+    }
+
+    #[test]
+    fn size_and_depth_limits_apply_to_the_result() {
+        let d = data(json!({}));
+        let big = Mutation::Merge(json!({"s": "x".repeat(2000)}));
+        assert!(matches!(
+            plan(live(1, &d), &big, None, LIMITS),
+            Err(WriteError::TooLarge { limit: 1024, .. })
+        ));
+        let deep = Mutation::Merge(json!({"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": 1}}}}}}}}));
+        assert!(matches!(
+            plan(live(1, &d), &deep, None, LIMITS),
+            Err(WriteError::TooDeep { depth: 9, limit: 8 })
+        ));
+    }
+
+    #[test]
+    fn fingerprints_are_stable_and_separate_parts() {
+        assert_eq!(
+            fingerprint(&[b"PATCH", b"/api/games/1"]),
+            fingerprint(&[b"PATCH", b"/api/games/1"])
+        );
+        assert_ne!(fingerprint(&[b"ab", b"c"]), fingerprint(&[b"a", b"bc"]));
+        assert_eq!(fingerprint(&[]), 0xcbf2_9ce4_8422_2325);
+    }
+}
