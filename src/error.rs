@@ -136,6 +136,12 @@ impl From<WriteError> for ApiError {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "document_too_large", message)
                     .with("limit", limit)
             }
+            WriteError::TooManyOperations { limit, .. } => {
+                ApiError::bad_request("invalid_patch", message).with("limit", limit)
+            }
+            WriteError::TooExpensive => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "patch_too_expensive", message)
+            }
             WriteError::TooDeep { limit, .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "too_deep", message).with("limit", limit)
             }

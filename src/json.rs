@@ -56,6 +56,37 @@ pub fn value_depth(value: &Value) -> usize {
     max
 }
 
+/// A lower bound on the serialized size of `value` (strings as their UTF-8 length plus quotes, every
+/// number as one byte, ...) and its nesting depth, in one iterative pass with no allocation per node
+/// beyond the walk's stack. Cheap enough to run per patch operation, and never an overestimate, so a
+/// limit exceeded by it is exceeded by the real size too.
+pub fn measure(value: &Value) -> (usize, usize) {
+    let (mut size, mut max_depth) = (0usize, 0usize);
+    let mut stack = vec![(value, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        match v {
+            Value::Null => size += 4,
+            Value::Bool(b) => size += if *b { 4 } else { 5 },
+            Value::Number(_) => size += 1,
+            Value::String(s) => size += s.len() + 2,
+            Value::Array(a) => {
+                max_depth = max_depth.max(d + 1);
+                size += 2 + a.len().saturating_sub(1);
+                stack.extend(a.iter().map(|c| (c, d + 1)));
+            }
+            Value::Object(o) => {
+                max_depth = max_depth.max(d + 1);
+                size += 2 + o.len().saturating_sub(1);
+                for (k, c) in o {
+                    size += k.len() + 3;
+                    stack.push((c, d + 1));
+                }
+            }
+        }
+    }
+    (size, max_depth)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,6 +100,26 @@ mod tests {
         assert_eq!(raw_depth(br#"{"a":"[[[[{{{{"}"#, 10), 1);
         assert_eq!(raw_depth(br#"{"a":"\"[[[["}"#, 10), 1);
         assert_eq!(raw_depth(&b"[".repeat(1_000_000), 64), 65);
+    }
+
+    #[test]
+    fn measure_is_a_lower_bound_on_size_and_exact_on_depth() {
+        for v in [
+            json!(null),
+            json!("héllo"),
+            json!({"a": [1, 2.5, true, null, {"b": "c"}], "d": {}}),
+            json!([[[]], {"x": -123456}]),
+        ] {
+            let (size, depth) = measure(&v);
+            let text = serde_json::to_string(&v).unwrap();
+            assert!(size <= text.len(), "{size} > {} for {text}", text.len());
+            assert_eq!(depth, value_depth(&v), "{text}");
+        }
+        let strings = json!({"key": "x".repeat(1000)});
+        assert_eq!(
+            measure(&strings).0,
+            serde_json::to_string(&strings).unwrap().len()
+        );
     }
 
     #[test]

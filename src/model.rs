@@ -223,7 +223,7 @@ mod tests {
         ] {
             assert_eq!(validate_collection(bad), Err(NameError::BadCollection), "{bad}");
         }
-        for reserved in ["events", "state_vectors", "system.users"] {
+        for reserved in ["events", "state_vectors", "system_users"] {
             assert!(matches!(
                 validate_collection(reserved),
                 Err(NameError::ReservedCollection(_))

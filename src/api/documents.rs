@@ -57,7 +57,15 @@ pub fn page_limit(limit: Option<usize>, state: &AppState) -> Result<usize, ApiEr
     }
 }
 
+/// A whole document body (POST, PUT): `application/json` holding an object.
 fn object(body: JsonBody) -> Result<(Data, bytes::Bytes), ApiError> {
+    if body.kind != BodyKind::Json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "a document body is application/json; the patch media types are for PATCH",
+        ));
+    }
     match body.value {
         Value::Object(m) => Ok((m, body.raw)),
         other => Err(ApiError::bad_request(
@@ -80,7 +88,7 @@ fn json_kind(v: &Value) -> &'static str {
 
 /// Takes a top-level `"id"` out of a body: it names the document and lives in the envelope.
 fn take_id(data: &mut Data) -> Result<Option<String>, ApiError> {
-    match data.remove("id") {
+    match data.shift_remove("id") {
         None => Ok(None),
         Some(Value::String(id)) => {
             validate_id(&id).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;

@@ -46,9 +46,13 @@ pub async fn history(
                 .map_err(|_| ApiError::bad_request("invalid_cursor", "bad cursor"))
         })
         .transpose()?;
-    let after = cursor.unwrap_or(0).max(q.after_version.unwrap_or(0));
-    let from = after + 1;
-    let to = from.saturating_add(limit - 1).min(doc.doc.version);
+    // Pages start at the first retained event, whatever position the client asks for.
+    let after = cursor
+        .unwrap_or(0)
+        .max(q.after_version.unwrap_or(0))
+        .max(doc.compacted_through);
+    let from = after.saturating_add(1);
+    let to = after.saturating_add(limit).min(doc.doc.version);
     let items = if from <= to {
         state.store.document_events(&collection, &id, from, to).await?
     } else {

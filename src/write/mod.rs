@@ -15,11 +15,17 @@ mod history;
 
 pub use history::{rebuild, RebuildError};
 
-use json_patch::Patch;
+use json_patch::{Patch, PatchOperation};
 use serde_json::Value;
 
-use crate::json::value_depth;
+use crate::json::{measure, value_depth};
 use crate::model::{Data, Op, Version};
+
+/// Most operations one JSON Patch may hold.
+pub const MAX_PATCH_OPS: usize = 1000;
+/// How many times the document limit a patch may walk while it is checked (copies and re-measures);
+/// past it the patch is refused rather than let one request monopolize the writer.
+const PATCH_WORK_FACTOR: usize = 8;
 
 /// What a client asked to do to one document.
 #[derive(Debug, Clone)]
@@ -114,6 +120,12 @@ pub enum WriteError {
     /// The result nests deeper than the configured limit.
     #[error("document would nest {depth} levels deep; the limit is {limit}")]
     TooDeep { depth: usize, limit: usize },
+    /// The patch has more operations than [`MAX_PATCH_OPS`].
+    #[error("a patch may hold at most {limit} operations; this one has {count}")]
+    TooManyOperations { count: usize, limit: usize },
+    /// The patch copies so much that checking it would cost more than the limits allow.
+    #[error("the patch copies more data than the document limit allows")]
+    TooExpensive,
 }
 
 /// Decides what `mutation` does to `current`. Pure: the caller stores the result atomically.
@@ -160,10 +172,7 @@ pub fn plan(
         Mutation::Replace(data) => Value::Object(data.clone()),
         Mutation::Patch(patch) => {
             let mut doc = old.clone();
-            json_patch::patch(&mut doc, patch).map_err(|e| WriteError::PatchFailed {
-                operation: e.operation,
-                reason: e.kind.to_string(),
-            })?;
+            apply_json_patch(&mut doc, patch, limits)?;
             doc
         }
         Mutation::Merge(patch) => {
@@ -177,6 +186,66 @@ pub fn plan(
     }
     let patch = json_patch::diff(&old, &new);
     finish(Op::Update, cur.version + 1, new, patch, limits)
+}
+
+/// Applies an RFC 6902 patch one operation at a time, refusing as soon as the document could exceed
+/// the size or depth limit. Checking only the final result would let a tiny patch (forty `copy` ops
+/// of the root) double the document forty times in memory first.
+fn apply_json_patch(doc: &mut Value, patch: &Patch, limits: Limits) -> Result<(), WriteError> {
+    if patch.0.len() > MAX_PATCH_OPS {
+        return Err(WriteError::TooManyOperations {
+            count: patch.0.len(),
+            limit: MAX_PATCH_OPS,
+        });
+    }
+    let budget = limits.max_document_bytes.saturating_mul(PATCH_WORK_FACTOR);
+    let (mut size, _) = measure(doc);
+    let mut work = size;
+    for (i, op) in patch.0.iter().enumerate() {
+        // What the operation puts into the document: its size (a lower bound) and depth.
+        let growth = match op {
+            PatchOperation::Add(o) => Some((o.path.as_str(), measure(&o.value))),
+            PatchOperation::Replace(o) => Some((o.path.as_str(), measure(&o.value))),
+            PatchOperation::Copy(o) => doc
+                .pointer(o.from.as_str())
+                .map(|v| (o.path.as_str(), measure(v))),
+            PatchOperation::Move(o) => doc
+                .pointer(o.from.as_str())
+                .map(|v| (o.path.as_str(), (0, measure(v).1))),
+            PatchOperation::Remove(_) | PatchOperation::Test(_) => None,
+        };
+        if let Some((path, (bytes, depth))) = growth {
+            work = work.saturating_add(bytes);
+            let depth = path.matches('/').count() + depth;
+            if depth > limits.max_depth {
+                return Err(WriteError::TooDeep {
+                    depth,
+                    limit: limits.max_depth,
+                });
+            }
+            size = size.saturating_add(bytes);
+            if size > limits.max_document_bytes {
+                // The running total only grows; re-measure before refusing.
+                let (real, _) = measure(doc);
+                work = work.saturating_add(real);
+                size = real.saturating_add(bytes);
+                if size > limits.max_document_bytes {
+                    return Err(WriteError::TooLarge {
+                        size,
+                        limit: limits.max_document_bytes,
+                    });
+                }
+            }
+            if work > budget {
+                return Err(WriteError::TooExpensive);
+            }
+        }
+        json_patch::patch(doc, std::slice::from_ref(op)).map_err(|e| WriteError::PatchFailed {
+            operation: i,
+            reason: e.kind.to_string(),
+        })?;
+    }
+    Ok(())
 }
 
 fn finish(op: Op, version: Version, new: Value, patch: Patch, limits: Limits) -> Result<Plan, WriteError> {
@@ -442,11 +511,65 @@ mod tests {
             plan(live(1, &d), &big, None, LIMITS),
             Err(WriteError::TooLarge { limit: 1024, .. })
         ));
-        let deep = Mutation::Merge(json!({"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": 1}}}}}}}}));
+        let deep = Mutation::Merge(json!({"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": 1}}}}}}}}}));
         assert!(matches!(
             plan(live(1, &d), &deep, None, LIMITS),
             Err(WriteError::TooDeep { depth: 9, limit: 8 })
         ));
+    }
+
+    #[test]
+    fn a_patch_cannot_grow_the_document_past_the_limits_on_the_way() {
+        let d = data(json!({"s": "x".repeat(300)}));
+        // Forty root copies would double the document forty times; the second one is already too big.
+        let ops: Vec<Value> = (0..40)
+            .map(|i| json!({"op": "copy", "from": "", "path": format!("/c{i}")}))
+            .collect();
+        match plan(
+            live(1, &d),
+            &Mutation::Patch(patch(Value::Array(ops))),
+            None,
+            LIMITS,
+        ) {
+            Err(WriteError::TooLarge { limit: 1024, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        // Copying a value into itself deepens the document; refused once past the depth limit.
+        let ops: Vec<Value> = (0..20)
+            .map(|_| json!({"op": "copy", "from": "", "path": "/a"}))
+            .collect();
+        let tiny = data(json!({}));
+        assert!(matches!(
+            plan(
+                live(1, &tiny),
+                &Mutation::Patch(patch(Value::Array(ops))),
+                None,
+                LIMITS
+            ),
+            Err(WriteError::TooDeep { limit: 8, .. })
+        ));
+        let many: Vec<Value> = (0..=MAX_PATCH_OPS)
+            .map(|_| json!({"op": "test", "path": "", "value": {}}))
+            .collect();
+        assert!(matches!(
+            plan(
+                live(1, &tiny),
+                &Mutation::Patch(patch(Value::Array(many))),
+                None,
+                LIMITS
+            ),
+            Err(WriteError::TooManyOperations { .. })
+        ));
+    }
+
+    #[test]
+    fn copies_that_stay_within_the_limits_apply() {
+        let d = data(json!({"a": {"b": 1}}));
+        let p = patch(
+            json!([{"op": "copy", "from": "/a", "path": "/c"}, {"op": "move", "from": "/c", "path": "/a/c"}]),
+        );
+        let c = change(plan(live(1, &d), &Mutation::Patch(p), None, LIMITS));
+        assert_eq!(Value::Object(c.data), json!({"a": {"b": 1, "c": {"b": 1}}}));
     }
 
     #[test]

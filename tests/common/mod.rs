@@ -40,7 +40,10 @@ impl TestServer {
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
-            .env("EVENTSYNC_LOG", std::env::var("EVENTSYNC_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "EVENTSYNC_LOG",
+                std::env::var("EVENTSYNC_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -171,8 +174,12 @@ pub async fn send(req: RequestBuilder) -> (StatusCode, Value) {
     let body = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|e| panic!("status {status}: body is not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "status {status}: body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })
     };
     (status, body)
 }

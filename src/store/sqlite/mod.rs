@@ -12,6 +12,7 @@ mod writer;
 pub use schema::Durability;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -78,6 +79,7 @@ impl SqliteStore {
             readers: Arc::new(Readers {
                 path: opts.path,
                 idle: Mutex::new(Vec::new()),
+                closed: AtomicBool::new(false),
             }),
             writer: Mutex::new(Some(handle)),
         })
@@ -113,6 +115,8 @@ impl SqliteStore {
 struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// Set by `close()`: later reads fail with `Closed` instead of reopening the database.
+    closed: AtomicBool,
 }
 
 impl Readers {
@@ -121,6 +125,9 @@ impl Readers {
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
     {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let pooled = this.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
@@ -210,14 +217,24 @@ impl Store for SqliteStore {
         idempotency_ttl_ms: i64,
         now: Timestamp,
     ) -> Result<MaintenanceStats, StoreError> {
-        self.chunked(|after, reply| Command::Compact {
-            retention,
-            idempotency_ttl_ms,
-            now,
-            after,
-            reply,
-        })
-        .await
+        let mut stats = self
+            .chunked(|after, reply| Command::Compact {
+                retention,
+                now,
+                after,
+                reply,
+            })
+            .await?;
+        let before = now.saturating_sub_ms(idempotency_ttl_ms);
+        loop {
+            let n = self
+                .send(|reply| Command::ExpireIdempotency { before, reply })
+                .await?;
+            stats.idempotency_keys_expired += n;
+            if n < writer::IDEMPOTENCY_EXPIRY_CHUNK as u64 {
+                return Ok(stats);
+            }
+        }
     }
 
     async fn last_seq(&self) -> Result<Seq, StoreError> {
@@ -239,6 +256,7 @@ impl Store for SqliteStore {
                 .map_err(|e| StoreError::Backend(e.to_string()))?
                 .map_err(|_| StoreError::Backend("the writer thread panicked".into()))?;
         }
+        self.readers.closed.store(true, Ordering::Release);
         self.readers
             .idle
             .lock()

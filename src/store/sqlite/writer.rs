@@ -29,7 +29,7 @@ pub type DocKey = (String, String);
 /// Documents handled per maintenance chunk; writes queued meanwhile wait at most one chunk.
 pub const MAINTENANCE_CHUNK: usize = 256;
 /// Expired idempotency records removed per compaction chunk.
-const IDEMPOTENCY_EXPIRY_CHUNK: i64 = 10_000;
+pub const IDEMPOTENCY_EXPIRY_CHUNK: i64 = 10_000;
 
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 pub type Chunk = (MaintenanceStats, Option<DocKey>);
@@ -42,10 +42,13 @@ pub enum Command {
     },
     Compact {
         retention: Retention,
-        idempotency_ttl_ms: i64,
         now: Timestamp,
         after: Option<DocKey>,
         reply: Reply<Chunk>,
+    },
+    ExpireIdempotency {
+        before: Timestamp,
+        reply: Reply<u64>,
     },
     Close(oneshot::Sender<()>),
 }
@@ -155,15 +158,16 @@ impl Writer {
             }
             Command::Compact {
                 retention,
-                idempotency_ttl_ms,
                 now,
                 after,
                 reply,
             } => {
-                let r = in_transaction(&mut self.conn, |c| {
-                    compact(c, retention, idempotency_ttl_ms, now, after)
-                });
-                let _ = reply.send(r);
+                let _ = reply.send(in_transaction(&mut self.conn, |c| {
+                    compact(c, retention, now, after)
+                }));
+            }
+            Command::ExpireIdempotency { before, reply } => {
+                let _ = reply.send(in_transaction(&mut self.conn, |c| expire_idempotency(c, before)));
             }
             Command::Write(..) | Command::Close(_) => unreachable!("batched by run()"),
         }
@@ -402,26 +406,25 @@ fn snapshot_changed(conn: &Connection, after: Option<DocKey>) -> rusqlite::Resul
     Ok((stats, next))
 }
 
+/// Deletes up to one chunk of idempotency records created before `before`; returns how many.
+fn expire_idempotency(conn: &Connection, before: Timestamp) -> rusqlite::Result<u64> {
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM idempotency WHERE (client_id, key) IN \
+             (SELECT client_id, key FROM idempotency WHERE created_at < ?1 LIMIT ?2)",
+        )?
+        .execute(params![before.0, IDEMPOTENCY_EXPIRY_CHUNK])?;
+    Ok(n as u64)
+}
+
 /// Compacts up to one chunk of documents that have a snapshot newer than their compaction point.
 fn compact(
     conn: &Connection,
     retention: Retention,
-    idempotency_ttl_ms: i64,
     now: Timestamp,
     after: Option<DocKey>,
 ) -> rusqlite::Result<Chunk> {
     let mut stats = MaintenanceStats::default();
-    if after.is_none() {
-        stats.idempotency_keys_expired = conn
-            .prepare_cached(
-                "DELETE FROM idempotency WHERE (client_id, key) IN \
-                 (SELECT client_id, key FROM idempotency WHERE created_at < ?1 LIMIT ?2)",
-            )?
-            .execute(params![
-                now.saturating_sub_ms(idempotency_ttl_ms).0,
-                IDEMPOTENCY_EXPIRY_CHUNK
-            ])? as u64;
-    }
     let (ac, ai) = cursor(&after);
     let candidates: Vec<(String, String, i64, i64)> = conn
         .prepare_cached(
