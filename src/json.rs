@@ -87,6 +87,15 @@ pub fn measure(value: &Value) -> (usize, usize) {
     (size, max_depth)
 }
 
+/// [`measure`]'s size for a document body, without wrapping it in a `Value`.
+pub fn measure_data(data: &serde_json::Map<String, Value>) -> usize {
+    2 + data.len().saturating_sub(1)
+        + data
+            .iter()
+            .map(|(k, v)| k.len() + 3 + measure(v).0)
+            .sum::<usize>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

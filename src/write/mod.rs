@@ -249,6 +249,7 @@ fn apply_json_patch(doc: &mut Value, patch: &Patch, limits: Limits) -> Result<()
 }
 
 fn finish(op: Op, version: Version, new: Value, patch: Patch, limits: Limits) -> Result<Plan, WriteError> {
+    let depth = value_depth(&new);
     let data = match new {
         Value::Object(map) => map,
         other => {
@@ -257,7 +258,6 @@ fn finish(op: Op, version: Version, new: Value, patch: Patch, limits: Limits) ->
             })
         }
     };
-    let depth = value_depth(&Value::Object(data.clone()));
     if depth > limits.max_depth {
         return Err(WriteError::TooDeep {
             depth,

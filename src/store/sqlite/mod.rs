@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::Connection;
@@ -49,6 +50,44 @@ pub struct SqliteStore {
     commands: mpsc::Sender<Command>,
     readers: Arc<Readers>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<Checkpointer>>,
+}
+
+/// How often the checkpointer copies the WAL back into the database.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A thread that runs passive WAL checkpoints, so that the writer thread never has to: a passive
+/// checkpoint does not block the writer, and this way its work (and its fsync of the database file)
+/// runs on the other core instead of between two group commits.
+struct Checkpointer {
+    /// Dropping it stops the thread.
+    stop: std::sync::mpsc::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(path: &std::path::Path) -> Result<Checkpointer, StoreError> {
+        let conn = schema::open_checkpointer(path).map_err(backend)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("eventsync-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_INTERVAL)
+                {
+                    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+                        tracing::warn!(error = %e, "background checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Backend(format!("spawning the checkpointer: {e}")))?;
+        Ok(Checkpointer { stop, thread })
+    }
+
+    fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
 }
 
 impl SqliteStore {
@@ -64,12 +103,14 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(opts.write_queue.max(1));
         let writer = Writer {
             conn,
+            cache: Default::default(),
             hub,
             next_seq,
             limits: opts.limits,
             snapshot_every: opts.snapshot_every,
             max_batch: opts.max_batch.max(1),
         };
+        let checkpointer = Checkpointer::start(&opts.path)?;
         let handle = std::thread::Builder::new()
             .name("eventsync-writer".into())
             .spawn(move || writer.run(rx))
@@ -82,6 +123,7 @@ impl SqliteStore {
                 closed: AtomicBool::new(false),
             }),
             writer: Mutex::new(Some(handle)),
+            checkpointer: Mutex::new(Some(checkpointer)),
         })
     }
 
@@ -242,6 +284,12 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) -> Result<(), StoreError> {
+        let checkpointer = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(c) = checkpointer {
+            tokio::task::spawn_blocking(move || c.stop())
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+        }
         let (tx, rx) = oneshot::channel();
         // `send` (not `try_send`): closing waits for room behind the queued writes.
         self.commands

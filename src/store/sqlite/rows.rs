@@ -177,14 +177,12 @@ pub fn snapshot_at_or_before(
     .optional()
 }
 
-/// The highest sequence number ever assigned, surviving compaction of the newest events
-/// (AUTOINCREMENT keeps it in `sqlite_sequence`).
+/// The highest sequence number ever assigned: the recorded high-water mark, or the log's newest event
+/// if that is higher (the mark is written after each batch, in the same transaction).
 pub fn last_seq(conn: &Connection) -> rusqlite::Result<Seq> {
-    let from_sequence: Option<i64> = conn
-        .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'events'", [], |r| {
-            r.get(0)
-        })
+    let mark: Option<i64> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| r.get(0))
         .optional()?;
-    let from_events: Option<i64> = conn.query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?;
-    Ok(from_sequence.max(from_events).unwrap_or(0).max(0) as u64)
+    let newest: Option<i64> = conn.query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?;
+    Ok(mark.max(newest).unwrap_or(0).max(0) as u64)
 }

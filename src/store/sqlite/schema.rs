@@ -41,13 +41,11 @@ CREATE TABLE IF NOT EXISTS documents (
     compacted_through INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (collection, id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS documents_unsnapshotted ON documents (collection, id)
-    WHERE deleted = 0 AND version > snapshot_version;
 CREATE INDEX IF NOT EXISTS documents_compactable ON documents (collection, id)
     WHERE snapshot_version > compacted_through;
 
 CREATE TABLE IF NOT EXISTS events (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq        INTEGER PRIMARY KEY,
     collection TEXT    NOT NULL,
     doc_id     TEXT    NOT NULL,
     version    INTEGER NOT NULL,
@@ -58,7 +56,12 @@ CREATE TABLE IF NOT EXISTS events (
     ts         INTEGER NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_document ON events (collection, doc_id, version);
-CREATE INDEX IF NOT EXISTS events_by_time ON events (ts);
+
+-- 'last_seq': the highest sequence number ever assigned (kept when compaction drops the newest events).
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS snapshots (
     collection TEXT    NOT NULL,
@@ -91,9 +94,21 @@ pub fn open_writer(path: &Path, durability: Durability) -> rusqlite::Result<Conn
     };
     conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "busy_timeout", 5000)?;
-    // Checkpoint in the writer thread every ~4 MiB of WAL (the default 1000 pages).
-    conn.pragma_update(None, "wal_autocheckpoint", 1000)?;
+    // The checkpointer thread copies the WAL back into the database; the writer checkpoints itself
+    // only if that falls far behind (40 MiB of WAL), and the WAL file is trimmed back to 64 MiB.
+    conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// WAL pages after which the writer checkpoints on its own (the checkpointer normally does it first).
+const WRITER_CHECKPOINT_PAGES: i64 = 10_000;
+
+/// Opens the checkpointer's connection.
+pub fn open_checkpointer(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "busy_timeout", 5000)?;
     Ok(conn)
 }
 

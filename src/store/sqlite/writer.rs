@@ -53,8 +53,51 @@ pub enum Command {
     Close(oneshot::Sender<()>),
 }
 
+/// Records the highest sequence number assigned, so it survives compaction of the newest events.
+const SAVE_HIGH_WATER: &str = "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?1)";
+
+/// Recently written documents, as the writer last stored them. The writer is the only one that
+/// changes documents, so the cache cannot go stale, except through maintenance (which clears it) and
+/// a failed batch (which clears it too). Bounded by entries and by bytes of document data; when
+/// either bound is hit it is simply emptied — cheap, and the next writes refill it.
+#[derive(Default)]
+pub struct DocCache {
+    /// Each document with its approximate size in bytes.
+    docs: std::collections::HashMap<DocKey, (StoredDoc, usize)>,
+    bytes: usize,
+}
+
+/// Most documents the writer's cache holds.
+pub const DOC_CACHE_ENTRIES: usize = 8192;
+/// Most document bytes (approximate) the writer's cache holds.
+pub const DOC_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+impl DocCache {
+    fn take(&mut self, key: &DocKey) -> Option<(StoredDoc, usize)> {
+        let (doc, size) = self.docs.remove(key)?;
+        self.bytes = self.bytes.saturating_sub(size);
+        Some((doc, size))
+    }
+
+    fn put(&mut self, key: DocKey, doc: StoredDoc, size: usize) {
+        if self.docs.len() >= DOC_CACHE_ENTRIES || self.bytes + size > DOC_CACHE_BYTES {
+            self.clear();
+        }
+        self.bytes += size;
+        if let Some((_, old)) = self.docs.insert(key, (doc, size)) {
+            self.bytes = self.bytes.saturating_sub(old);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.docs.clear();
+        self.bytes = 0;
+    }
+}
+
 pub struct Writer {
     pub conn: Connection,
+    pub cache: DocCache,
     pub hub: Hub,
     pub next_seq: Seq,
     pub limits: Limits,
@@ -113,27 +156,34 @@ impl Writer {
         let mut next_seq = first_seq;
         let (limits, every) = (self.limits, self.snapshot_every);
         let mut results = Vec::with_capacity(writes.len());
+        let cache = &mut self.cache;
         let committed = (|| -> rusqlite::Result<()> {
-            let mut tx = self
+            let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             for (w, _) in &writes {
-                let sp = tx.savepoint()?;
-                match apply(&sp, w, next_seq, now, limits, every) {
+                match apply(&tx, cache, w, next_seq, now, limits, every) {
                     Ok(c) => {
-                        sp.commit()?;
                         if c.event.is_some() && !c.replayed {
                             next_seq += 1;
                         }
                         results.push(Ok(c));
                     }
-                    Err(e) => results.push(Err(e)), // dropping `sp` rolls it back
+                    // A refusal is decided before anything is written: the batch goes on.
+                    Err(Failure::Refused(e)) => results.push(Err(e)),
+                    // A storage error may leave a write half done: the whole batch rolls back.
+                    Err(Failure::Sql(e)) => return Err(e),
                 }
+            }
+            if next_seq != first_seq {
+                tx.prepare_cached(SAVE_HIGH_WATER)?
+                    .execute([(next_seq - 1) as i64])?;
             }
             tx.commit()
         })();
         if let Err(e) = committed {
             self.next_seq = first_seq;
+            self.cache.clear();
             let err = backend(e);
             for (_, reply) in writes {
                 let _ = reply.send(Err(err.clone()));
@@ -152,6 +202,8 @@ impl Writer {
     }
 
     fn maintain(&mut self, cmd: Command) {
+        // Maintenance rewrites documents' snapshot and compaction marks behind the cache.
+        self.cache.clear();
         match cmd {
             Command::SnapshotChanged { after, reply } => {
                 let _ = reply.send(in_transaction(&mut self.conn, |c| snapshot_changed(c, after)));
@@ -186,15 +238,36 @@ fn in_transaction<T>(
     Ok(out)
 }
 
-/// One write, inside the caller's savepoint. `seq` is the sequence number to use if it appends.
+/// Why [`apply`] did not commit a write.
+enum Failure {
+    /// Refused by the rules (or a reused idempotency key) before anything was written.
+    Refused(StoreError),
+    /// SQLite failed; part of the write may be in the transaction.
+    Sql(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        Failure::Sql(e)
+    }
+}
+
+impl From<crate::write::WriteError> for Failure {
+    fn from(e: crate::write::WriteError) -> Self {
+        Failure::Refused(e.into())
+    }
+}
+
+/// One write inside the batch's transaction. `seq` is the sequence number to use if it appends.
 fn apply(
     conn: &Connection,
+    cache: &mut DocCache,
     w: &Write,
     seq: Seq,
     now: Timestamp,
     limits: Limits,
     snapshot_every: u64,
-) -> Result<Committed, StoreError> {
+) -> Result<Committed, Failure> {
     if let Some(key) = &w.idempotency_key {
         if let Some(previous) = replay(conn, &w.client_id, key, w.fingerprint)? {
             return Ok(previous);
@@ -204,15 +277,28 @@ fn apply(
         Some(id) => id.clone(),
         None => new_id(),
     };
-    let stored = rows::get_doc(conn, &w.collection, &id).map_err(backend)?;
+    let key = (w.collection.clone(), id);
+    let (stored, size) = match cache.take(&key) {
+        Some((doc, size)) => (Some(doc), size),
+        None => {
+            let doc = rows::get_doc(conn, &key.0, &key.1)?;
+            let size = doc.as_ref().map_or(0, |d| crate::json::measure_data(&d.doc.data));
+            (doc, size)
+        }
+    };
     let current = stored.as_ref().map(|s| Current {
         version: s.doc.version,
         data: &s.doc.data,
         deleted: s.deleted,
     });
-    let change = match plan(current, &w.mutation, w.expected_version, limits)? {
-        Plan::Unchanged => {
-            let document = stored.and_then(StoredDoc::live);
+    let planned = plan(current, &w.mutation, w.expected_version, limits);
+    let change = match planned {
+        Ok(Plan::Change(change)) => change,
+        Ok(Plan::Unchanged) => {
+            let document = stored.as_ref().filter(|s| !s.deleted).map(|s| s.doc.clone());
+            if let Some(s) = stored {
+                cache.put(key, s, size);
+            }
             return record(
                 conn,
                 w,
@@ -225,16 +311,22 @@ fn apply(
                 },
             );
         }
-        Plan::Change(change) => change,
+        Err(e) => {
+            if let Some(s) = stored {
+                cache.put(key, s, size);
+            }
+            return Err(e.into());
+        }
     };
+    let (collection, id) = key;
     let op_id = w
         .idempotency_key
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let event = Event {
         seq,
-        collection: w.collection.clone(),
-        id: id.clone(),
+        collection,
+        id,
         version: change.version,
         op: change.op,
         patch: change.patch,
@@ -242,14 +334,14 @@ fn apply(
         op_id,
         ts: now,
     };
-    let v = change.version as i64;
-    if matches!(w.mutation, Mutation::Delete) {
+    let (c, i, v) = (&event.collection, &event.id, change.version as i64);
+    let deleting = matches!(w.mutation, Mutation::Delete);
+    if deleting {
         conn.prepare_cached(
             "UPDATE documents SET version = ?3, seq = ?4, data = '', updated_at = ?5, deleted = 1 \
              WHERE collection = ?1 AND id = ?2",
-        )
-        .and_then(|mut s| s.execute(params![w.collection, id, v, seq as i64, now.0]))
-        .map_err(backend)?;
+        )?
+        .execute(params![c, i, v, seq as i64, now.0])?;
     } else {
         conn.prepare_cached(
             "INSERT INTO documents (collection, id, version, seq, data, created_at, updated_at) \
@@ -257,47 +349,37 @@ fn apply(
              ON CONFLICT (collection, id) DO UPDATE SET version = excluded.version, seq = excluded.seq, \
              data = excluded.data, updated_at = excluded.updated_at, deleted = 0, \
              created_at = CASE WHEN documents.deleted = 1 THEN excluded.created_at ELSE documents.created_at END",
-        )
-        .and_then(|mut s| s.execute(params![w.collection, id, v, seq as i64, change.data_json, now.0]))
-        .map_err(backend)?;
+        )?
+        .execute(params![c, i, v, seq as i64, change.data_json, now.0])?;
     }
-    let patch_json = serde_json::to_string(&event.patch).map_err(|e| StoreError::Backend(e.to_string()))?;
+    let patch_json = serde_json::to_string(&event.patch).expect("a patch always serializes");
     conn.prepare_cached(
         "INSERT INTO events (seq, collection, doc_id, version, op, patch, client_id, op_id, ts) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            seq as i64,
-            event.collection,
-            event.id,
-            v,
-            event.op.as_str(),
-            patch_json,
-            event.client_id,
-            event.op_id,
-            now.0
-        ])
-    })
-    .map_err(backend)?;
+    )?
+    .execute(params![
+        seq as i64,
+        c,
+        i,
+        v,
+        event.op.as_str(),
+        patch_json,
+        event.client_id,
+        event.op_id,
+        now.0
+    ])?;
 
-    let last_snapshot = stored.as_ref().map_or(0, |s| s.snapshot_version);
-    if !matches!(w.mutation, Mutation::Delete) && change.version >= last_snapshot + snapshot_every.max(1) {
-        write_snapshot(
-            conn,
-            &w.collection,
-            &id,
-            change.version,
-            seq,
-            now,
-            &change.data_json,
-        )
-        .map_err(backend)?;
+    let (compacted_through, mut snapshot_version) = stored
+        .as_ref()
+        .map_or((0, 0), |s| (s.compacted_through, s.snapshot_version));
+    if !deleting && change.version >= snapshot_version + snapshot_every.max(1) {
+        write_snapshot(conn, c, i, change.version, seq, now, &change.data_json)?;
+        snapshot_version = change.version;
     }
     let created = stored.as_ref().is_none_or(|s| s.deleted);
-    let document = (!matches!(w.mutation, Mutation::Delete)).then(|| crate::model::Document {
-        collection: w.collection.clone(),
-        id,
+    let doc = crate::model::Document {
+        collection: c.clone(),
+        id: i.clone(),
         version: change.version,
         created_at: match &stored {
             Some(s) if !s.deleted => s.doc.created_at,
@@ -305,7 +387,18 @@ fn apply(
         },
         updated_at: now,
         data: change.data,
-    });
+    };
+    let document = (!deleting).then(|| doc.clone());
+    cache.put(
+        (c.clone(), i.clone()),
+        StoredDoc {
+            doc,
+            deleted: deleting,
+            compacted_through,
+            snapshot_version,
+        },
+        change.data_json.len(),
+    );
     record(
         conn,
         w,
@@ -325,35 +418,36 @@ fn replay(
     client_id: &str,
     key: &str,
     fingerprint: u64,
-) -> Result<Option<Committed>, StoreError> {
+) -> Result<Option<Committed>, Failure> {
     let row: Option<(i64, String)> = conn
-        .prepare_cached("SELECT fingerprint, result FROM idempotency WHERE client_id = ?1 AND key = ?2")
-        .and_then(|mut s| {
-            s.query_row(params![client_id, key], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-        })
-        .map_err(backend)?;
+        .prepare_cached("SELECT fingerprint, result FROM idempotency WHERE client_id = ?1 AND key = ?2")?
+        .query_row(params![client_id, key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
     let Some((stored_fp, result)) = row else {
         return Ok(None);
     };
     if stored_fp != fingerprint as i64 {
-        return Err(StoreError::IdempotencyKeyReused);
+        return Err(Failure::Refused(StoreError::IdempotencyKeyReused));
     }
-    let mut previous: Committed =
-        serde_json::from_str(&result).map_err(|e| StoreError::Backend(format!("idempotency record: {e}")))?;
+    let mut previous: Committed = serde_json::from_str(&result).map_err(|e| {
+        Failure::Sql(rusqlite::Error::FromSqlConversionFailure(
+            1,
+            rusqlite::types::Type::Text,
+            Box::new(e),
+        ))
+    })?;
     previous.replayed = true;
     Ok(Some(previous))
 }
 
 /// Records the result under the request's idempotency key (if it has one) and returns it.
-fn record(conn: &Connection, w: &Write, now: Timestamp, c: Committed) -> Result<Committed, StoreError> {
+fn record(conn: &Connection, w: &Write, now: Timestamp, c: Committed) -> Result<Committed, Failure> {
     if let Some(key) = &w.idempotency_key {
-        let json = serde_json::to_string(&c).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let json = serde_json::to_string(&c).expect("a commit result always serializes");
         conn.prepare_cached(
             "INSERT INTO idempotency (client_id, key, fingerprint, result, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .and_then(|mut s| s.execute(params![w.client_id, key, w.fingerprint as i64, json, now.0]))
-        .map_err(backend)?;
+        )?
+        .execute(params![w.client_id, key, w.fingerprint as i64, json, now.0])?;
     }
     Ok(c)
 }
