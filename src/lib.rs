@@ -34,5 +34,6 @@ pub mod maintenance;
 pub mod model;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod time;
 pub mod write;

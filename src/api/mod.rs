@@ -4,6 +4,9 @@ mod documents;
 mod events;
 mod extract;
 mod history;
+mod sse;
+mod sync;
+mod ws;
 
 use std::sync::Arc;
 
@@ -19,6 +22,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::services::ServeDir;
 use tower_http::timeout::TimeoutLayer;
 
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::hub::Hub;
@@ -30,6 +36,10 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub hub: Hub,
     pub config: Arc<Config>,
+    /// Cancelled when the server shuts down: sync sessions close (WebSocket 1001, SSE streams end).
+    pub shutdown: CancellationToken,
+    /// The sync sessions, so that shutdown can wait for them to finish.
+    pub sessions: TaskTracker,
 }
 
 /// The whole HTTP surface: the API under `/api`, the UI at `/`.
@@ -38,6 +48,8 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/health", get(health))
         .route("/events", get(events::list))
+        .route("/sync", axum::routing::post(sync::manual))
+        .route("/clients/{client_id}", get(sync::client))
         .route("/{collection}", get(documents::list).post(documents::create))
         .route(
             "/{collection}/{id}",
@@ -60,6 +72,8 @@ pub fn router(state: AppState) -> Router {
     let ui = ServeDir::new(&state.config.static_dir).append_index_html_on_directories(true);
     Router::new()
         .nest("/api", api)
+        .route("/sync/ws", get(ws::upgrade))
+        .route("/sync/sse", get(sse::stream))
         .fallback_service(ui)
         .with_state(state)
         // Each `layer` wraps the ones before it: the body limit is innermost, the JSON error

@@ -53,10 +53,13 @@ impl Server {
         let store = open_store(&config, hub.clone()).await?;
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
+        let sessions = TaskTracker::new();
         let state = AppState {
             store: Arc::clone(&store),
             hub: hub.clone(),
             config: Arc::clone(&config),
+            shutdown: shutdown.clone(),
+            sessions: sessions.clone(),
         };
         let tasks = TaskTracker::new();
         tasks.spawn(crate::maintenance::run(
@@ -71,7 +74,7 @@ impl Server {
         let task = tokio::spawn(serve_then_close(
             serve,
             Arc::clone(&store),
-            tasks,
+            [sessions, tasks],
             shutdown.clone(),
             config,
         ));
@@ -122,7 +125,7 @@ async fn open_store(config: &Config, hub: Hub) -> Result<Arc<dyn Store>, ServerE
 async fn serve_then_close(
     serve: impl std::future::IntoFuture<Output = std::io::Result<()>>,
     store: Arc<dyn Store>,
-    tasks: TaskTracker,
+    trees: [TaskTracker; 2],
     shutdown: CancellationToken,
     config: Arc<Config>,
 ) -> Result<(), ServerError> {
@@ -130,9 +133,12 @@ async fn serve_then_close(
     // Whatever stopped the server (a signal or an error), stop everything else with it.
     shutdown.cancel();
     let deadline = config.shutdown_timeout;
+    // Sync sessions first (they flush acknowledged vectors), then background tasks, then the store.
     let finish = async {
-        tasks.close();
-        tasks.wait().await;
+        for tasks in &trees {
+            tasks.close();
+            tasks.wait().await;
+        }
         store.close().await
     };
     let closed = tokio::time::timeout(deadline, finish)

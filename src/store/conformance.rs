@@ -395,9 +395,9 @@ fn later() -> Timestamp {
     Timestamp(Timestamp::now().0 + 1_000)
 }
 
-async fn recv(rx: &mut broadcast::Receiver<Arc<Event>>) -> Event {
+async fn recv(rx: &mut broadcast::Receiver<Arc<crate::hub::LiveEvent>>) -> Event {
     match tokio::time::timeout(RECV_TIMEOUT, rx.recv()).await {
-        Ok(Ok(e)) => (*e).clone(),
+        Ok(Ok(e)) => Event::clone(e.event()),
         Ok(Err(e)) => panic!("hub subscription failed: {e}"),
         Err(_) => panic!("no event published within {RECV_TIMEOUT:?}"),
     }

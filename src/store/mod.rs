@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Document, Event, Op, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
+use crate::sync::protocol::{ServerMessage, StateVector};
 use crate::time::Timestamp;
 use crate::write::{Write, WriteError};
 
@@ -79,6 +80,29 @@ impl std::ops::AddAssign for MaintenanceStats {
         self.snapshots_deleted += o.snapshots_deleted;
         self.idempotency_keys_expired += o.idempotency_keys_expired;
     }
+}
+
+/// What brings a client current, read at one consistent position of the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatchUp {
+    /// The log position the messages bring the client to.
+    pub position: Seq,
+    /// `snapshot` and `event` messages, per document in version order.
+    pub messages: Vec<ServerMessage>,
+    /// The client's vector after applying them (for the requested collections).
+    pub vector: StateVector,
+    pub snapshots: u64,
+    pub events: u64,
+}
+
+/// What the server remembers of a client: its last acknowledged vector.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClientState {
+    pub client_id: String,
+    /// The log position the client last acknowledged.
+    pub position: Seq,
+    pub state_vector: StateVector,
+    pub updated_at: Timestamp,
 }
 
 /// Errors of store operations. Domain refusals come through as [`StoreError::Write`].
@@ -158,6 +182,23 @@ pub trait Store: Send + Sync + 'static {
         idempotency_ttl_ms: i64,
         now: Timestamp,
     ) -> Result<MaintenanceStats, StoreError>;
+
+    /// Plans and reads a client's catch-up for `collections` (see [`crate::sync::plan`]), all at one
+    /// consistent position of the log.
+    async fn catch_up(&self, collections: &[String], vector: &StateVector) -> Result<CatchUp, StoreError>;
+
+    /// The client's last acknowledged vector, if it ever acknowledged one.
+    async fn load_client(&self, client_id: &str) -> Result<Option<ClientState>, StoreError>;
+
+    /// Records a client's acknowledged vector: `entries` are upserted (or, with `replace`, become the
+    /// whole vector), and the position moves to `position`.
+    async fn save_client(
+        &self,
+        client_id: &str,
+        position: Seq,
+        entries: &StateVector,
+        replace: bool,
+    ) -> Result<(), StoreError>;
 
     /// The highest sequence number ever assigned (0 for an empty store).
     async fn last_seq(&self) -> Result<Seq, StoreError>;

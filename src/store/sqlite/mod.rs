@@ -24,7 +24,10 @@ use tokio::sync::{mpsc, oneshot};
 use self::writer::{backend, Chunk, Command, DocKey, Writer};
 use crate::hub::Hub;
 use crate::model::{Document, Event, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
-use crate::store::{Committed, EventFilter, MaintenanceStats, Retention, Store, StoreError};
+use crate::store::{
+    CatchUp, ClientState, Committed, EventFilter, MaintenanceStats, Retention, Store, StoreError,
+};
+use crate::sync::protocol::StateVector;
 use crate::time::Timestamp;
 use crate::write::{Limits, Write};
 
@@ -277,6 +280,33 @@ impl Store for SqliteStore {
                 return Ok(stats);
             }
         }
+    }
+
+    async fn catch_up(&self, collections: &[String], vector: &StateVector) -> Result<CatchUp, StoreError> {
+        let (c, v) = (collections.to_vec(), vector.clone());
+        self.readers.run(move |conn| rows::catch_up(conn, &c, &v)).await
+    }
+
+    async fn load_client(&self, client_id: &str) -> Result<Option<ClientState>, StoreError> {
+        let id = client_id.to_string();
+        self.readers.run(move |conn| rows::load_client(conn, &id)).await
+    }
+
+    async fn save_client(
+        &self,
+        client_id: &str,
+        position: Seq,
+        entries: &StateVector,
+        replace: bool,
+    ) -> Result<(), StoreError> {
+        self.send(|reply| Command::SaveClient {
+            client_id: client_id.to_string(),
+            position,
+            entries: entries.clone(),
+            replace,
+            reply,
+        })
+        .await
     }
 
     async fn last_seq(&self) -> Result<Seq, StoreError> {

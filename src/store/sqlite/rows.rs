@@ -4,7 +4,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::Value;
 
 use crate::model::{Data, Document, Event, Op, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
-use crate::store::EventFilter;
+use crate::store::{CatchUp, ClientState, EventFilter};
+use crate::sync::plan::{self, DocSummary, Step};
+use crate::sync::protocol::{ServerMessage, SnapshotMessage, StateVector};
 use crate::time::Timestamp;
 
 pub const DOC_COLUMNS: &str =
@@ -185,4 +187,173 @@ pub fn last_seq(conn: &Connection) -> rusqlite::Result<Seq> {
         .optional()?;
     let newest: Option<i64> = conn.query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?;
     Ok(mark.max(newest).unwrap_or(0).max(0) as u64)
+}
+
+/// A client's catch-up, planned and read inside one read transaction (one consistent position).
+pub fn catch_up(
+    conn: &Connection,
+    collections: &[String],
+    vector: &StateVector,
+) -> rusqlite::Result<CatchUp> {
+    let tx = conn.unchecked_transaction()?;
+    let mut out = CatchUp {
+        position: last_seq(&tx)?,
+        messages: Vec::new(),
+        vector: StateVector::new(),
+        snapshots: 0,
+        events: 0,
+    };
+    for collection in collections {
+        let summaries = doc_summaries(&tx, collection)?;
+        let client = vector.get(collection);
+        let mut resulting = client.cloned().unwrap_or_default();
+        for (id, first) in plan::plan_collection(client, &summaries) {
+            let summary = summaries
+                .binary_search_by(|s| s.id.as_str().cmp(&id))
+                .ok()
+                .map(|i| &summaries[i]);
+            let step = match (first, summary) {
+                (Step::Events { from, to }, Some(s)) => {
+                    let budget = plan::event_budget(s);
+                    let sizes = if to - from < budget {
+                        patch_sizes(&tx, collection, &id, from, to)?
+                    } else {
+                        Vec::new()
+                    };
+                    plan::events_or_snapshot(s, from, to, &sizes)
+                }
+                (step, _) => step,
+            };
+            match step {
+                Step::Nothing => continue,
+                Step::Events { from, to } => {
+                    let events = document_events(&tx, collection, &id, from, to)?;
+                    out.events += events.len() as u64;
+                    out.messages.extend(events.into_iter().map(ServerMessage::Event));
+                    resulting.insert(id, to);
+                }
+                Step::Snapshot { version } => {
+                    let doc =
+                        get_doc(&tx, collection, &id)?.filter(|d| !d.deleted && d.doc.version == version);
+                    let Some(doc) = doc else { continue };
+                    out.snapshots += 1;
+                    out.messages.push(ServerMessage::Snapshot(SnapshotMessage {
+                        collection: collection.clone(),
+                        id: id.clone(),
+                        version,
+                        data: Some(doc.doc.data),
+                        deleted: false,
+                    }));
+                    resulting.insert(id, version);
+                }
+                Step::Delete { version } => {
+                    out.snapshots += 1;
+                    out.messages.push(ServerMessage::Snapshot(SnapshotMessage {
+                        collection: collection.clone(),
+                        id: id.clone(),
+                        version,
+                        data: None,
+                        deleted: true,
+                    }));
+                    if version == 0 {
+                        resulting.remove(&id);
+                    } else {
+                        resulting.insert(id, version);
+                    }
+                }
+            }
+        }
+        out.vector.insert(collection.clone(), resulting);
+    }
+    tx.finish()?;
+    Ok(out)
+}
+
+fn doc_summaries(conn: &Connection, collection: &str) -> rusqlite::Result<Vec<DocSummary>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, version, deleted, compacted_through, length(data) FROM documents \
+         WHERE collection = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![collection], |r| {
+        Ok(DocSummary {
+            id: r.get(0)?,
+            version: u64_at(r, 1)?,
+            deleted: r.get::<_, i64>(2)? != 0,
+            compacted_through: u64_at(r, 3)?,
+            data_bytes: u64_at(r, 4)?,
+        })
+    })?;
+    rows.collect()
+}
+
+fn patch_sizes(
+    conn: &Connection,
+    collection: &str,
+    id: &str,
+    from: Version,
+    to: Version,
+) -> rusqlite::Result<Vec<u64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT length(patch) FROM events WHERE collection = ?1 AND doc_id = ?2 \
+         AND version >= ?3 AND version <= ?4 ORDER BY version",
+    )?;
+    let rows = stmt.query_map(params![collection, id, from as i64, to as i64], |r| u64_at(r, 0))?;
+    rows.collect()
+}
+
+pub fn load_client(conn: &Connection, client_id: &str) -> rusqlite::Result<Option<ClientState>> {
+    let tx = conn.unchecked_transaction()?;
+    let head: Option<(i64, i64)> = tx
+        .prepare_cached("SELECT position, updated_at FROM clients WHERE client_id = ?1")?
+        .query_row(params![client_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((position, updated_at)) = head else {
+        return Ok(None);
+    };
+    let mut state_vector = StateVector::new();
+    let mut stmt =
+        tx.prepare_cached("SELECT collection, doc_id, version FROM state_vectors WHERE client_id = ?1")?;
+    let rows = stmt.query_map(params![client_id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, u64_at(r, 2)?))
+    })?;
+    for row in rows {
+        let (c, id, v) = row?;
+        state_vector.entry(c).or_default().insert(id, v);
+    }
+    drop(stmt);
+    tx.finish()?;
+    Ok(Some(ClientState {
+        client_id: client_id.to_string(),
+        position: position.max(0) as u64,
+        state_vector,
+        updated_at: Timestamp(updated_at),
+    }))
+}
+
+pub fn save_client(
+    conn: &Connection,
+    client_id: &str,
+    position: Seq,
+    entries: &StateVector,
+    replace: bool,
+) -> rusqlite::Result<()> {
+    if replace {
+        conn.prepare_cached("DELETE FROM state_vectors WHERE client_id = ?1")?
+            .execute(params![client_id])?;
+    }
+    let mut upsert = conn.prepare_cached(
+        "INSERT INTO state_vectors (client_id, collection, doc_id, version) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (client_id, collection, doc_id) DO UPDATE SET version = excluded.version",
+    )?;
+    for (collection, docs) in entries {
+        for (id, v) in docs {
+            upsert.execute(params![client_id, collection, id, *v as i64])?;
+        }
+    }
+    conn.prepare_cached(
+        "INSERT INTO clients (client_id, position, updated_at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (client_id) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+    )?
+    .execute(params![client_id, position as i64, Timestamp::now().0])?;
+    Ok(())
 }

@@ -57,6 +57,20 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_document ON events (collection, doc_id, version);
 
+-- Each client's last acknowledged state vector (the seed's state_vectors).
+CREATE TABLE IF NOT EXISTS clients (
+    client_id  TEXT    PRIMARY KEY,
+    position   INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state_vectors (
+    client_id  TEXT    NOT NULL,
+    collection TEXT    NOT NULL,
+    doc_id     TEXT    NOT NULL,
+    version    INTEGER NOT NULL,
+    PRIMARY KEY (client_id, collection, doc_id)
+) WITHOUT ROWID;
+
 -- 'last_seq': the highest sequence number ever assigned (kept when compaction drops the newest events).
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,

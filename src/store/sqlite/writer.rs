@@ -50,6 +50,13 @@ pub enum Command {
         before: Timestamp,
         reply: Reply<u64>,
     },
+    SaveClient {
+        client_id: String,
+        position: Seq,
+        entries: crate::sync::protocol::StateVector,
+        replace: bool,
+        reply: Reply<()>,
+    },
     Close(oneshot::Sender<()>),
 }
 
@@ -202,8 +209,10 @@ impl Writer {
     }
 
     fn maintain(&mut self, cmd: Command) {
-        // Maintenance rewrites documents' snapshot and compaction marks behind the cache.
-        self.cache.clear();
+        if matches!(cmd, Command::SnapshotChanged { .. } | Command::Compact { .. }) {
+            // These rewrite documents' snapshot and compaction marks behind the cache.
+            self.cache.clear();
+        }
         match cmd {
             Command::SnapshotChanged { after, reply } => {
                 let _ = reply.send(in_transaction(&mut self.conn, |c| snapshot_changed(c, after)));
@@ -217,6 +226,18 @@ impl Writer {
                 let _ = reply.send(in_transaction(&mut self.conn, |c| {
                     compact(c, retention, now, after)
                 }));
+            }
+            Command::SaveClient {
+                client_id,
+                position,
+                entries,
+                replace,
+                reply,
+            } => {
+                let r = in_transaction(&mut self.conn, |c| {
+                    rows::save_client(c, &client_id, position, &entries, replace)
+                });
+                let _ = reply.send(r);
             }
             Command::ExpireIdempotency { before, reply } => {
                 let _ = reply.send(in_transaction(&mut self.conn, |c| expire_idempotency(c, before)));

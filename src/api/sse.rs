@@ -1,0 +1,207 @@
+//! `GET /sync/sse`: the Server-Sent Events transport — the same messages as the WebSocket, one way.
+//!
+//! `?client_id=...&subscribe=games,other&state_vector=<JSON>` starts a session; events carry
+//! `id: <seq>` (and so does `synced`), so a browser's automatic reconnect sends `Last-Event-ID` and
+//! resumes from the vector the server kept for the client, skipping what it already received. With no
+//! back channel, what was delivered counts as acknowledged.
+
+use std::convert::Infallible;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+
+use super::extract::Query;
+use super::sync::initial_vector;
+use super::AppState;
+use crate::error::ApiError;
+use crate::model::Seq;
+use crate::sync::protocol::{Hello, ServerMessage, StateVector, SyncedMessage};
+use crate::sync::session::{restrict, validate_hello, Live, Session};
+use crate::sync::{SEND_TIMEOUT, SSE_KEEPALIVE, VECTOR_FLUSH_INTERVAL};
+
+/// Frames queued for one SSE response before the session waits (and, if it stays full, lags).
+const SSE_QUEUE: usize = 64;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SseQuery {
+    client_id: String,
+    /// Comma-separated collections.
+    #[serde(default)]
+    subscribe: Option<String>,
+    /// The state vector as JSON.
+    #[serde(default)]
+    state_vector: Option<String>,
+    /// Reserved for authentication.
+    #[serde(default)]
+    token: Option<String>,
+}
+
+fn frame(msg: &ServerMessage, id: Option<Seq>) -> Bytes {
+    let id = id.map(|i| format!("id: {i}\n")).unwrap_or_default();
+    Bytes::from(format!("event: {}\n{id}data: {}\n\n", msg.kind(), msg.to_json()))
+}
+
+pub async fn stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<SseQuery>,
+) -> Result<Response, ApiError> {
+    let subscribe: Vec<String> = q
+        .subscribe
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    let state_vector = q
+        .state_vector
+        .map(|s| serde_json::from_str::<StateVector>(&s))
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_state_vector", format!("state_vector: {e}")))?;
+    let hello = Hello {
+        client_id: q.client_id,
+        subscribe,
+        state_vector,
+        token: q.token,
+    };
+    validate_hello(&hello).map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+    let last_event_id = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<Seq>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be a sequence number")
+                })?,
+        ),
+    };
+    // Subscribe before reading the catch-up (in the session task).
+    let rx = state.hub.subscribe();
+    let vector = initial_vector(&state, &hello).await?;
+    let (tx, frames) = mpsc::channel::<Bytes>(SSE_QUEUE);
+    let session = Session::new(hello.client_id, &hello.subscribe, vector);
+    let sessions = state.sessions.clone();
+    sessions.spawn(run(state, session, rx, last_event_id.unwrap_or(0), tx));
+    let body = Body::from_stream(ReceiverStream::new(frames).map(Ok::<_, Infallible>));
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+struct Stream {
+    state: AppState,
+    tx: mpsc::Sender<Bytes>,
+    /// What the client reported receiving (`Last-Event-ID`): events at or below are not resent.
+    received: Seq,
+}
+
+impl Stream {
+    async fn send(&self, bytes: Bytes) -> Result<(), ()> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.tx.send(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    async fn catch_up(&self, session: &mut Session) -> Result<(), ()> {
+        let c = self
+            .state
+            .store
+            .catch_up(session.collections(), session.vector())
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "catch-up failed"))?;
+        for m in &c.messages {
+            match m {
+                ServerMessage::Event(e) if e.seq <= self.received => {}
+                ServerMessage::Event(e) => self.send(frame(m, Some(e.seq))).await?,
+                _ => self.send(frame(m, None)).await?,
+            }
+        }
+        session.caught_up(&c);
+        session.ack(c.position);
+        let synced = ServerMessage::Synced(SyncedMessage {
+            seq: c.position,
+            state_vector: restrict(session.vector(), session.collections()),
+            snapshots: c.snapshots,
+            events: c.events,
+        });
+        self.send(frame(&synced, Some(c.position))).await
+    }
+
+    async fn flush_acks(&self, session: &mut Session) {
+        if let Some((position, entries)) = session.take_acked() {
+            if let Err(e) = self
+                .state
+                .store
+                .save_client(session.client_id(), position, &entries, false)
+                .await
+            {
+                tracing::warn!(error = %e, "saving the delivered vector failed");
+            }
+        }
+    }
+}
+
+async fn run(
+    state: AppState,
+    mut session: Session,
+    mut rx: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::hub::LiveEvent>>,
+    received: Seq,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let shutdown = state.shutdown.clone();
+    let s = Stream { state, tx, received };
+    let _ = s.send(Bytes::from_static(b"retry: 1000\n\n")).await;
+    let start = tokio::time::Instant::now();
+    let mut keepalive = tokio::time::interval_at(start + SSE_KEEPALIVE, SSE_KEEPALIVE);
+    let mut flush = tokio::time::interval_at(start + VECTOR_FLUSH_INTERVAL, VECTOR_FLUSH_INTERVAL);
+    let mut ok = s.catch_up(&mut session).await.is_ok();
+    while ok {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = s.tx.closed() => break,
+            received = rx.recv() => {
+                let resync = match received {
+                    Ok(e) => match session.live(&e) {
+                        Live::Send => {
+                            if e.seq > s.received {
+                                ok = s.send(e.sse_frame()).await.is_ok();
+                            }
+                            session.ack(e.seq);
+                            false
+                        }
+                        Live::Skip => false,
+                        Live::Gap => true,
+                    },
+                    Err(RecvError::Lagged(_)) => true,
+                    Err(RecvError::Closed) => break,
+                };
+                if resync && ok {
+                    ok = s.catch_up(&mut session).await.is_ok();
+                }
+            }
+            _ = keepalive.tick() => ok = s.send(Bytes::from_static(b": keepalive\n\n")).await.is_ok(),
+            _ = flush.tick() => s.flush_acks(&mut session).await,
+        }
+    }
+    s.flush_acks(&mut session).await;
+}

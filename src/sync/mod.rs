@@ -1,0 +1,51 @@
+//! Sync — keeping every connected client exactly current: **sync plan → session → WebSocket/SSE**.
+//!
+//! - [`protocol`]: the messages (`docs/PROTOCOL.md` is their reference).
+//! - [`plan`]: what a client with state vector V needs — nothing, events, or a snapshot. Pure.
+//! - [`session`]: one connection's state — what it has been sent, what it acknowledged, which live
+//!   events to forward. Pure (sans-IO); the transports in `api/ws.rs` and `api/sse.rs` drive it.
+//!
+//! The order of a session's life is fixed by one rule — **subscribe before you read**: a session
+//! subscribes to the hub, *then* reads its catch-up from the store at position P, then forwards live
+//! events, skipping those at or below P and any the client already has (by version). No gap, no
+//! duplicate. When it falls behind the hub (a slow client), it drops what was queued and re-plans its
+//! catch-up from the store — sequence numbers and versions make that lossless.
+
+pub mod plan;
+pub mod protocol;
+pub mod session;
+
+use std::time::Duration;
+
+/// How often the server pings an idle WebSocket.
+pub const PING_INTERVAL: Duration = Duration::from_secs(15);
+/// A WebSocket that sends nothing (not even a pong) for this long is closed as dead.
+pub const PONG_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long a new WebSocket may take to send its `hello`.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one send to a client may block (its TCP window full) before the connection is dropped.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an SSE stream sends a keep-alive comment.
+pub const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
+/// Acknowledged vectors are written to the store at most this often per client.
+pub const VECTOR_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Most collections one connection may subscribe to.
+pub const MAX_SUBSCRIPTIONS: usize = 64;
+/// Bad messages a connection may send before it is closed with [`CLOSE_POLICY`].
+pub const MAX_VIOLATIONS: u32 = 10;
+/// Writes one connection may have in flight.
+pub const MAX_INFLIGHT_WRITES: usize = 64;
+/// Live events forwarded per batch (one flush) when a socket is behind.
+pub const SEND_BATCH: usize = 64;
+/// Sent-but-unacknowledged vector changes remembered per session; older ones are forgotten (the
+/// persisted vector then lags, which costs a resend on resume, never a loss).
+pub const MAX_UNACKED: usize = 65_536;
+
+/// Close code: the server is going away (shutdown); reconnect, possibly elsewhere.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: too many bad messages.
+pub const CLOSE_POLICY: u16 = 4400;
+/// Close code: no `hello` in time, or no sign of life within [`PONG_TIMEOUT`].
+pub const CLOSE_TIMEOUT: u16 = 4408;
+/// Close code: a message larger than the limit.
+pub const CLOSE_TOO_BIG: u16 = 1009;

@@ -1,0 +1,273 @@
+//! The sync protocol's messages — JSON text, each with a `type`. `docs/PROTOCOL.md` is the
+//! reference with an example exchange per message; this module is its implementation, used by the
+//! server, the Rust client and the tests alike.
+//!
+//! Client → server: [`ClientMessage`] (`hello`, `sync`, `write`, `ack`, `ping`).
+//! Server → client: [`ServerMessage`] (`snapshot`, `event`, `synced`, `result`, `error`, `pong`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::model::{Data, Event, Seq, Version};
+
+/// What a client has applied: collection → document id → version. A deleted document stays in the
+/// vector with the version of its delete, so that a reconnect does not resend the delete.
+pub type StateVector = BTreeMap<String, BTreeMap<String, Version>>;
+
+/// Messages a client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// The first message on a WebSocket: who the client is, what it follows, what it has.
+    Hello(Hello),
+    /// A manual re-sync: the server answers with what brings the client current, then `synced`.
+    /// With a vector, that vector replaces the server's idea of what the client has.
+    Sync {
+        #[serde(default)]
+        state_vector: Option<StateVector>,
+    },
+    /// A write, answered by a `result` with the same `op_id`.
+    Write(WriteMessage),
+    /// The client has applied everything up to this position (an event's `seq`, or a `synced`'s).
+    Ack { seq: Seq },
+    /// Application-level ping, answered by `pong` with the same `id`.
+    Ping {
+        #[serde(default)]
+        id: Option<Value>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    pub client_id: String,
+    /// Collections to follow.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// What the client has; absent means "resume from what the server last saw acknowledged"
+    /// (or nothing, for a new client). An empty vector means "I have nothing".
+    #[serde(default)]
+    pub state_vector: Option<StateVector>,
+    /// Reserved for authentication (JWT); accepted and ignored today.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// What a write does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteOp {
+    /// `data` is the new document (`id` optional: generated if absent).
+    Create,
+    /// `data` replaces the body.
+    Replace,
+    /// `patch` is an RFC 6902 JSON Patch (an array).
+    Patch,
+    /// `patch` is an RFC 7396 merge patch (an object).
+    Merge,
+    Delete,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteMessage {
+    /// Unique per write and client: a retry with the same `op_id` is applied at most once.
+    pub op_id: String,
+    pub op: WriteOp,
+    pub collection: String,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub data: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub patch: Option<Value>,
+    /// Apply only at this version (optimistic concurrency); a mismatch is a `version_conflict`.
+    #[serde(default)]
+    pub expected_version: Option<Version>,
+}
+
+/// A document's full state at a version (or its deletion), sent when events cannot or should not be.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotMessage {
+    pub collection: String,
+    pub id: String,
+    pub version: Version,
+    /// The body; `null` when `deleted`.
+    pub data: Option<Data>,
+    /// The document is deleted at `version` (or never existed, with version 0): drop it.
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+/// Sent when a catch-up is complete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncedMessage {
+    /// The log position the client is now current to; acknowledge it with `ack`.
+    pub seq: Seq,
+    /// The client's resulting vector, for the subscribed collections.
+    pub state_vector: StateVector,
+    /// How many snapshots and events this catch-up sent.
+    pub snapshots: u64,
+    pub events: u64,
+}
+
+/// The answer to a `write`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultMessage {
+    pub op_id: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The document's version after the write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Version>,
+    /// The event's sequence number (absent when the write changed nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<Seq>,
+    /// The answer replays an earlier write with the same `op_id`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
+    /// Why the write was refused: `{code, message, ...}` as in the REST API (e.g. `current_version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+}
+
+/// Messages the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Snapshot(SnapshotMessage),
+    /// An event exactly as stored in the log.
+    Event(Event),
+    Synced(SyncedMessage),
+    Result(ResultMessage),
+    Error {
+        code: String,
+        message: String,
+    },
+    Pong {
+        #[serde(default)]
+        id: Option<Value>,
+    },
+}
+
+impl ServerMessage {
+    pub fn error(code: &str, message: impl Into<String>) -> ServerMessage {
+        ServerMessage::Error {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The message as JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server messages always serialize")
+    }
+
+    /// The SSE `event:` name of this message (its `type`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMessage::Snapshot(_) => "snapshot",
+            ServerMessage::Event(_) => "event",
+            ServerMessage::Synced(_) => "synced",
+            ServerMessage::Result(_) => "result",
+            ServerMessage::Error { .. } => "error",
+            ServerMessage::Pong { .. } => "pong",
+        }
+    }
+}
+
+/// Serializes an event as a `{"type":"event", ...}` message — what the hub does once per event.
+pub fn event_json(event: &Event) -> String {
+    #[derive(Serialize)]
+    struct Tagged<'a> {
+        r#type: &'static str,
+        #[serde(flatten)]
+        event: &'a Event,
+    }
+    serde_json::to_string(&Tagged {
+        r#type: "event",
+        event,
+    })
+    .expect("events always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Op;
+    use crate::time::Timestamp;
+    use serde_json::json;
+
+    #[test]
+    fn client_messages_parse_from_the_documented_json() {
+        let hello: ClientMessage = serde_json::from_value(json!({
+            "type": "hello", "client_id": "c1", "subscribe": ["games"],
+            "state_vector": {"games": {"g1": 3}}
+        }))
+        .unwrap();
+        let ClientMessage::Hello(h) = hello else { panic!() };
+        assert_eq!(h.state_vector.unwrap()["games"]["g1"], 3);
+        let w: ClientMessage = serde_json::from_value(json!({
+            "type": "write", "op_id": "o1", "op": "patch", "collection": "games", "id": "g1",
+            "patch": [{"op": "replace", "path": "/gold", "value": 1}], "expected_version": 3
+        }))
+        .unwrap();
+        assert!(matches!(
+            w,
+            ClientMessage::Write(WriteMessage {
+                op: WriteOp::Patch,
+                ..
+            })
+        ));
+        assert_eq!(
+            serde_json::from_value::<ClientMessage>(json!({"type": "ack", "seq": 9})).unwrap(),
+            ClientMessage::Ack { seq: 9 }
+        );
+        assert_eq!(
+            serde_json::from_value::<ClientMessage>(json!({"type": "sync"})).unwrap(),
+            ClientMessage::Sync { state_vector: None }
+        );
+    }
+
+    #[test]
+    fn malformed_client_messages_are_rejected() {
+        for bad in [
+            json!({"type": "explode"}),
+            json!({"client_id": "c"}),
+            json!({"type": "hello"}),
+            json!({"type": "hello", "client_id": 5}),
+            json!({"type": "hello", "client_id": "c", "state_vector": {"games": {"g": "x"}}}),
+            json!({"type": "hello", "client_id": "c", "state_vector": [1]}),
+            json!({"type": "ack", "seq": -1}),
+            json!({"type": "write", "op_id": "o", "op": "frobnicate", "collection": "g"}),
+            json!({"type": "hello", "client_id": "c", "surprise": true}),
+        ] {
+            assert!(
+                serde_json::from_value::<ClientMessage>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn event_json_is_the_event_with_its_type() {
+        let e = Event {
+            seq: 7,
+            collection: "games".into(),
+            id: "g1".into(),
+            version: 2,
+            op: Op::Update,
+            patch: serde_json::from_value(json!([{"op": "replace", "path": "/a", "value": 1}])).unwrap(),
+            client_id: "c".into(),
+            op_id: "o".into(),
+            ts: Timestamp(0),
+        };
+        let text = event_json(&e);
+        let back: ServerMessage = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, ServerMessage::Event(e.clone()));
+        assert_eq!(text, ServerMessage::Event(e).to_json());
+    }
+}

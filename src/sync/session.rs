@@ -1,0 +1,391 @@
+//! One sync connection's state, with no I/O: which collections it follows, what it has been sent
+//! (its vector and log position), what the client acknowledged, and which live events to forward.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::model::{validate_collection, validate_id, Event, Op, Seq, Version};
+use crate::store::CatchUp;
+use crate::sync::protocol::{Hello, StateVector};
+use crate::sync::{MAX_SUBSCRIPTIONS, MAX_UNACKED, MAX_VIOLATIONS};
+
+/// Why a `hello` (or a vector) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HelloError {
+    #[error("client_id: {0}")]
+    ClientId(String),
+    #[error("subscribe: {0}")]
+    Subscribe(String),
+    #[error("state_vector: {0}")]
+    Vector(String),
+}
+
+impl HelloError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            HelloError::ClientId(_) => "invalid_client_id",
+            HelloError::Subscribe(_) => "invalid_subscription",
+            HelloError::Vector(_) => "invalid_state_vector",
+        }
+    }
+}
+
+/// What to do with a live event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Live {
+    /// Forward it.
+    Send,
+    /// Not for this client, or already covered (by the catch-up or an earlier send).
+    Skip,
+    /// It does not follow what the client has: re-plan the catch-up from the store.
+    Gap,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    client_id: String,
+    collections: Vec<String>,
+    /// What the client has been sent (or had, per its hello), for the subscribed collections.
+    vector: StateVector,
+    /// Log position covered by the last catch-up: live events at or below it are already included.
+    position: Seq,
+    /// Sent vector changes not yet acknowledged: (position, collection, id, version).
+    unacked: VecDeque<(Seq, String, String, Version)>,
+    /// Acknowledged changes not yet persisted, and the position they bring the client to.
+    acked: StateVector,
+    acked_position: Option<Seq>,
+    /// The highest position sent so far (catch-up or live event).
+    sent: Seq,
+    violations: u32,
+}
+
+/// Checks a client id, subscriptions and (optionally) a vector.
+pub fn validate_hello(h: &Hello) -> Result<(), HelloError> {
+    validate_id(&h.client_id).map_err(|e| HelloError::ClientId(e.to_string()))?;
+    validate_subscriptions(&h.subscribe)?;
+    if let Some(v) = &h.state_vector {
+        validate_vector(v)?;
+    }
+    Ok(())
+}
+
+pub fn validate_subscriptions(collections: &[String]) -> Result<(), HelloError> {
+    if collections.len() > MAX_SUBSCRIPTIONS {
+        return Err(HelloError::Subscribe(format!(
+            "at most {MAX_SUBSCRIPTIONS} collections"
+        )));
+    }
+    for c in collections {
+        validate_collection(c).map_err(|e| HelloError::Subscribe(e.to_string()))?;
+    }
+    Ok(())
+}
+
+pub fn validate_vector(v: &StateVector) -> Result<(), HelloError> {
+    for (c, docs) in v {
+        validate_collection(c).map_err(|e| HelloError::Vector(format!("{c}: {e}")))?;
+        for id in docs.keys() {
+            validate_id(id).map_err(|e| HelloError::Vector(format!("{c}/{id}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+impl Session {
+    /// A session for a validated hello, starting from `vector` (the client's, or the one the server
+    /// remembered for it), restricted to the subscribed collections.
+    pub fn new(client_id: String, subscribe: &[String], vector: StateVector) -> Session {
+        let mut collections: Vec<String> = subscribe.to_vec();
+        collections.sort();
+        collections.dedup();
+        let mut s = Session {
+            client_id,
+            collections,
+            vector: StateVector::new(),
+            position: 0,
+            unacked: VecDeque::new(),
+            acked: StateVector::new(),
+            acked_position: None,
+            sent: 0,
+            violations: 0,
+        };
+        s.reset_vector(vector);
+        s
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub fn collections(&self) -> &[String] {
+        &self.collections
+    }
+
+    pub fn vector(&self) -> &StateVector {
+        &self.vector
+    }
+
+    pub fn position(&self) -> Seq {
+        self.position
+    }
+
+    /// Replaces what the server believes the client has (a `sync` with a vector).
+    pub fn reset_vector(&mut self, mut vector: StateVector) {
+        vector.retain(|c, _| self.collections.binary_search(c).is_ok());
+        for c in &self.collections {
+            vector.entry(c.clone()).or_default();
+        }
+        self.vector = vector;
+    }
+
+    /// Records a catch-up that was sent: the vector and position it brought the client to.
+    pub fn caught_up(&mut self, c: &CatchUp) {
+        for (collection, docs) in &c.vector {
+            let before = self.vector.entry(collection.clone()).or_default();
+            let removed: Vec<String> = before
+                .keys()
+                .filter(|id| !docs.contains_key(*id))
+                .cloned()
+                .collect();
+            for id in removed {
+                before.remove(&id);
+                self.unacked.push_back((c.position, collection.clone(), id, 0));
+            }
+            for (id, v) in docs {
+                if before.get(id) != Some(v) {
+                    before.insert(id.clone(), *v);
+                    self.unacked
+                        .push_back((c.position, collection.clone(), id.clone(), *v));
+                }
+            }
+        }
+        self.position = self.position.max(c.position);
+        self.sent = self.sent.max(c.position);
+        self.trim_unacked();
+    }
+
+    /// Decides about a live event; when it is to be sent, records it as sent.
+    pub fn live(&mut self, e: &Event) -> Live {
+        let Some(docs) = self.vector.get_mut(&e.collection) else {
+            return Live::Skip;
+        };
+        if e.seq <= self.position {
+            return Live::Skip;
+        }
+        let have = docs.get(&e.id).copied().unwrap_or(0);
+        if e.version <= have {
+            return Live::Skip;
+        }
+        // A create may follow a deletion the client never saw only if it has nothing of the document.
+        let follows = e.version == have + 1 || (e.op == Op::Create && have == 0);
+        if !follows {
+            return Live::Gap;
+        }
+        docs.insert(e.id.clone(), e.version);
+        self.sent = self.sent.max(e.seq);
+        self.unacked
+            .push_back((e.seq, e.collection.clone(), e.id.clone(), e.version));
+        self.trim_unacked();
+        Live::Send
+    }
+
+    /// The client acknowledged everything up to `seq`.
+    pub fn ack(&mut self, seq: Seq) {
+        while self.unacked.front().is_some_and(|(p, ..)| *p <= seq) {
+            let (_, c, id, v) = self.unacked.pop_front().expect("checked above");
+            self.acked.entry(c).or_default().insert(id, v);
+        }
+        let pos = seq.min(self.sent);
+        self.acked_position = Some(self.acked_position.map_or(pos, |p| p.max(pos)));
+    }
+
+    /// Acknowledged changes not yet persisted, with their position; `None` if there are none.
+    pub fn take_acked(&mut self) -> Option<(Seq, StateVector)> {
+        let position = self.acked_position.take()?;
+        Some((position, std::mem::take(&mut self.acked)))
+    }
+
+    /// Counts a bad message; true when the connection has now misbehaved too often.
+    pub fn violation(&mut self) -> bool {
+        self.violations += 1;
+        self.violations >= MAX_VIOLATIONS
+    }
+
+    fn trim_unacked(&mut self) {
+        while self.unacked.len() > MAX_UNACKED {
+            self.unacked.pop_front();
+        }
+    }
+}
+
+/// Restricts a vector to some collections (what `POST /api/sync` and `synced` report).
+pub fn restrict(vector: &StateVector, collections: &[String]) -> StateVector {
+    collections
+        .iter()
+        .map(|c| (c.clone(), vector.get(c).cloned().unwrap_or_else(BTreeMap::new)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::Timestamp;
+
+    fn ev(seq: Seq, id: &str, version: Version, op: Op) -> Event {
+        Event {
+            seq,
+            collection: "games".into(),
+            id: id.into(),
+            version,
+            op,
+            patch: json_patch::Patch(vec![]),
+            client_id: "c".into(),
+            op_id: "o".into(),
+            ts: Timestamp(0),
+        }
+    }
+
+    fn vector(entries: &[(&str, Version)]) -> StateVector {
+        let docs = entries.iter().map(|(id, v)| (id.to_string(), *v)).collect();
+        [("games".to_string(), docs)].into()
+    }
+
+    fn session() -> Session {
+        Session::new("c1".into(), &["games".to_string()], StateVector::new())
+    }
+
+    fn catch_up(position: Seq, v: StateVector) -> CatchUp {
+        CatchUp {
+            position,
+            messages: vec![],
+            vector: v,
+            snapshots: 0,
+            events: 0,
+        }
+    }
+
+    #[test]
+    fn live_events_at_or_below_the_catch_up_position_are_skipped() {
+        let mut s = session();
+        s.caught_up(&catch_up(10, vector(&[("a", 3)])));
+        assert_eq!(s.live(&ev(9, "b", 1, Op::Create)), Live::Skip);
+        assert_eq!(s.live(&ev(10, "a", 3, Op::Update)), Live::Skip);
+        assert_eq!(s.live(&ev(11, "a", 4, Op::Update)), Live::Send);
+        assert_eq!(s.vector()["games"]["a"], 4);
+    }
+
+    #[test]
+    fn duplicates_are_skipped_and_gaps_detected() {
+        let mut s = session();
+        s.caught_up(&catch_up(5, vector(&[("a", 2)])));
+        assert_eq!(s.live(&ev(6, "a", 2, Op::Update)), Live::Skip);
+        assert_eq!(s.live(&ev(7, "a", 4, Op::Update)), Live::Gap);
+        assert_eq!(s.live(&ev(8, "a", 3, Op::Update)), Live::Send);
+    }
+
+    #[test]
+    fn other_collections_are_not_forwarded() {
+        let mut s = session();
+        let mut e = ev(1, "a", 1, Op::Create);
+        e.collection = "other".into();
+        assert_eq!(s.live(&e), Live::Skip);
+    }
+
+    #[test]
+    fn a_recreated_document_follows_only_what_the_client_has() {
+        let mut s = session();
+        s.caught_up(&catch_up(1, vector(&[])));
+        assert_eq!(s.live(&ev(2, "n", 1, Op::Create)), Live::Send);
+        assert_eq!(s.live(&ev(3, "n", 2, Op::Delete)), Live::Send);
+        assert_eq!(s.live(&ev(4, "n", 3, Op::Create)), Live::Send);
+        // A create at a high version for an unknown document (recreated before we subscribed).
+        assert_eq!(s.live(&ev(5, "m", 7, Op::Create)), Live::Send);
+        // An update at a high version for an unknown document is a gap.
+        assert_eq!(s.live(&ev(6, "z", 7, Op::Update)), Live::Gap);
+    }
+
+    #[test]
+    fn acks_move_sent_changes_to_the_persisted_vector_in_order() {
+        let mut s = session();
+        s.caught_up(&catch_up(10, vector(&[("a", 3), ("b", 1)])));
+        assert_eq!(s.live(&ev(11, "a", 4, Op::Update)), Live::Send);
+        assert_eq!(s.live(&ev(12, "b", 2, Op::Update)), Live::Send);
+        assert_eq!(s.take_acked(), None);
+        s.ack(11);
+        let (pos, acked) = s.take_acked().unwrap();
+        assert_eq!(pos, 11);
+        assert_eq!(acked, vector(&[("a", 4), ("b", 1)]));
+        s.ack(12);
+        assert_eq!(s.take_acked().unwrap(), (12, vector(&[("b", 2)])));
+        // Acking beyond what was sent acknowledges only what was sent.
+        s.ack(1000);
+        assert_eq!(s.take_acked().unwrap().0, 12);
+    }
+
+    #[test]
+    fn a_catch_up_that_removes_a_document_is_acknowledged_as_version_zero() {
+        let mut s = Session::new("c".into(), &["games".to_string()], vector(&[("ghost", 4)]));
+        s.caught_up(&catch_up(3, vector(&[])));
+        s.ack(3);
+        assert_eq!(s.take_acked().unwrap(), (3, vector(&[("ghost", 0)])));
+    }
+
+    #[test]
+    fn the_vector_is_restricted_to_subscriptions() {
+        let mut v = vector(&[("a", 1)]);
+        v.insert("other".into(), [("x".to_string(), 2)].into());
+        let s = Session::new("c".into(), &["games".to_string(), "games".to_string()], v);
+        assert_eq!(s.collections(), ["games".to_string()]);
+        assert!(!s.vector().contains_key("other"));
+    }
+
+    #[test]
+    fn violations_add_up_to_a_close() {
+        let mut s = session();
+        for _ in 1..MAX_VIOLATIONS {
+            assert!(!s.violation());
+        }
+        assert!(s.violation());
+    }
+
+    #[test]
+    fn hellos_are_validated() {
+        let ok = Hello {
+            client_id: "c1".into(),
+            subscribe: vec!["games".into()],
+            state_vector: Some(vector(&[("a", 1)])),
+            token: None,
+        };
+        assert_eq!(validate_hello(&ok), Ok(()));
+        let bad_id = Hello {
+            client_id: "a b".into(),
+            ..ok.clone()
+        };
+        assert_eq!(validate_hello(&bad_id).unwrap_err().code(), "invalid_client_id");
+        let bad_sub = Hello {
+            subscribe: vec!["2x".into()],
+            ..ok.clone()
+        };
+        assert_eq!(
+            validate_hello(&bad_sub).unwrap_err().code(),
+            "invalid_subscription"
+        );
+        let too_many = Hello {
+            subscribe: (0..=MAX_SUBSCRIPTIONS).map(|i| format!("c{i}")).collect(),
+            ..ok.clone()
+        };
+        assert_eq!(
+            validate_hello(&too_many).unwrap_err().code(),
+            "invalid_subscription"
+        );
+        let mut v = vector(&[]);
+        v.get_mut("games").unwrap().insert("bad id".into(), 1);
+        let bad_vec = Hello {
+            state_vector: Some(v),
+            ..ok
+        };
+        assert_eq!(
+            validate_hello(&bad_vec).unwrap_err().code(),
+            "invalid_state_vector"
+        );
+    }
+}
