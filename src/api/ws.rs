@@ -185,7 +185,10 @@ async fn run(socket: WebSocket, state: AppState) {
     let shutdown = state.shutdown.clone();
     let (sink, mut stream) = socket.split();
     let mut conn = Connection { sink, state };
+    // The session loop watches the token itself (so it can flush acknowledgements first); this
+    // outer watch covers a session stuck elsewhere, e.g. in a send.
     let end = tokio::select! {
+        biased;
         end = session(&mut conn, &mut stream) => end,
         _ = shutdown.cancelled() => End::Close(CLOSE_GOING_AWAY, "server shutting down"),
     };
@@ -282,8 +285,10 @@ async fn session_inner(conn: &mut Connection, stream: &mut SplitStream<WebSocket
     let mut ping = tokio::time::interval_at(start + PING_INTERVAL, PING_INTERVAL);
     let mut flush = tokio::time::interval_at(start + VECTOR_FLUSH_INTERVAL, VECTOR_FLUSH_INTERVAL);
     let mut last_seen = Instant::now();
+    let shutdown = conn.state.shutdown.clone();
     let outcome = loop {
         tokio::select! {
+            _ = shutdown.cancelled() => break Err(End::Close(CLOSE_GOING_AWAY, "server shutting down")),
             frame = next_text(conn, stream) => {
                 last_seen = Instant::now();
                 let text = match frame {

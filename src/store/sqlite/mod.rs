@@ -299,12 +299,14 @@ impl Store for SqliteStore {
         entries: &StateVector,
         replace: bool,
     ) -> Result<(), StoreError> {
-        self.send(|reply| Command::SaveClient {
-            client_id: client_id.to_string(),
-            position,
-            entries: entries.clone(),
-            replace,
-            reply,
+        self.send(|reply| {
+            Command::SaveClient(Box::new(writer::SaveClient {
+                client_id: client_id.to_string(),
+                position,
+                entries: entries.clone(),
+                replace,
+                reply,
+            }))
         })
         .await
     }

@@ -50,13 +50,7 @@ pub enum Command {
         before: Timestamp,
         reply: Reply<u64>,
     },
-    SaveClient {
-        client_id: String,
-        position: Seq,
-        entries: crate::sync::protocol::StateVector,
-        replace: bool,
-        reply: Reply<()>,
-    },
+    SaveClient(Box<SaveClient>),
     Close(oneshot::Sender<()>),
 }
 
@@ -102,6 +96,15 @@ impl DocCache {
     }
 }
 
+/// A client's acknowledged vector to record; committed in the same group commit as writes.
+pub struct SaveClient {
+    pub client_id: String,
+    pub position: Seq,
+    pub entries: crate::sync::protocol::StateVector,
+    pub replace: bool,
+    pub reply: Reply<()>,
+}
+
 pub struct Writer {
     pub conn: Connection,
     pub cache: DocCache,
@@ -123,23 +126,25 @@ impl Writer {
         let mut close_reply = None;
         while let Some(first) = rx.blocking_recv() {
             let mut writes = Vec::new();
+            let mut saves = Vec::new();
             let mut others = Vec::new();
             let mut next = Some(first);
             while let Some(cmd) = next.take() {
                 match cmd {
                     Command::Write(w, reply) => writes.push((w, reply)),
+                    Command::SaveClient(save) => saves.push(*save),
                     Command::Close(reply) => {
                         close_reply = Some(reply);
                         break;
                     }
                     other => others.push(other),
                 }
-                if writes.len() + others.len() < self.max_batch {
+                if writes.len() + saves.len() + others.len() < self.max_batch {
                     next = rx.try_recv().ok();
                 }
             }
-            if !writes.is_empty() {
-                self.commit_batch(writes);
+            if !writes.is_empty() || !saves.is_empty() {
+                self.commit_batch(writes, saves);
             }
             for cmd in others {
                 self.maintain(cmd);
@@ -157,7 +162,7 @@ impl Writer {
         }
     }
 
-    fn commit_batch(&mut self, writes: Vec<(Box<Write>, Reply<Committed>)>) {
+    fn commit_batch(&mut self, writes: Vec<(Box<Write>, Reply<Committed>)>, saves: Vec<SaveClient>) {
         let now = Timestamp::now();
         let first_seq = self.next_seq;
         let mut next_seq = first_seq;
@@ -186,6 +191,9 @@ impl Writer {
                 tx.prepare_cached(SAVE_HIGH_WATER)?
                     .execute([(next_seq - 1) as i64])?;
             }
+            for save in &saves {
+                rows::save_client(&tx, &save.client_id, save.position, &save.entries, save.replace)?;
+            }
             tx.commit()
         })();
         if let Err(e) = committed {
@@ -195,7 +203,13 @@ impl Writer {
             for (_, reply) in writes {
                 let _ = reply.send(Err(err.clone()));
             }
+            for save in saves {
+                let _ = save.reply.send(Err(err.clone()));
+            }
             return;
+        }
+        for save in saves {
+            let _ = save.reply.send(Ok(()));
         }
         self.next_seq = next_seq;
         let fresh = results.iter().filter_map(|r| match r {
@@ -227,22 +241,10 @@ impl Writer {
                     compact(c, retention, now, after)
                 }));
             }
-            Command::SaveClient {
-                client_id,
-                position,
-                entries,
-                replace,
-                reply,
-            } => {
-                let r = in_transaction(&mut self.conn, |c| {
-                    rows::save_client(c, &client_id, position, &entries, replace)
-                });
-                let _ = reply.send(r);
-            }
             Command::ExpireIdempotency { before, reply } => {
                 let _ = reply.send(in_transaction(&mut self.conn, |c| expire_idempotency(c, before)));
             }
-            Command::Write(..) | Command::Close(_) => unreachable!("batched by run()"),
+            Command::Write(..) | Command::SaveClient(_) | Command::Close(_) => unreachable!("batched by run()"),
         }
     }
 }
