@@ -23,6 +23,7 @@ use super::sync::initial_vector;
 use super::AppState;
 use crate::error::ApiError;
 use crate::model::Seq;
+use crate::store::EventFilter;
 use crate::sync::protocol::{Hello, ServerMessage, StateVector, SyncedMessage};
 use crate::sync::session::{restrict, validate_hello, Live, Session};
 use crate::sync::{SEND_TIMEOUT, SSE_KEEPALIVE, VECTOR_FLUSH_INTERVAL};
@@ -89,7 +90,10 @@ pub async fn stream(
     };
     // Subscribe before reading the catch-up (in the session task).
     let rx = state.hub.subscribe();
-    let vector = initial_vector(&state, &hello).await?;
+    let mut vector = initial_vector(&state, &hello).await?;
+    if let (Some(received), None) = (last_event_id, &hello.state_vector) {
+        vector = rewind(&state, &hello.subscribe, vector, received).await?;
+    }
     let (tx, frames) = mpsc::channel::<Bytes>(SSE_QUEUE);
     let session = Session::new(hello.client_id, &hello.subscribe, vector);
     let sessions = state.sessions.clone();
@@ -105,6 +109,49 @@ pub async fn stream(
         body,
     )
         .into_response())
+}
+
+/// Most log events read to rewind a reconnecting SSE client; past that it gets a full re-sync.
+const MAX_REWIND_EVENTS: usize = 100_000;
+
+/// Winds the remembered (delivered) vector back to what the client says it received: every document
+/// changed after `received` goes back to the version before its first such change, so that frames
+/// lost in flight when the stream died are sent again. If that takes reading more than
+/// [`MAX_REWIND_EVENTS`] events, the client starts from nothing (snapshots) instead — never less.
+async fn rewind(
+    state: &AppState,
+    collections: &[String],
+    mut vector: StateVector,
+    received: Seq,
+) -> Result<StateVector, ApiError> {
+    let page = state.config.limits.max_page;
+    for collection in collections {
+        let mut filter = EventFilter {
+            collection: Some(collection.clone()),
+            after: received,
+            ..EventFilter::default()
+        };
+        let mut read = 0;
+        loop {
+            let events = state.store.events(&filter, page).await?;
+            read += events.len();
+            if read > MAX_REWIND_EVENTS {
+                vector.remove(collection);
+                break;
+            }
+            let docs = vector.entry(collection.clone()).or_default();
+            for e in &events {
+                if let Some(v) = docs.get_mut(&e.id) {
+                    *v = (*v).min(e.version.saturating_sub(1));
+                }
+            }
+            match events.last() {
+                Some(last) if events.len() == page => filter.after = last.seq,
+                _ => break,
+            }
+        }
+    }
+    Ok(vector)
 }
 
 struct Stream {
@@ -137,14 +184,17 @@ impl Stream {
             }
         }
         session.caught_up(&c);
-        session.ack(c.position);
         let synced = ServerMessage::Synced(SyncedMessage {
             seq: c.position,
             state_vector: restrict(session.vector(), session.collections()),
             snapshots: c.snapshots,
             events: c.events,
         });
-        self.send(frame(&synced, Some(c.position))).await
+        self.send(frame(&synced, Some(c.position))).await?;
+        // No back channel: what reached the response stream counts as acknowledged. A stream that
+        // dies with frames in flight is corrected on reconnect by `Last-Event-ID` (see `rewind`).
+        session.ack(c.position);
+        Ok(())
     }
 
     async fn flush_acks(&self, session: &mut Session) {
@@ -186,7 +236,9 @@ async fn run(
                             if e.seq > s.received {
                                 ok = s.send(e.sse_frame()).await.is_ok();
                             }
-                            session.ack(e.seq);
+                            if ok {
+                                session.ack(e.seq);
+                            }
                             false
                         }
                         Live::Skip => false,

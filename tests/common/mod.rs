@@ -202,3 +202,645 @@ pub async fn all_events(server: &TestServer, query: &str) -> Vec<Value> {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Sync helpers: a WebSocket client, an SSE reader, a replica that applies sync messages, and the
+// server's side to compare it with. Every wait is bounded (`WAIT` unless told otherwise).
+// ---------------------------------------------------------------------------------------------------
+
+/// How long a sync helper waits for one expected message before failing the test.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What one WebSocket read produced.
+#[derive(Debug)]
+pub enum WsRead {
+    /// A text frame, parsed as JSON.
+    Message(Value),
+    /// A close frame, with its code if it had one.
+    Close(Option<u16>),
+    /// The connection ended without a close frame (the error or "end of stream").
+    Ended(String),
+    /// Nothing arrived in time.
+    Timeout,
+}
+
+/// A raw sync WebSocket client: frames in, JSON messages out.
+pub struct WsClient {
+    pub ws: WsStream,
+    /// Every JSON message received so far, in order.
+    pub log: Vec<Value>,
+    pings: u64,
+}
+
+impl WsClient {
+    /// Connects to `GET /sync/ws` (no hello yet).
+    pub async fn connect(server: &TestServer) -> WsClient {
+        let url = format!("{}/sync/ws", server.url.replacen("http://", "ws://", 1));
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("WebSocket connect timed out")
+            .expect("WebSocket connect failed");
+        WsClient {
+            ws,
+            log: Vec::new(),
+            pings: 0,
+        }
+    }
+
+    /// Connects and says hello; returns the catch-up messages and the `synced` that ends them.
+    pub async fn open(
+        server: &TestServer,
+        client_id: &str,
+        subscribe: &[&str],
+        state_vector: Option<Value>,
+    ) -> (WsClient, Vec<Value>, Value) {
+        let mut c = WsClient::connect(server).await;
+        let (msgs, synced) = c.hello(client_id, subscribe, state_vector).await;
+        (c, msgs, synced)
+    }
+
+    pub async fn send_frame(&mut self, m: tokio_tungstenite::tungstenite::Message) {
+        use futures::SinkExt;
+        tokio::time::timeout(WAIT, self.ws.send(m))
+            .await
+            .expect("WebSocket send timed out")
+            .expect("WebSocket send failed");
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        let text: String = text.into();
+        self.send_frame(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+    }
+
+    pub async fn send(&mut self, v: &Value) {
+        self.send_text(v.to_string()).await
+    }
+
+    /// The next text message, close or end (pings and pongs are skipped), within `within`.
+    pub async fn read(&mut self, within: Duration) -> WsRead {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.ws.next()).await {
+                Err(_) => return WsRead::Timeout,
+                Ok(None) => return WsRead::Ended("end of stream".into()),
+                Ok(Some(Err(e))) => return WsRead::Ended(e.to_string()),
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let v: Value = serde_json::from_str(t.as_str())
+                        .unwrap_or_else(|e| panic!("server sent non-JSON text ({e}): {t}"));
+                    assert!(v["type"].is_string(), "server message without a type: {v}");
+                    self.log.push(v.clone());
+                    return WsRead::Message(v);
+                }
+                Ok(Some(Ok(Message::Close(f)))) => return WsRead::Close(f.map(|f| u16::from(f.code))),
+                Ok(Some(Ok(Message::Binary(b)))) => panic!("server sent a binary frame: {b:?}"),
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// The next message; fails the test on close, end or timeout ([`WAIT`]).
+    pub async fn recv(&mut self) -> Value {
+        match self.read(WAIT).await {
+            WsRead::Message(v) => v,
+            other => panic!(
+                "expected a message, got {other:?}; received so far: {:?}",
+                self.log
+            ),
+        }
+    }
+
+    /// Messages up to and including the first of type `ty`: (the ones before, that one).
+    pub async fn recv_until(&mut self, ty: &str, within: Duration) -> (Vec<Value>, Value) {
+        let deadline = Instant::now() + within;
+        let mut before = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.read(left).await {
+                WsRead::Message(v) if v["type"] == ty => return (before, v),
+                WsRead::Message(v) => before.push(v),
+                other => panic!("waiting for '{ty}', got {other:?}; before it: {before:?}"),
+            }
+        }
+    }
+
+    /// Sends `hello`; returns the catch-up messages and the `synced` that ends them.
+    pub async fn hello(
+        &mut self,
+        client_id: &str,
+        subscribe: &[&str],
+        state_vector: Option<Value>,
+    ) -> (Vec<Value>, Value) {
+        let mut hello = serde_json::json!({"type": "hello", "client_id": client_id, "subscribe": subscribe});
+        if let Some(v) = state_vector {
+            hello["state_vector"] = v;
+        }
+        self.send(&hello).await;
+        self.recv_until("synced", WAIT).await
+    }
+
+    /// Sends a `ping` with a fresh id and returns everything received before its `pong`: once it
+    /// returns, the server has handled all the frames sent before it.
+    pub async fn barrier(&mut self) -> Vec<Value> {
+        self.pings += 1;
+        let id = format!("barrier-{}", self.pings);
+        self.send(&serde_json::json!({"type": "ping", "id": id})).await;
+        let deadline = Instant::now() + WAIT;
+        let mut before = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.read(left).await {
+                WsRead::Message(v) if v["type"] == "pong" && v["id"] == id.as_str() => return before,
+                WsRead::Message(v) => before.push(v),
+                other => panic!("waiting for pong {id}, got {other:?}; before it: {before:?}"),
+            }
+        }
+    }
+
+    /// Events (and other messages) until the event with sequence number `seq` has arrived.
+    pub async fn recv_through_seq(&mut self, seq: u64) -> Vec<Value> {
+        let deadline = Instant::now() + WAIT;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.read(left).await {
+                WsRead::Message(v) => {
+                    let done = v["type"] == "event" && v["seq"].as_u64().is_some_and(|s| s >= seq);
+                    out.push(v);
+                    if done {
+                        return out;
+                    }
+                }
+                other => panic!("waiting for the event at seq {seq}, got {other:?}; so far: {out:?}"),
+            }
+        }
+    }
+
+    /// Reads until the server closes; `Ok(code)` for a close frame, `Err(how)` if the connection
+    /// ended without one. Messages on the way are kept in the log.
+    pub async fn closed(&mut self, within: Duration) -> Result<Option<u16>, String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.read(left).await {
+                WsRead::Message(_) => continue,
+                WsRead::Close(code) => return Ok(code),
+                WsRead::Ended(how) => return Err(how),
+                WsRead::Timeout => panic!("the server did not close within {within:?}"),
+            }
+        }
+    }
+
+    /// Closes from our side (best effort).
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(WAIT, self.ws.close(None)).await;
+    }
+}
+
+/// One Server-Sent Events message (a block of lines ended by a blank line).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SseFrame {
+    pub event: Option<String>,
+    pub id: Option<String>,
+    /// The `data:` lines joined with `\n`.
+    pub data: String,
+    pub retry: Option<u64>,
+}
+
+impl SseFrame {
+    /// `data` as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("SSE data is not JSON ({e}): {self:?}"))
+    }
+
+    pub fn id_seq(&self) -> Option<u64> {
+        self.id.as_deref().map(|i| {
+            i.parse()
+                .unwrap_or_else(|_| panic!("SSE id is not a number: {self:?}"))
+        })
+    }
+}
+
+/// What one SSE read produced.
+#[derive(Debug)]
+pub enum SseRead {
+    Frame(SseFrame),
+    /// The body finished cleanly.
+    Ended,
+    /// The body failed.
+    Error(String),
+    Timeout,
+}
+
+/// An SSE response body read frame by frame.
+pub struct SseClient {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: Vec<u8>,
+    cur: SseFrame,
+    has_field: bool,
+    ready: std::collections::VecDeque<SseFrame>,
+    /// Comment lines (`: ...`) seen.
+    pub comments: usize,
+    /// Data frames received (those with `data:`), in order.
+    pub log: Vec<SseFrame>,
+}
+
+impl SseClient {
+    /// `GET /sync/sse?{query}` (with `Last-Event-ID` if given); asserts a 200 event stream.
+    pub async fn open(server: &TestServer, query: &str, last_event_id: Option<&str>) -> SseClient {
+        let http = reqwest::Client::builder().connect_timeout(WAIT).build().unwrap();
+        let mut req = http.get(format!("{}/sync/sse?{query}", server.url));
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let resp = tokio::time::timeout(WAIT, req.send())
+            .await
+            .expect("SSE request timed out")
+            .expect("SSE request failed");
+        let status = resp.status();
+        if status != StatusCode::OK {
+            let body = resp.text().await.unwrap_or_default();
+            panic!("SSE request answered {status}: {body}");
+        }
+        let ct = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        assert!(ct.starts_with("text/event-stream"), "content type {ct}");
+        SseClient {
+            body: Box::pin(resp.bytes_stream()),
+            buf: Vec::new(),
+            cur: SseFrame::default(),
+            has_field: false,
+            ready: Default::default(),
+            comments: 0,
+            log: Vec::new(),
+        }
+    }
+
+    fn parse_lines(&mut self) {
+        while let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
+            let mut line: Vec<u8> = self.buf.drain(..=nl).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            let line = String::from_utf8(line).expect("SSE lines are UTF-8");
+            if line.is_empty() {
+                if self.has_field {
+                    self.ready.push_back(std::mem::take(&mut self.cur));
+                }
+                self.has_field = false;
+                continue;
+            }
+            if line.starts_with(':') {
+                self.comments += 1;
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line.as_str(), ""),
+            };
+            self.has_field = true;
+            match field {
+                "event" => self.cur.event = Some(value.to_string()),
+                "id" => self.cur.id = Some(value.to_string()),
+                "data" => {
+                    if !self.cur.data.is_empty() {
+                        self.cur.data.push('\n');
+                    }
+                    self.cur.data.push_str(value);
+                }
+                "retry" => self.cur.retry = value.parse().ok(),
+                other => panic!("unknown SSE field '{other}' in line {line:?}"),
+            }
+        }
+    }
+
+    /// The next frame (including frames without data, such as `retry:`), within `within`.
+    pub async fn read_frame(&mut self, within: Duration) -> SseRead {
+        use futures::StreamExt;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(f) = self.ready.pop_front() {
+                if !f.data.is_empty() {
+                    self.log.push(f.clone());
+                }
+                return SseRead::Frame(f);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.body.next()).await {
+                Err(_) => return SseRead::Timeout,
+                Ok(None) => return SseRead::Ended,
+                Ok(Some(Err(e))) => return SseRead::Error(e.to_string()),
+                Ok(Some(Ok(chunk))) => {
+                    self.buf.extend_from_slice(&chunk);
+                    self.parse_lines();
+                }
+            }
+        }
+    }
+
+    /// The next frame with data; fails the test on end, error or timeout ([`WAIT`]).
+    pub async fn recv(&mut self) -> SseFrame {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.read_frame(left).await {
+                SseRead::Frame(f) if f.data.is_empty() => continue,
+                SseRead::Frame(f) => return f,
+                other => panic!(
+                    "expected an SSE message, got {other:?}; received so far: {:?}",
+                    self.log
+                ),
+            }
+        }
+    }
+
+    /// Frames with data up to and including the first whose `event:` is `kind`.
+    pub async fn recv_until(&mut self, kind: &str) -> (Vec<SseFrame>, SseFrame) {
+        let mut before = Vec::new();
+        loop {
+            let f = self.recv().await;
+            if f.event.as_deref() == Some(kind) {
+                return (before, f);
+            }
+            before.push(f);
+        }
+    }
+
+    /// Frames with data until the event with sequence number `seq` has arrived.
+    pub async fn recv_through_seq(&mut self, seq: u64) -> Vec<SseFrame> {
+        let mut out = Vec::new();
+        loop {
+            let f = self.recv().await;
+            let done =
+                f.event.as_deref() == Some("event") && f.json()["seq"].as_u64().is_some_and(|s| s >= seq);
+            out.push(f);
+            if done {
+                return out;
+            }
+        }
+    }
+}
+
+/// A client-side copy of documents built only from sync messages: collection → id →
+/// (version, body or `None` when deleted). It checks each event follows what it has.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Replica {
+    pub docs: std::collections::BTreeMap<String, std::collections::BTreeMap<String, (u64, Option<Value>)>>,
+}
+
+impl Replica {
+    /// Applies a `snapshot` or `event` message (anything else is a test failure).
+    pub fn apply(&mut self, msg: &Value) {
+        let collection = msg["collection"].as_str().expect("collection").to_string();
+        let id = msg["id"].as_str().expect("id").to_string();
+        let version = msg["version"].as_u64().expect("version");
+        let docs = self.docs.entry(collection).or_default();
+        match msg["type"].as_str() {
+            Some("snapshot") => {
+                if msg["deleted"] == true {
+                    assert!(msg["data"].is_null(), "a deleted snapshot has no data: {msg}");
+                    if version == 0 {
+                        docs.remove(&id);
+                    } else {
+                        docs.insert(id, (version, None));
+                    }
+                } else {
+                    assert!(msg["data"].is_object(), "a snapshot's data is an object: {msg}");
+                    docs.insert(id, (version, Some(msg["data"].clone())));
+                }
+            }
+            Some("event") => {
+                let have = docs.get(&id).cloned();
+                let have_version = have.as_ref().map_or(0, |h| h.0);
+                let op = msg["op"].as_str().expect("op");
+                assert!(
+                    version == have_version + 1 || (op == "create" && have_version == 0),
+                    "event does not follow the replica's version {have_version}: {msg}"
+                );
+                let patch: json_patch::Patch =
+                    serde_json::from_value(msg["patch"].clone()).expect("event patch is RFC 6902");
+                let body = match op {
+                    "create" => {
+                        assert!(
+                            have.as_ref().is_none_or(|h| h.1.is_none()),
+                            "create of a live document: {msg}"
+                        );
+                        let mut body = serde_json::json!({});
+                        json_patch::patch(&mut body, &patch).expect("create patch applies to {}");
+                        Some(body)
+                    }
+                    "update" => {
+                        let mut body = have
+                            .and_then(|h| h.1)
+                            .unwrap_or_else(|| panic!("update of a document the replica lacks: {msg}"));
+                        json_patch::patch(&mut body, &patch).expect("update patch applies");
+                        Some(body)
+                    }
+                    "delete" => {
+                        assert!(patch.0.is_empty(), "a delete's patch is empty: {msg}");
+                        None
+                    }
+                    other => panic!("unknown op {other}: {msg}"),
+                };
+                docs.insert(id, (version, body));
+            }
+            _ => panic!("not a snapshot or event: {msg}"),
+        }
+    }
+
+    pub fn apply_all<'a>(&mut self, msgs: impl IntoIterator<Item = &'a Value>) {
+        for m in msgs {
+            self.apply(m);
+        }
+    }
+
+    /// The replica's state vector for `collections` (deleted documents keep their version).
+    pub fn vector(&self, collections: &[&str]) -> Value {
+        let mut out = serde_json::Map::new();
+        for c in collections {
+            let docs: serde_json::Map<String, Value> = self
+                .docs
+                .get(*c)
+                .map(|d| {
+                    d.iter()
+                        .map(|(id, (v, _))| (id.clone(), Value::from(*v)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.insert(c.to_string(), Value::Object(docs));
+        }
+        Value::Object(out)
+    }
+
+    /// The live documents of a collection: id → (version, body).
+    pub fn live(&self, collection: &str) -> std::collections::BTreeMap<String, (u64, Value)> {
+        self.docs
+            .get(collection)
+            .map(|d| {
+                d.iter()
+                    .filter_map(|(id, (v, b))| b.clone().map(|b| (id.clone(), (*v, b))))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The server's live documents of a collection (REST listing): id → (version, body).
+pub async fn server_docs(
+    server: &TestServer,
+    collection: &str,
+) -> std::collections::BTreeMap<String, (u64, Value)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/api/{collection}?limit=1000");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, body) = server.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        for d in body["items"].as_array().expect("items") {
+            out.insert(
+                d["id"].as_str().unwrap().to_string(),
+                (d["version"].as_u64().unwrap(), d["data"].clone()),
+            );
+        }
+        match body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return out,
+        }
+    }
+}
+
+/// `last_seq` from `/api/health`.
+pub async fn health_seq(server: &TestServer) -> u64 {
+    let (status, body) = server.get("/api/health").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ok", "{body}");
+    body["last_seq"].as_u64().expect("last_seq")
+}
+
+/// A string of `n` bytes, to make documents large (so that catch-ups prefer events to snapshots).
+pub fn filler(n: usize) -> String {
+    "abcdefghijklmnopqrstuvwxyz0123456789"
+        .chars()
+        .cycle()
+        .take(n)
+        .collect()
+}
+
+/// The `seq` of a REST write's event (asserting the write succeeded and appended one).
+pub fn event_seq(status: StatusCode, body: &Value) -> u64 {
+    assert!(status.is_success(), "write failed: {status} {body}");
+    body["event"]["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("write appended no event: {body}"))
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most `within`.
+pub async fn poll<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `POST /api/{collection}` with `"id": id` added to `data`; returns the event's seq.
+pub async fn rest_create(server: &TestServer, collection: &str, id: &str, data: Value) -> u64 {
+    let mut body = data;
+    body["id"] = Value::from(id);
+    let (status, resp) = server.post_json(&format!("/api/{collection}"), &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{resp}");
+    event_seq(status, &resp)
+}
+
+/// A JSON Patch (RFC 6902) through REST; returns the event's seq.
+pub async fn rest_patch(server: &TestServer, collection: &str, id: &str, ops: Value) -> u64 {
+    let (status, resp) = server.json_patch(&format!("/api/{collection}/{id}"), &ops).await;
+    event_seq(status, &resp)
+}
+
+/// `DELETE /api/{collection}/{id}`; returns the event's seq.
+pub async fn rest_delete(server: &TestServer, collection: &str, id: &str) -> u64 {
+    let (status, resp) = server.delete(&format!("/api/{collection}/{id}")).await;
+    event_seq(status, &resp)
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (for query parameters).
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Asserts two id → (version, body) maps are equal; on a difference, shows versions and the ids that
+/// differ rather than whole (possibly large) bodies.
+pub fn assert_docs_eq(
+    got: &std::collections::BTreeMap<String, (u64, Value)>,
+    want: &std::collections::BTreeMap<String, (u64, Value)>,
+    context: &str,
+) {
+    if got == want {
+        return;
+    }
+    let versions = |m: &std::collections::BTreeMap<String, (u64, Value)>| -> Vec<(String, u64)> {
+        m.iter().map(|(id, (v, _))| (id.clone(), *v)).collect()
+    };
+    let short = |v: &Value| -> String {
+        let s = v.to_string();
+        if s.len() > 300 {
+            format!(
+                "{}... ({} bytes)",
+                s.chars().take(300).collect::<String>(),
+                s.len()
+            )
+        } else {
+            s
+        }
+    };
+    let differing: Vec<String> = got
+        .keys()
+        .chain(want.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|id| got.get(*id) != want.get(*id))
+        .map(|id| {
+            format!(
+                "{id}: got {:?} want {:?}",
+                got.get(id).map(|(v, b)| (v, short(b))),
+                want.get(id).map(|(v, b)| (v, short(b)))
+            )
+        })
+        .collect();
+    panic!(
+        "{context}: documents differ\n  got versions:  {:?}\n  want versions: {:?}\n  {}",
+        versions(got),
+        versions(want),
+        differing.join("\n  ")
+    );
+}
