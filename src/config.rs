@@ -56,6 +56,8 @@ pub struct LimitsConfig {
     pub max_page: usize,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_ttl: Duration,
+    /// Live events a sync session may fall behind before it is re-synced from the store.
+    pub hub_capacity: usize,
 }
 
 /// When snapshots are taken and how much history compaction keeps.
@@ -92,6 +94,7 @@ impl Default for Config {
                 max_batch: 512,
                 max_page: 1000,
                 idempotency_ttl: Duration::from_secs(24 * 3600),
+                hub_capacity: 16_384,
             },
             snapshots: SnapshotConfig {
                 every: 100,
@@ -162,6 +165,9 @@ pub struct Args {
     /// How long Idempotency-Keys are remembered [default: 24h].
     #[arg(long, env = "EVENTSYNC_IDEMPOTENCY_TTL")]
     pub idempotency_ttl: Option<String>,
+    /// Live events a sync session may fall behind before it is re-synced from the store [default: 16384].
+    #[arg(long, env = "EVENTSYNC_HUB_CAPACITY")]
+    pub hub_capacity: Option<usize>,
     /// Snapshot a document every N events [default: 100].
     #[arg(long, env = "EVENTSYNC_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
@@ -201,6 +207,7 @@ struct FileConfig {
     max_batch: Option<usize>,
     max_page: Option<usize>,
     idempotency_ttl: Option<String>,
+    hub_capacity: Option<usize>,
     snapshot_every: Option<u64>,
     snapshot_interval: Option<String>,
     compact_interval: Option<String>,
@@ -320,6 +327,7 @@ impl Config {
                 .unwrap_or(d.limits.write_queue),
             max_batch: args.max_batch.or(file.max_batch).unwrap_or(d.limits.max_batch),
             max_page: args.max_page.or(file.max_page).unwrap_or(d.limits.max_page),
+            hub_capacity: args.hub_capacity.or(file.hub_capacity).unwrap_or(d.limits.hub_capacity),
             idempotency_ttl: dur(
                 "idempotency_ttl",
                 &args.idempotency_ttl,
@@ -376,7 +384,8 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        let positive: [(&'static str, u64); 9] = [
+        let positive: [(&'static str, u64); 10] = [
+            ("hub_capacity", l.hub_capacity as u64),
             ("max_connections", l.max_connections as u64),
             ("max_document_bytes", l.max_document_bytes as u64),
             ("max_body_bytes", l.max_body_bytes as u64),

@@ -26,6 +26,7 @@
 //! binary in `main.rs` only parses [`config::Config`] and calls [`server::run`].
 
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod hub;

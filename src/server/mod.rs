@@ -23,9 +23,6 @@ use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{Store, StoreError};
 use crate::write::Limits;
 
-/// Live events a hub subscriber may fall behind before it lags and must re-read the log.
-pub const HUB_CAPACITY: usize = 16_384;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("opening the store: {0}")]
@@ -49,7 +46,7 @@ impl Server {
     /// Starts serving on `listener`; returns once the store is open and the socket accepts.
     pub async fn start(listener: TcpListener, config: Config) -> Result<Server, ServerError> {
         let addr = listener.local_addr()?;
-        let hub = Hub::new(HUB_CAPACITY);
+        let hub = Hub::new(config.limits.hub_capacity);
         let store = open_store(&config, hub.clone()).await?;
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
