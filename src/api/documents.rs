@@ -15,7 +15,7 @@ use super::AppState;
 use crate::error::ApiError;
 use crate::model::{validate_collection, validate_id, Data, Document};
 use crate::store::Committed;
-use crate::write::{fingerprint, Mutation, Write};
+use crate::write::{fingerprint, kind_of, Mutation, Write};
 
 pub fn check_collection(c: &str) -> Result<(), ApiError> {
     validate_collection(c).map_err(|e| ApiError::bad_request("invalid_collection", e.to_string()))
@@ -70,19 +70,8 @@ fn object(body: JsonBody) -> Result<(Data, bytes::Bytes), ApiError> {
         Value::Object(m) => Ok((m, body.raw)),
         other => Err(ApiError::bad_request(
             "not_an_object",
-            format!("a document must be a JSON object, not {}", json_kind(&other)),
+            format!("a document must be a JSON object, not {}", kind_of(&other)),
         )),
-    }
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -225,7 +214,7 @@ pub async fn patch(
                 "invalid_patch",
                 format!(
                     "a patch must be a JSON Patch array or a merge-patch object, not {}",
-                    json_kind(other)
+                    kind_of(other)
                 ),
             ))
         }

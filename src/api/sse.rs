@@ -24,8 +24,8 @@ use super::AppState;
 use crate::error::ApiError;
 use crate::model::Seq;
 use crate::store::EventFilter;
-use crate::sync::protocol::{Hello, ServerMessage, StateVector, SyncedMessage};
-use crate::sync::session::{restrict, validate_hello, Live, Session};
+use crate::sync::protocol::{Hello, ServerMessage, StateVector};
+use crate::sync::session::{validate_hello, Live, Session};
 use crate::sync::{SEND_TIMEOUT, SSE_KEEPALIVE, VECTOR_FLUSH_INTERVAL};
 
 /// Frames queued for one SSE response before the session waits (and, if it stays full, lags).
@@ -184,12 +184,7 @@ impl Stream {
             }
         }
         session.caught_up(&c);
-        let synced = ServerMessage::Synced(SyncedMessage {
-            seq: c.position,
-            state_vector: restrict(session.vector(), session.collections()),
-            snapshots: c.snapshots,
-            events: c.events,
-        });
+        let synced = session.synced(&c);
         self.send(frame(&synced, Some(c.position))).await?;
         // No back channel: what reached the response stream counts as acknowledged. A stream that
         // dies with frames in flight is corrected on reconnect by `Last-Event-ID` (see `rewind`).
@@ -198,16 +193,7 @@ impl Stream {
     }
 
     async fn flush_acks(&self, session: &mut Session) {
-        if let Some((position, entries)) = session.take_acked() {
-            if let Err(e) = self
-                .state
-                .store
-                .save_client(session.client_id(), position, &entries, false)
-                .await
-            {
-                tracing::warn!(error = %e, "saving the delivered vector failed");
-            }
-        }
+        super::sync::flush_acks(&self.state, session).await;
     }
 }
 

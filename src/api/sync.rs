@@ -14,7 +14,7 @@ use crate::store::StoreError;
 use crate::sync::protocol::{
     Hello, ResultMessage, ServerMessage, StateVector, SyncedMessage, WriteMessage, WriteOp,
 };
-use crate::sync::session::{restrict, validate_hello};
+use crate::sync::session::{restrict, validate_hello, Session};
 use crate::write::{fingerprint, Mutation, Write};
 
 /// A refused protocol message: answered with an `error` message, counted as a violation.
@@ -47,6 +47,20 @@ pub async fn initial_vector(state: &AppState, hello: &Hello) -> Result<StateVect
             .await?
             .map(|c| c.state_vector)
             .unwrap_or_default()),
+    }
+}
+
+/// Records what a session's client acknowledged since the last flush (throttled by the callers to
+/// [`crate::sync::VECTOR_FLUSH_INTERVAL`], and done once more when the session ends).
+pub async fn flush_acks(state: &AppState, session: &mut Session) {
+    if let Some((position, entries)) = session.take_acked() {
+        if let Err(e) = state
+            .store
+            .save_client(session.client_id(), position, &entries, false)
+            .await
+        {
+            tracing::warn!(error = %e, client = session.client_id(), "saving the acknowledged vector failed");
+        }
     }
 }
 

@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, Semaphore};
 use super::sync::{commit_write, initial_vector, ProtocolError};
 use super::AppState;
 use crate::hub::LiveEvent;
-use crate::sync::protocol::{ClientMessage, ResultMessage, ServerMessage, SyncedMessage};
-use crate::sync::session::{restrict, validate_hello, validate_vector, Live, Session};
+use crate::sync::protocol::{ClientMessage, ResultMessage, ServerMessage};
+use crate::sync::session::{validate_hello, validate_vector, Live, Session};
 use crate::sync::{
     CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TIMEOUT, CLOSE_TOO_BIG, HELLO_TIMEOUT, MAX_INFLIGHT_WRITES,
     PING_INTERVAL, PONG_TIMEOUT, SEND_BATCH, SEND_TIMEOUT, VECTOR_FLUSH_INTERVAL,
@@ -101,12 +101,7 @@ impl Connection {
             _ => return Err(End::Gone),
         }
         session.caught_up(&c);
-        let synced = ServerMessage::Synced(SyncedMessage {
-            seq: c.position,
-            state_vector: restrict(session.vector(), session.collections()),
-            snapshots: c.snapshots,
-            events: c.events,
-        });
+        let synced = session.synced(&c);
         self.send_message(&synced).await
     }
 
@@ -160,16 +155,7 @@ impl Connection {
     }
 
     async fn flush_acks(&mut self, session: &mut Session) {
-        if let Some((position, entries)) = session.take_acked() {
-            if let Err(e) = self
-                .state
-                .store
-                .save_client(session.client_id(), position, &entries, false)
-                .await
-            {
-                tracing::warn!(error = %e, client = session.client_id(), "saving the acknowledged vector failed");
-            }
-        }
+        super::sync::flush_acks(&self.state, session).await;
     }
 
     async fn close(&mut self, code: u16, reason: &'static str) {

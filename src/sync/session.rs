@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::model::{validate_collection, validate_id, Event, Op, Seq, Version};
 use crate::store::CatchUp;
-use crate::sync::protocol::{Hello, StateVector};
+use crate::sync::protocol::{Hello, ServerMessage, StateVector, SyncedMessage};
 use crate::sync::{MAX_SUBSCRIPTIONS, MAX_UNACKED, MAX_VIOLATIONS};
 
 /// Why a `hello` (or a vector) was refused.
@@ -161,6 +161,16 @@ impl Session {
         self.position = self.position.max(c.position);
         self.sent = self.sent.max(c.position);
         self.trim_unacked();
+    }
+
+    /// The `synced` message for a catch-up just recorded with [`Session::caught_up`].
+    pub fn synced(&self, c: &CatchUp) -> ServerMessage {
+        ServerMessage::Synced(SyncedMessage {
+            seq: c.position,
+            state_vector: restrict(&self.vector, &self.collections),
+            snapshots: c.snapshots,
+            events: c.events,
+        })
     }
 
     /// Decides about a live event; when it is to be sent, records it as sent.

@@ -280,7 +280,8 @@ fn finish(op: Op, version: Version, new: Value, patch: Patch, limits: Limits) ->
     }))
 }
 
-fn kind_of(v: &Value) -> &'static str {
+/// "an array", "a string", ... — for messages about the wrong kind of JSON value.
+pub fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
