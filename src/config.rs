@@ -126,13 +126,13 @@ pub struct Args {
     /// Data directory of the embedded store [default: ./data].
     #[arg(long, env = "EVENTSYNC_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Store: `embedded` [default].
+    /// Store: `embedded` (the default).
     #[arg(long, env = "EVENTSYNC_STORE")]
     pub store: Option<String>,
     /// Directory served at `/` [default: static].
     #[arg(long, env = "EVENTSYNC_STATIC_DIR")]
     pub static_dir: Option<PathBuf>,
-    /// `full` (fsync every group commit; survives power loss) [default] or `normal`.
+    /// `full` (fsync every group commit; survives power loss; the default) or `normal`.
     #[arg(long, env = "EVENTSYNC_DURABILITY")]
     pub durability: Option<String>,
     /// Largest document in bytes [default: 1048576].

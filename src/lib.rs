@@ -16,10 +16,18 @@
 //!  store/ (trait Store) ─────────── commit(): one transaction: document + event + snapshot-if-due
 //!        │   └─ sqlite/ ─────────── one writer thread, group commit (one fsync per batch)
 //!        ▼
-//!  hub.rs ───────────────────────── publish in sequence order to in-process subscribers
+//!  hub.rs ───────────────────────── publish in sequence order; each event serialized once
+//!        │
+//!        ▼
+//!  sync/plan.rs ─────────────────── what a client with state vector V needs  (pure)
+//!  sync/session.rs ──────────────── one connection: sent vector, acks, which live events to forward
+//!        │
+//!        ▼
+//!  api/ws.rs, api/sse.rs ────────── the transports; api/sync.rs: POST /api/sync, client vectors
 //!
 //!  maintenance.rs ───────────────── timed snapshots and compaction keep the log bounded
 //!  server/ ──────────────────────── wiring, connection limit, graceful shutdown
+//!  client/ ──────────────────────── the Rust client: WebSocket or SSE, reconnects, keeps a replica
 //! ```
 //!
 //! The library is what tests drive: [`server::Server::start`] on a `127.0.0.1:0` listener; the

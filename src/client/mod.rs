@@ -3,7 +3,7 @@
 //!
 //! [`Client::connect`] spawns the task and returns at once. The task connects, says `hello` with the
 //! replica's state vector (empty for a new client), applies the catch-up (`snapshot`s and `event`s)
-//! and the live events by the protocol's rules ([`replica`]), acknowledges what it applied (`ack`
+//! and the live events by the protocol's rules (`replica.rs`), acknowledges what it applied (`ack`
 //! after each `synced`, then at most once per [`ClientOptions::ack_interval`]), and on any disconnect
 //! or error reconnects with exponential backoff and full jitter, resuming from its vector. A gap
 //! (an event beyond the next version) makes it resync: a `sync` with its vector over WebSocket, a
