@@ -327,7 +327,10 @@ impl Config {
                 .unwrap_or(d.limits.write_queue),
             max_batch: args.max_batch.or(file.max_batch).unwrap_or(d.limits.max_batch),
             max_page: args.max_page.or(file.max_page).unwrap_or(d.limits.max_page),
-            hub_capacity: args.hub_capacity.or(file.hub_capacity).unwrap_or(d.limits.hub_capacity),
+            hub_capacity: args
+                .hub_capacity
+                .or(file.hub_capacity)
+                .unwrap_or(d.limits.hub_capacity),
             idempotency_ttl: dur(
                 "idempotency_ttl",
                 &args.idempotency_ttl,

@@ -1,9 +1,11 @@
 //! `GET /sync/sse`: the Server-Sent Events transport — the same messages as the WebSocket, one way.
 //!
-//! `?client_id=...&subscribe=games,other&state_vector=<JSON>` starts a session; events carry
-//! `id: <seq>` (and so does `synced`), so a browser's automatic reconnect sends `Last-Event-ID` and
-//! resumes from the vector the server kept for the client, skipping what it already received. With no
-//! back channel, what was delivered counts as acknowledged.
+//! `?client_id=...&subscribe=games,other&state_vector=<JSON>` starts a session. Live events carry
+//! `id: <seq>`, and so does `synced` (its position); catch-up messages carry none, as they are grouped
+//! by document rather than in sequence order. So `Last-Event-ID` always names a point up to which the
+//! client has everything, and a browser's automatic reconnect resumes from the vector the server kept
+//! for the client, wound back to that point ([`rewind`]). With no back channel, what was written to
+//! the stream counts as acknowledged; the rewind corrects for frames lost in flight.
 
 use std::convert::Infallible;
 
@@ -97,7 +99,7 @@ pub async fn stream(
     let (tx, frames) = mpsc::channel::<Bytes>(SSE_QUEUE);
     let session = Session::new(hello.client_id, &hello.subscribe, vector);
     let sessions = state.sessions.clone();
-    sessions.spawn(run(state, session, rx, last_event_id.unwrap_or(0), tx));
+    sessions.spawn(run(state, session, rx, tx));
     let body = Body::from_stream(ReceiverStream::new(frames).map(Ok::<_, Infallible>));
     Ok((
         StatusCode::OK,
@@ -157,8 +159,6 @@ async fn rewind(
 struct Stream {
     state: AppState,
     tx: mpsc::Sender<Bytes>,
-    /// What the client reported receiving (`Last-Event-ID`): events at or below are not resent.
-    received: Seq,
 }
 
 impl Stream {
@@ -176,12 +176,10 @@ impl Stream {
             .catch_up(session.collections(), session.vector())
             .await
             .map_err(|e| tracing::warn!(error = %e, "catch-up failed"))?;
+        // Catch-up messages carry no `id:` (they are grouped by document, not in sequence order);
+        // `synced` does: a client that has it has everything up to that position.
         for m in &c.messages {
-            match m {
-                ServerMessage::Event(e) if e.seq <= self.received => {}
-                ServerMessage::Event(e) => self.send(frame(m, Some(e.seq))).await?,
-                _ => self.send(frame(m, None)).await?,
-            }
+            self.send(frame(m, None)).await?;
         }
         session.caught_up(&c);
         let synced = session.synced(&c);
@@ -201,11 +199,10 @@ async fn run(
     state: AppState,
     mut session: Session,
     mut rx: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::hub::LiveEvent>>,
-    received: Seq,
     tx: mpsc::Sender<Bytes>,
 ) {
     let shutdown = state.shutdown.clone();
-    let s = Stream { state, tx, received };
+    let s = Stream { state, tx };
     let _ = s.send(Bytes::from_static(b"retry: 1000\n\n")).await;
     let start = tokio::time::Instant::now();
     let mut keepalive = tokio::time::interval_at(start + SSE_KEEPALIVE, SSE_KEEPALIVE);
@@ -219,9 +216,7 @@ async fn run(
                 let resync = match received {
                     Ok(e) => match session.live(&e) {
                         Live::Send => {
-                            if e.seq > s.received {
-                                ok = s.send(e.sse_frame()).await.is_ok();
-                            }
+                            ok = s.send(e.sse_frame()).await.is_ok();
                             if ok {
                                 session.ack(e.seq);
                             }

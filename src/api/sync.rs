@@ -38,7 +38,11 @@ impl ProtocolError {
 pub async fn initial_vector(state: &AppState, hello: &Hello) -> Result<StateVector, StoreError> {
     match &hello.state_vector {
         Some(v) => {
-            state.store.save_client(&hello.client_id, 0, v, true).await?;
+            let subscribed = restrict(v, &hello.subscribe);
+            state
+                .store
+                .save_client(&hello.client_id, 0, &subscribed, true)
+                .await?;
             Ok(v.clone())
         }
         None => Ok(state
@@ -113,7 +117,19 @@ fn to_write(client_id: &str, w: &WriteMessage) -> Result<Write, ApiError> {
             .ok_or_else(|| bad("invalid_message", "this op needs a patch"))
     };
     let (id, mutation) = match w.op {
-        WriteOp::Create => (w.id.clone(), Mutation::Create(data()?)),
+        WriteOp::Create => {
+            // As over REST: a top-level "id" in the body names the document (unless `id` does).
+            let mut body = data()?;
+            let body_id = match body.shift_remove("id") {
+                None => None,
+                Some(Value::String(id)) => {
+                    validate_id(&id).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
+                    Some(id)
+                }
+                Some(_) => return Err(bad("invalid_id", "\"id\" must be a string")),
+            };
+            (w.id.clone().or(body_id), Mutation::Create(body))
+        }
         WriteOp::Replace => (Some(needs_id()?), Mutation::Replace(data()?)),
         WriteOp::Patch => {
             let p = serde_json::from_value(patch()?)

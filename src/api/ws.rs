@@ -23,8 +23,8 @@ use crate::hub::LiveEvent;
 use crate::sync::protocol::{ClientMessage, ResultMessage, ServerMessage};
 use crate::sync::session::{validate_hello, validate_vector, Live, Session};
 use crate::sync::{
-    CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TIMEOUT, CLOSE_TOO_BIG, HELLO_TIMEOUT, MAX_INFLIGHT_WRITES,
-    PING_INTERVAL, PONG_TIMEOUT, SEND_BATCH, SEND_TIMEOUT, VECTOR_FLUSH_INTERVAL,
+    CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TIMEOUT, CLOSE_TOO_BIG, HELLO_TIMEOUT,
+    MAX_INFLIGHT_WRITES, PING_INTERVAL, PONG_TIMEOUT, SEND_BATCH, SEND_TIMEOUT, VECTOR_FLUSH_INTERVAL,
 };
 
 /// Bytes read from the socket at a time (tungstenite's default is 128 KiB per connection).
@@ -85,7 +85,7 @@ impl Connection {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "catch-up failed");
-                return Err(End::Close(1011, "catch-up failed"));
+                return Err(End::Close(CLOSE_INTERNAL, "catch-up failed"));
             }
         };
         let feed = async {
@@ -183,22 +183,26 @@ async fn run(socket: WebSocket, state: AppState) {
     }
 }
 
-/// Reads the next text frame (answering protocol noise on the way); `Err` ends the connection.
-async fn next_text(
-    conn: &mut Connection,
-    stream: &mut SplitStream<WebSocket>,
-) -> Result<Option<Utf8Bytes>, End> {
+/// A frame from the client, as the session sees it.
+enum Incoming {
+    Text(Utf8Bytes),
+    /// Pings and pongs (tungstenite answers pings itself): a sign of life, nothing to do.
+    Noise,
+    /// A frame that is not a message (binary): answered with an error, counted as a violation.
+    Bad(ProtocolError),
+}
+
+/// Reads the next frame; `Err` ends the connection.
+async fn next_frame(stream: &mut SplitStream<WebSocket>) -> Result<Incoming, End> {
     match stream.next().await {
-        None => Err(End::Gone),
+        None | Some(Ok(Message::Close(_))) => Err(End::Gone),
         Some(Err(e)) => Err(read_error(e)),
-        Some(Ok(Message::Text(t))) => Ok(Some(t)),
-        Some(Ok(Message::Binary(_))) => {
-            conn.error("binary_not_supported", "messages are JSON text frames")
-                .await?;
-            Ok(None)
-        }
-        Some(Ok(Message::Close(_))) => Err(End::Gone),
-        Some(Ok(_)) => Ok(None),
+        Some(Ok(Message::Text(t))) => Ok(Incoming::Text(t)),
+        Some(Ok(Message::Binary(_))) => Ok(Incoming::Bad(ProtocolError::new(
+            "binary_not_supported",
+            "messages are JSON text frames",
+        ))),
+        Some(Ok(_)) => Ok(Incoming::Noise),
     }
 }
 
@@ -234,20 +238,23 @@ async fn session(conn: &mut Connection, stream: &mut SplitStream<WebSocket>) -> 
 
 async fn session_inner(conn: &mut Connection, stream: &mut SplitStream<WebSocket>) -> Result<(), End> {
     // 1. hello, within the deadline; anything else before it is a violation.
+    let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
     let mut strikes = 0;
     let hello = loop {
-        let text = match tokio::time::timeout(HELLO_TIMEOUT, next_text(conn, stream)).await {
+        let refusal = match tokio::time::timeout_at(deadline, next_frame(stream)).await {
             Err(_) => return Err(End::Close(CLOSE_TIMEOUT, "no hello in time")),
-            Ok(r) => r?,
-        };
-        let Some(text) = text else { continue };
-        let refusal = match parse(&text) {
-            Ok(ClientMessage::Hello(h)) => match validate_hello(&h) {
-                Ok(()) => break h,
-                Err(e) => ProtocolError::new(e.code(), e.to_string()),
+            Ok(frame) => match frame? {
+                Incoming::Noise => continue,
+                Incoming::Bad(e) => e,
+                Incoming::Text(text) => match parse(&text) {
+                    Ok(ClientMessage::Hello(h)) => match validate_hello(&h) {
+                        Ok(()) => break h,
+                        Err(e) => ProtocolError::new(e.code(), e.to_string()),
+                    },
+                    Ok(_) => ProtocolError::new("hello_required", "the first message must be a hello"),
+                    Err(e) => e,
+                },
             },
-            Ok(_) => ProtocolError::new("hello_required", "the first message must be a hello"),
-            Err(e) => e,
         };
         conn.error(refusal.code, refusal.message).await?;
         strikes += 1;
@@ -260,7 +267,7 @@ async fn session_inner(conn: &mut Connection, stream: &mut SplitStream<WebSocket
     let mut rx = conn.state.hub.subscribe();
     let vector = initial_vector(&conn.state, &hello)
         .await
-        .map_err(|_| End::Close(1011, "store unavailable"))?;
+        .map_err(|_| End::Close(CLOSE_INTERNAL, "store unavailable"))?;
     let mut session = Session::new(hello.client_id.clone(), &hello.subscribe, vector);
     conn.catch_up(&mut session).await?;
 
@@ -275,16 +282,16 @@ async fn session_inner(conn: &mut Connection, stream: &mut SplitStream<WebSocket
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Err(End::Close(CLOSE_GOING_AWAY, "server shutting down")),
-            frame = next_text(conn, stream) => {
+            frame = next_frame(stream) => {
                 last_seen = Instant::now();
-                let text = match frame {
-                    Ok(Some(t)) => t,
-                    Ok(None) => continue,
+                let handled = match frame {
+                    Ok(Incoming::Text(text)) => match parse(&text) {
+                        Ok(msg) => handle(conn, &mut session, msg, &inflight, &results_tx).await,
+                        Err(e) => Ok(Some(e)),
+                    },
+                    Ok(Incoming::Noise) => continue,
+                    Ok(Incoming::Bad(e)) => Ok(Some(e)),
                     Err(end) => break Err(end),
-                };
-                let handled = match parse(&text) {
-                    Ok(msg) => handle(conn, &mut session, msg, &inflight, &results_tx).await,
-                    Err(e) => Ok(Some(e)),
                 };
                 match handled {
                     Ok(None) => {}
@@ -302,7 +309,12 @@ async fn session_inner(conn: &mut Connection, stream: &mut SplitStream<WebSocket
             received = rx.recv() => {
                 let resync = match received {
                     Ok(first) => match conn.forward(&mut session, first, &mut rx).await {
-                        Ok(resync) => resync,
+                        // The client's TCP window took the data: it is reading, so it is alive
+                        // (its pong may be queued behind what we sent).
+                        Ok(resync) => {
+                            last_seen = Instant::now();
+                            resync
+                        }
                         Err(end) => break Err(end),
                     },
                     Err(RecvError::Lagged(_)) => true,
@@ -355,6 +367,14 @@ async fn handle(
                     return Ok(Some(ProtocolError::new(e.code(), e.to_string())));
                 }
                 session.reset_vector(v);
+                // The client's own word for what it has: remembered as acknowledged, like a hello's.
+                let store = &conn.state.store;
+                if let Err(e) = store
+                    .save_client(session.client_id(), 0, session.vector(), true)
+                    .await
+                {
+                    tracing::warn!(error = %e, "saving a sync's vector failed");
+                }
             }
             conn.catch_up(session).await?;
         }

@@ -159,7 +159,10 @@ impl Replica {
             self.counters.duplicates += 1;
             return Applied::Duplicate;
         }
-        if e.version != local + 1 {
+        // A create may re-use an id whose earlier life (and delete) this client never saw: the
+        // server sends it when the client has nothing of the document.
+        let fresh_create = e.op == Op::Create && local == 0;
+        if e.version != local + 1 && !fresh_create {
             self.counters.gaps += 1;
             return Applied::Gap {
                 collection: e.collection.clone(),

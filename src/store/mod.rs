@@ -190,8 +190,9 @@ pub trait Store: Send + Sync + 'static {
     /// The client's last acknowledged vector, if it ever acknowledged one.
     async fn load_client(&self, client_id: &str) -> Result<Option<ClientState>, StoreError>;
 
-    /// Records a client's acknowledged vector: `entries` are upserted (or, with `replace`, become the
-    /// whole vector), and the position moves to `position`.
+    /// Records a client's acknowledged vector: `entries` are upserted — with `replace`, each
+    /// collection in `entries` is replaced whole — an entry at version 0 is removed, and the position
+    /// moves to `position`.
     async fn save_client(
         &self,
         client_id: &str,

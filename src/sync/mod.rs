@@ -47,5 +47,7 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_POLICY: u16 = 4400;
 /// Close code: no `hello` in time, or no sign of life within [`PONG_TIMEOUT`].
 pub const CLOSE_TIMEOUT: u16 = 4408;
+/// Close code: the server could not serve the session (the store failed); reconnect later.
+pub const CLOSE_INTERNAL: u16 = 1011;
 /// Close code: a message larger than the limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;

@@ -138,7 +138,7 @@ pub fn document_events(
 
 pub fn snapshots(conn: &Connection, collection: &str, id: &str) -> rusqlite::Result<Vec<SnapshotInfo>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT version, seq, ts, length(data) FROM snapshots WHERE collection = ?1 AND doc_id = ?2 \
+        "SELECT version, seq, ts, octet_length(data) FROM snapshots WHERE collection = ?1 AND doc_id = ?2 \
          ORDER BY version",
     )?;
     let rows = stmt.query_map(params![collection, id], |r| {
@@ -271,7 +271,7 @@ pub fn catch_up(
 
 fn doc_summaries(conn: &Connection, collection: &str) -> rusqlite::Result<Vec<DocSummary>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, version, deleted, compacted_through, length(data) FROM documents \
+        "SELECT id, version, deleted, compacted_through, octet_length(data) FROM documents \
          WHERE collection = ?1 ORDER BY id",
     )?;
     let rows = stmt.query_map(params![collection], |r| {
@@ -294,7 +294,7 @@ fn patch_sizes(
     to: Version,
 ) -> rusqlite::Result<Vec<u64>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT length(patch) FROM events WHERE collection = ?1 AND doc_id = ?2 \
+        "SELECT octet_length(patch) FROM events WHERE collection = ?1 AND doc_id = ?2 \
          AND version >= ?3 AND version <= ?4 ORDER BY version",
     )?;
     let rows = stmt.query_map(params![collection, id, from as i64, to as i64], |r| u64_at(r, 0))?;
@@ -338,16 +338,27 @@ pub fn save_client(
     replace: bool,
 ) -> rusqlite::Result<()> {
     if replace {
-        conn.prepare_cached("DELETE FROM state_vectors WHERE client_id = ?1")?
-            .execute(params![client_id])?;
+        let mut clear =
+            conn.prepare_cached("DELETE FROM state_vectors WHERE client_id = ?1 AND collection = ?2")?;
+        for collection in entries.keys() {
+            clear.execute(params![client_id, collection])?;
+        }
     }
     let mut upsert = conn.prepare_cached(
         "INSERT INTO state_vectors (client_id, collection, doc_id, version) VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT (client_id, collection, doc_id) DO UPDATE SET version = excluded.version",
     )?;
+    let mut forget = conn.prepare_cached(
+        "DELETE FROM state_vectors WHERE client_id = ?1 AND collection = ?2 AND doc_id = ?3",
+    )?;
     for (collection, docs) in entries {
         for (id, v) in docs {
-            upsert.execute(params![client_id, collection, id, *v as i64])?;
+            // Version 0 means "the client has nothing of it" (a reset): no entry.
+            if *v == 0 {
+                forget.execute(params![client_id, collection, id])?;
+            } else {
+                upsert.execute(params![client_id, collection, id, *v as i64])?;
+            }
         }
     }
     conn.prepare_cached(

@@ -244,7 +244,9 @@ impl Writer {
             Command::ExpireIdempotency { before, reply } => {
                 let _ = reply.send(in_transaction(&mut self.conn, |c| expire_idempotency(c, before)));
             }
-            Command::Write(..) | Command::SaveClient(_) | Command::Close(_) => unreachable!("batched by run()"),
+            Command::Write(..) | Command::SaveClient(_) | Command::Close(_) => {
+                unreachable!("batched by run()")
+            }
         }
     }
 }
