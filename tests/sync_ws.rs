@@ -259,11 +259,12 @@ async fn a_reconnect_with_an_old_vector_gets_exactly_the_missing_events() {
     assert_eq!(
         shape(&msgs),
         vec![
+            // Snapshots first, then events in sequence order.
+            ("snapshot".into(), "d4".into(), 1),
             ("event".into(), "d1".into(), 2),
             ("event".into(), "d1".into(), 3),
             ("event".into(), "d1".into(), 4),
             ("event".into(), "d2".into(), 2),
-            ("snapshot".into(), "d4".into(), 1),
         ],
         "{msgs:?}"
     );

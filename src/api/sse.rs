@@ -1,11 +1,12 @@
 //! `GET /sync/sse`: the Server-Sent Events transport — the same messages as the WebSocket, one way.
 //!
-//! `?client_id=...&subscribe=games,other&state_vector=<JSON>` starts a session. Live events carry
-//! `id: <seq>`, and so does `synced` (its position); catch-up messages carry none, as they are grouped
-//! by document rather than in sequence order. So `Last-Event-ID` always names a point up to which the
-//! client has everything, and a browser's automatic reconnect resumes from the vector the server kept
-//! for the client, wound back to that point ([`rewind`]). With no back channel, what was written to
-//! the stream counts as acknowledged; the rewind corrects for frames lost in flight.
+//! `?client_id=...&subscribe=games,other&state_vector=<JSON>` starts a session. Events carry
+//! `id: <seq>`, and so does `synced` (its position); snapshots carry none and come before any event of
+//! their catch-up, whose events are in sequence order. So ids only grow along a stream,
+//! `Last-Event-ID` names a point up to which the client has every message, and a browser's automatic
+//! reconnect resumes from the vector the server kept for the client, wound back to that point
+//! ([`vector_at`]). With no back channel, what was written to
+//! the stream counts as acknowledged; `Last-Event-ID` corrects for frames lost in flight.
 
 use std::convert::Infallible;
 
@@ -92,10 +93,19 @@ pub async fn stream(
     };
     // Subscribe before reading the catch-up (in the session task).
     let rx = state.hub.subscribe();
-    let mut vector = initial_vector(&state, &hello).await?;
-    if let (Some(received), None) = (last_event_id, &hello.state_vector) {
-        vector = rewind(&state, &hello.subscribe, vector, received).await?;
-    }
+    let vector = match last_event_id {
+        // A reconnect: the client has every message up to `received` — whatever vector its URL
+        // still carries from when the stream was first opened (a browser reuses the URL).
+        Some(received) => {
+            let v = vector_at(&state, &hello.subscribe, received).await?;
+            state
+                .store
+                .save_client(&hello.client_id, received, &v, true)
+                .await?;
+            v
+        }
+        None => initial_vector(&state, &hello).await?,
+    };
     let (tx, frames) = mpsc::channel::<Bytes>(SSE_QUEUE);
     let session = Session::new(hello.client_id, &hello.subscribe, vector);
     let sessions = state.sessions.clone();
@@ -113,38 +123,53 @@ pub async fn stream(
         .into_response())
 }
 
-/// Most log events read to rewind a reconnecting SSE client; past that it gets a full re-sync.
+/// A version no document has: the catch-up answers it with the document's snapshot or deletion.
+const RESET: u64 = u64::MAX;
+
+/// Most documents or log events read to rebuild a reconnecting SSE client's vector; past that it
+/// gets a full re-sync.
 const MAX_REWIND_EVENTS: usize = 100_000;
 
-/// Winds the remembered (delivered) vector back to what the client says it received: every document
-/// changed after `received` goes back to the version before its first such change, so that frames
-/// lost in flight when the stream died are sent again. If that takes reading more than
-/// [`MAX_REWIND_EVENTS`] events, the client starts from nothing (snapshots) instead — never less.
-async fn rewind(
-    state: &AppState,
-    collections: &[String],
-    mut vector: StateVector,
-    received: Seq,
-) -> Result<StateVector, ApiError> {
+/// The vector of a client that has every message of its subscriptions up to log position `received`:
+/// each live document at its current version, except that every document changed after `received`
+/// goes back to the version before its first such change. That is exact while the log still holds
+/// the events after `received` (see `--retain-for`). Where the version before is "nothing", or the
+/// scan would pass [`MAX_REWIND_EVENTS`], the catch-up is made to reset instead (a snapshot or the
+/// deletion) — more data, never less.
+async fn vector_at(state: &AppState, collections: &[String], received: Seq) -> Result<StateVector, ApiError> {
     let page = state.config.limits.max_page;
+    let mut vector = StateVector::new();
     for collection in collections {
+        let docs = vector.entry(collection.clone()).or_default();
+        let mut after: Option<String> = None;
+        loop {
+            let live = state.store.list(collection, after.as_deref(), page).await?;
+            docs.extend(live.iter().map(|d| (d.id.clone(), d.version)));
+            match live.last() {
+                Some(last) if live.len() == page && docs.len() <= MAX_REWIND_EVENTS => {
+                    after = Some(last.id.clone())
+                }
+                _ => break,
+            }
+        }
         let mut filter = EventFilter {
             collection: Some(collection.clone()),
             after: received,
             ..EventFilter::default()
         };
+        let mut seen = std::collections::HashSet::new();
         let mut read = 0;
         loop {
             let events = state.store.events(&filter, page).await?;
             read += events.len();
-            if read > MAX_REWIND_EVENTS {
-                vector.remove(collection);
+            if read > MAX_REWIND_EVENTS || docs.len() > MAX_REWIND_EVENTS {
+                docs.clear();
                 break;
             }
-            let docs = vector.entry(collection.clone()).or_default();
             for e in &events {
-                if let Some(v) = docs.get_mut(&e.id) {
-                    *v = (*v).min(e.version.saturating_sub(1));
+                if seen.insert(e.id.clone()) {
+                    let before = e.version.saturating_sub(1);
+                    docs.insert(e.id.clone(), if before == 0 { RESET } else { before });
                 }
             }
             match events.last() {
@@ -176,16 +201,20 @@ impl Stream {
             .catch_up(session.collections(), session.vector())
             .await
             .map_err(|e| tracing::warn!(error = %e, "catch-up failed"))?;
-        // Catch-up messages carry no `id:` (they are grouped by document, not in sequence order);
-        // `synced` does: a client that has it has everything up to that position.
+        // Snapshots first, then events in sequence order (see `order_messages`): the ids a client
+        // sees only grow, so its `Last-Event-ID` means "everything up to here".
         for m in &c.messages {
-            self.send(frame(m, None)).await?;
+            let id = match m {
+                ServerMessage::Event(e) => Some(e.seq),
+                _ => None,
+            };
+            self.send(frame(m, id)).await?;
         }
         session.caught_up(&c);
         let synced = session.synced(&c);
         self.send(frame(&synced, Some(c.position))).await?;
         // No back channel: what reached the response stream counts as acknowledged. A stream that
-        // dies with frames in flight is corrected on reconnect by `Last-Event-ID` (see `rewind`).
+        // dies with frames in flight is corrected on reconnect by `Last-Event-ID` (see `vector_at`).
         session.ack(c.position);
         Ok(())
     }

@@ -130,7 +130,15 @@ fn to_write(client_id: &str, w: &WriteMessage) -> Result<Write, ApiError> {
             };
             (w.id.clone().or(body_id), Mutation::Create(body))
         }
-        WriteOp::Replace => (Some(needs_id()?), Mutation::Replace(data()?)),
+        WriteOp::Replace => {
+            let (id, mut body) = (needs_id()?, data()?);
+            match body.shift_remove("id") {
+                None => {}
+                Some(Value::String(body_id)) if body_id == id => {}
+                Some(_) => return Err(bad("id_mismatch", "the body's \"id\" differs from the message's")),
+            }
+            (Some(id), Mutation::Replace(body))
+        }
         WriteOp::Patch => {
             let p = serde_json::from_value(patch()?)
                 .map_err(|e| ApiError::bad_request("invalid_patch", format!("invalid JSON Patch: {e}")))?;

@@ -45,6 +45,14 @@ pub async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Res
         })
 }
 
+/// What [`Connection::forward`] did.
+struct Forwarded {
+    /// Something was written to the socket.
+    sent: bool,
+    /// The session fell behind or found a gap: re-plan its catch-up.
+    resync: bool,
+}
+
 /// Why a connection ended.
 enum End {
     /// The client closed or vanished.
@@ -111,7 +119,7 @@ impl Connection {
         session: &mut Session,
         first: Arc<LiveEvent>,
         rx: &mut tokio::sync::broadcast::Receiver<Arc<LiveEvent>>,
-    ) -> Result<bool, End> {
+    ) -> Result<Forwarded, End> {
         let mut batch = vec![first];
         let mut lagged = false;
         while batch.len() < SEND_BATCH {
@@ -151,7 +159,10 @@ impl Connection {
         {
             return Err(End::Gone);
         }
-        Ok(lagged || gap)
+        Ok(Forwarded {
+            sent: any,
+            resync: lagged || gap,
+        })
     }
 
     async fn flush_acks(&mut self, session: &mut Session) {
@@ -309,10 +320,12 @@ async fn session_inner(conn: &mut Connection, stream: &mut SplitStream<WebSocket
             received = rx.recv() => {
                 let resync = match received {
                     Ok(first) => match conn.forward(&mut session, first, &mut rx).await {
-                        // The client's TCP window took the data: it is reading, so it is alive
-                        // (its pong may be queued behind what we sent).
-                        Ok(resync) => {
-                            last_seen = Instant::now();
+                        Ok(Forwarded { sent, resync }) => {
+                            if sent {
+                                // The client's TCP window took the data: it is reading, so it is
+                                // alive (its pong may be queued behind what we sent).
+                                last_seen = Instant::now();
+                            }
                             resync
                         }
                         Err(end) => break Err(end),

@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 
 use crate::model::Version;
+use crate::sync::protocol::ServerMessage;
 
 /// Bytes an `event` message adds around its patch (type, seq, ids, op, client, op_id, ts).
 pub const EVENT_OVERHEAD: u64 = 160;
@@ -134,6 +135,17 @@ pub fn plan_collection(
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// Puts a catch-up's messages in sending order: every snapshot first, then every event in sequence
+/// order. Per-document order holds (a document gets either a snapshot or its events), and the event
+/// ids a client sees only grow — which is what lets an SSE client's `Last-Event-ID` mean "I have every
+/// message up to here".
+pub fn order_messages(messages: &mut [ServerMessage]) {
+    messages.sort_by_key(|m| match m {
+        ServerMessage::Event(e) => (1, e.seq),
+        _ => (0, 0),
+    });
 }
 
 #[cfg(test)]
@@ -305,5 +317,45 @@ mod tests {
                 ("b".to_string(), Step::Snapshot { version: 1 }),
             ]
         );
+    }
+
+    #[test]
+    fn catch_up_messages_go_snapshots_first_then_events_by_seq() {
+        use crate::model::{Event, Op};
+        use crate::sync::protocol::SnapshotMessage;
+        use crate::time::Timestamp;
+        let ev = |seq, id: &str| {
+            ServerMessage::Event(Event {
+                seq,
+                collection: "c".into(),
+                id: id.into(),
+                version: seq,
+                op: Op::Update,
+                patch: json_patch::Patch(vec![]),
+                client_id: "x".into(),
+                op_id: "o".into(),
+                ts: Timestamp(0),
+            })
+        };
+        let snap = |id: &str| {
+            ServerMessage::Snapshot(SnapshotMessage {
+                collection: "c".into(),
+                id: id.into(),
+                version: 1,
+                data: None,
+                deleted: true,
+            })
+        };
+        let mut m = vec![ev(9, "a"), ev(12, "a"), snap("b"), ev(10, "c"), snap("d")];
+        order_messages(&mut m);
+        let keys: Vec<String> = m
+            .iter()
+            .map(|m| match m {
+                ServerMessage::Event(e) => format!("e{}", e.seq),
+                ServerMessage::Snapshot(s) => format!("s{}", s.id),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(keys, ["sb", "sd", "e9", "e10", "e12"]);
     }
 }

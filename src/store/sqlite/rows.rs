@@ -266,6 +266,7 @@ pub fn catch_up(
         out.vector.insert(collection.clone(), resulting);
     }
     tx.finish()?;
+    plan::order_messages(&mut out.messages);
     Ok(out)
 }
 
