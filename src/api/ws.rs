@@ -28,7 +28,7 @@ use crate::sync::{
 };
 
 /// Bytes read from the socket at a time (tungstenite's default is 128 KiB per connection).
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 2 * 1024;
 /// Bytes buffered before a write reaches the socket (a flush writes sooner).
 const WRITE_BUFFER: usize = 16 * 1024;
 
@@ -283,21 +283,23 @@ async fn session_inner(conn: &mut Connection, stream: &mut SplitStream<WebSocket
     conn.catch_up(&mut session).await?;
 
     // 3. Live.
-    let (results_tx, mut results) = mpsc::channel::<ResultMessage>(MAX_INFLIGHT_WRITES);
-    let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT_WRITES));
+    // Created on the first write: most sessions never write, and the channel costs ~5 KiB.
+    let mut writes: Option<Writes> = None;
     let start = tokio::time::Instant::now();
     let mut ping = tokio::time::interval_at(start + PING_INTERVAL, PING_INTERVAL);
     let mut flush = tokio::time::interval_at(start + VECTOR_FLUSH_INTERVAL, VECTOR_FLUSH_INTERVAL);
     let mut last_seen = Instant::now();
     let shutdown = conn.state.shutdown.clone();
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     let outcome = loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break Err(End::Close(CLOSE_GOING_AWAY, "server shutting down")),
+            _ = &mut cancelled => break Err(End::Close(CLOSE_GOING_AWAY, "server shutting down")),
             frame = next_frame(stream) => {
                 last_seen = Instant::now();
                 let handled = match frame {
                     Ok(Incoming::Text(text)) => match parse(&text) {
-                        Ok(msg) => handle(conn, &mut session, msg, &inflight, &results_tx).await,
+                        Ok(msg) => Box::pin(handle(conn, &mut session, msg, &mut writes)).await,
                         Err(e) => Ok(Some(e)),
                     },
                     Ok(Incoming::Noise) => continue,
@@ -334,12 +336,12 @@ async fn session_inner(conn: &mut Connection, stream: &mut SplitStream<WebSocket
                     Err(RecvError::Closed) => break Ok(()),
                 };
                 if resync {
-                    if let Err(end) = conn.catch_up(&mut session).await {
+                    if let Err(end) = Box::pin(conn.catch_up(&mut session)).await {
                         break Err(end);
                     }
                 }
             }
-            Some(result) = results.recv() => {
+            Some(result) = next_result(&mut writes) => {
                 if let Err(end) = conn.send_message(&ServerMessage::Result(result)).await {
                     break Err(end);
                 }
@@ -352,11 +354,37 @@ async fn session_inner(conn: &mut Connection, stream: &mut SplitStream<WebSocket
                     break Err(end);
                 }
             }
-            _ = flush.tick() => conn.flush_acks(&mut session).await,
+            _ = flush.tick(), if session.has_acked() => conn.flush_acks(&mut session).await,
         }
     };
     conn.flush_acks(&mut session).await;
     outcome
+}
+
+/// Writes in flight on one connection, and the channel their results come back on.
+struct Writes {
+    inflight: Arc<Semaphore>,
+    results_tx: mpsc::Sender<ResultMessage>,
+    results: mpsc::Receiver<ResultMessage>,
+}
+
+impl Writes {
+    fn new() -> Writes {
+        let (results_tx, results) = mpsc::channel(MAX_INFLIGHT_WRITES);
+        Writes {
+            inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_WRITES)),
+            results_tx,
+            results,
+        }
+    }
+}
+
+/// The next finished write, or never if none was ever made.
+async fn next_result(writes: &mut Option<Writes>) -> Option<ResultMessage> {
+    match writes {
+        Some(w) => w.results.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Handles one message after hello; `Ok(Some(refusal))` is a bad message to answer with `error`.
@@ -364,8 +392,7 @@ async fn handle(
     conn: &mut Connection,
     session: &mut Session,
     msg: ClientMessage,
-    inflight: &Arc<Semaphore>,
-    results: &mpsc::Sender<ResultMessage>,
+    writes: &mut Option<Writes>,
 ) -> Result<Option<ProtocolError>, End> {
     match msg {
         ClientMessage::Hello(_) => {
@@ -394,7 +421,8 @@ async fn handle(
         ClientMessage::Ack { seq } => session.ack(seq),
         ClientMessage::Ping { id } => conn.send_message(&ServerMessage::Pong { id }).await?,
         ClientMessage::Write(w) => {
-            let Ok(permit) = Arc::clone(inflight).try_acquire_owned() else {
+            let writes = writes.get_or_insert_with(Writes::new);
+            let Ok(permit) = Arc::clone(&writes.inflight).try_acquire_owned() else {
                 let refused = ResultMessage {
                     op_id: w.op_id,
                     ok: false,
@@ -413,7 +441,7 @@ async fn handle(
             let (state, client_id, results) = (
                 conn.state.clone(),
                 session.client_id().to_string(),
-                results.clone(),
+                writes.results_tx.clone(),
             );
             tokio::spawn(async move {
                 let result = commit_write(&state, &client_id, w).await;
