@@ -844,3 +844,67 @@ pub fn assert_docs_eq(
         differing.join("\n  ")
     );
 }
+
+impl TestServer {
+    /// A server on `data_dir` listening on a fixed `addr` (e.g. the address of a server that was just
+    /// stopped, so that clients reconnect to the same URL after a restart). Like [`TestServer::start_in`]
+    /// otherwise; fails the test if the server does not print its address (e.g. the port is taken).
+    pub fn start_at(data_dir: &Path, addr: std::net::SocketAddr, args: &[&str]) -> TestServer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_eventsync"))
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env(
+                "EVENTSYNC_LOG",
+                std::env::var("EVENTSYNC_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the eventsync binary");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("server on {addr} printed no address within {START_TIMEOUT:?} (port taken?)")
+        });
+        let url = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_string();
+        assert_eq!(
+            url,
+            format!("http://{addr}"),
+            "the server listens where it was told"
+        );
+        TestServer {
+            url,
+            data_dir: data_dir.to_path_buf(),
+            child: Some(child),
+            _tmp: None,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// The address the server listens on (from its URL).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.url
+            .strip_prefix("http://")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("not an http://IP:PORT url: {}", self.url))
+    }
+}
