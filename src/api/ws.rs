@@ -28,7 +28,7 @@ use crate::sync::{
 };
 
 /// Bytes read from the socket at a time (tungstenite's default is 128 KiB per connection).
-const READ_BUFFER: usize = 2 * 1024;
+const READ_BUFFER: usize = 1024;
 /// Bytes buffered before a write reaches the socket (a flush writes sooner).
 const WRITE_BUFFER: usize = 16 * 1024;
 

@@ -51,7 +51,7 @@ pub struct Session {
     /// Per document, the last change sent and not yet acknowledged: collection → id → (position,
     /// version). One entry per document, not per event, so a client that never acks costs memory in
     /// proportion to the documents it follows, not to the events it received.
-    unacked: BTreeMap<String, HashMap<String, (Seq, Version)>>,
+    unacked: HashMap<String, HashMap<String, (Seq, Version)>>,
     unacked_len: usize,
     /// Acknowledged changes not yet persisted, and the position they bring the client to.
     acked: StateVector,
@@ -105,7 +105,7 @@ impl Session {
             collections,
             vector: StateVector::new(),
             position: 0,
-            unacked: BTreeMap::new(),
+            unacked: HashMap::new(),
             unacked_len: 0,
             acked: StateVector::new(),
             acked_position: None,
