@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{all_events, send, TestServer};
+use common::{all_events, send, Rng, TestServer};
 use futures::StreamExt;
 use reqwest::header::{CONTENT_TYPE, IF_MATCH};
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -41,30 +41,6 @@ async fn try_send(req: RequestBuilder) -> Result<(StatusCode, Value), reqwest::E
 fn terminate(s: &mut TestServer) {
     let status = tokio::task::block_in_place(|| s.terminate(EXIT_WITHIN));
     assert!(status.success(), "the server exited with {status} after SIGTERM");
-}
-
-/// A tiny seeded xorshift64*, so a failing run can be repeated.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        r.next();
-        r
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 fn seed() -> u64 {

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{all_events, TestServer};
+use common::{all_events, Rng, TestServer};
 use eventsync::client::{new_op_id, Backoff, Client, ClientError, ClientOptions, Status, Transport};
 use eventsync::sync::protocol::{ResultMessage, WriteMessage, WriteOp};
 use reqwest::header::{CONTENT_TYPE, IF_MATCH};
@@ -47,40 +47,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(4);
 // ---------------------------------------------------------------------------------------------------
 // Seeded randomness
 // ---------------------------------------------------------------------------------------------------
-
-/// A tiny seeded xorshift64*.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        r.next();
-        r
-    }
-
-    /// An independent stream for task `n`.
-    fn fork(&self, n: u64) -> Rng {
-        Rng::new(self.0 ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03))
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn millis(&mut self, from: u64, to: u64) -> Duration {
-        Duration::from_millis(from + self.below(to - from + 1))
-    }
-}
 
 fn seed() -> u64 {
     match std::env::var("EVENTSYNC_CHAOS_SEED") {

@@ -34,9 +34,14 @@ impl TestServer {
 
     /// A server on `data_dir` (e.g. to restart on the same data).
     pub fn start_in(data_dir: &Path, args: &[&str]) -> TestServer {
+        TestServer::spawn(data_dir, "127.0.0.1:0", args)
+    }
+
+    /// Starts the binary listening on `listen` and waits for its `listening on` line.
+    fn spawn(data_dir: &Path, listen: &str, args: &[&str]) -> TestServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_eventsync"))
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
@@ -60,7 +65,8 @@ impl TestServer {
         });
         let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
             let _ = child.kill();
-            panic!("server printed no address within {START_TIMEOUT:?}")
+            let _ = child.wait();
+            panic!("server on {listen} printed no address within {START_TIMEOUT:?} (port taken?)")
         });
         let url = line
             .strip_prefix("listening on ")
@@ -850,54 +856,13 @@ impl TestServer {
     /// stopped, so that clients reconnect to the same URL after a restart). Like [`TestServer::start_in`]
     /// otherwise; fails the test if the server does not print its address (e.g. the port is taken).
     pub fn start_at(data_dir: &Path, addr: std::net::SocketAddr, args: &[&str]) -> TestServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_eventsync"))
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(args)
-            .env(
-                "EVENTSYNC_LOG",
-                std::env::var("EVENTSYNC_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the eventsync binary");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("server on {addr} printed no address within {START_TIMEOUT:?} (port taken?)")
-        });
-        let url = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-            .to_string();
+        let server = TestServer::spawn(data_dir, &addr.to_string(), args);
         assert_eq!(
-            url,
+            server.url,
             format!("http://{addr}"),
             "the server listens where it was told"
         );
-        TestServer {
-            url,
-            data_dir: data_dir.to_path_buf(),
-            child: Some(child),
-            _tmp: None,
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(64)
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
-        }
+        server
     }
 
     /// The address the server listens on (from its URL).
@@ -906,5 +871,39 @@ impl TestServer {
             .strip_prefix("http://")
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("not an http://IP:PORT url: {}", self.url))
+    }
+}
+
+/// A tiny seeded xorshift64*, so a failing run can be repeated from its printed seed.
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        r.next();
+        r
+    }
+
+    /// An independent stream for task `n`.
+    pub fn fork(&self, n: u64) -> Rng {
+        Rng::new(self.0 ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn millis(&mut self, from: u64, to: u64) -> Duration {
+        Duration::from_millis(from + self.below(to - from + 1))
     }
 }
