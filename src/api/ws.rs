@@ -12,7 +12,6 @@ use std::time::Instant;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
-use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{mpsc, Semaphore};
@@ -62,13 +61,15 @@ enum End {
 }
 
 struct Connection {
-    sink: SplitSink<WebSocket, Message>,
+    /// Unsplit: the loop reads only inside `select!` and writes only in its branch bodies, so no
+    /// lock between a read half and a write half is needed.
+    socket: WebSocket,
     state: AppState,
 }
 
 impl Connection {
     async fn send(&mut self, msg: Message) -> Result<(), End> {
-        match tokio::time::timeout(SEND_TIMEOUT, self.sink.send(msg)).await {
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(msg)).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(End::Gone),
         }
@@ -98,11 +99,11 @@ impl Connection {
         };
         let feed = async {
             for m in &c.messages {
-                self.sink
+                self.socket
                     .feed(Message::Text(Utf8Bytes::from(m.to_json())))
                     .await?;
             }
-            self.sink.flush().await
+            self.socket.flush().await
         };
         match tokio::time::timeout(SEND_TIMEOUT, feed).await {
             Ok(Ok(())) => {}
@@ -139,7 +140,7 @@ impl Connection {
                 Live::Send => {
                     any = true;
                     let fed =
-                        tokio::time::timeout(SEND_TIMEOUT, self.sink.feed(Message::Text(e.ws_text()))).await;
+                        tokio::time::timeout(SEND_TIMEOUT, self.socket.feed(Message::Text(e.ws_text()))).await;
                     if !matches!(fed, Ok(Ok(()))) {
                         return Err(End::Gone);
                     }
@@ -153,7 +154,7 @@ impl Connection {
         }
         if any
             && !matches!(
-                tokio::time::timeout(SEND_TIMEOUT, self.sink.flush()).await,
+                tokio::time::timeout(SEND_TIMEOUT, self.socket.flush()).await,
                 Ok(Ok(()))
             )
         {
@@ -174,19 +175,18 @@ impl Connection {
             code,
             reason: Utf8Bytes::from_static(reason),
         };
-        let _ = tokio::time::timeout(SEND_TIMEOUT, self.sink.send(Message::Close(Some(frame)))).await;
+        let _ = tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Close(Some(frame)))).await;
     }
 }
 
 async fn run(socket: WebSocket, state: AppState) {
     let shutdown = state.shutdown.clone();
-    let (sink, mut stream) = socket.split();
-    let mut conn = Connection { sink, state };
+    let mut conn = Connection { socket, state };
     // The session loop watches the token itself (so it can flush acknowledgements first); this
     // outer watch covers a session stuck elsewhere, e.g. in a send.
     let end = tokio::select! {
         biased;
-        end = session(&mut conn, &mut stream) => end,
+        end = session(&mut conn) => end,
         _ = shutdown.cancelled() => End::Close(CLOSE_GOING_AWAY, "server shutting down"),
     };
     if let End::Close(code, reason) = end {
@@ -204,8 +204,8 @@ enum Incoming {
 }
 
 /// Reads the next frame; `Err` ends the connection.
-async fn next_frame(stream: &mut SplitStream<WebSocket>) -> Result<Incoming, End> {
-    match stream.next().await {
+async fn next_frame(socket: &mut WebSocket) -> Result<Incoming, End> {
+    match socket.next().await {
         None | Some(Ok(Message::Close(_))) => Err(End::Gone),
         Some(Err(e)) => Err(read_error(e)),
         Some(Ok(Message::Text(t))) => Ok(Incoming::Text(t)),
@@ -240,19 +240,19 @@ fn parse(text: &str) -> Result<ClientMessage, ProtocolError> {
     })
 }
 
-async fn session(conn: &mut Connection, stream: &mut SplitStream<WebSocket>) -> End {
-    match session_inner(conn, stream).await {
+async fn session(conn: &mut Connection) -> End {
+    match session_inner(conn).await {
         Ok(()) => End::Gone,
         Err(end) => end,
     }
 }
 
-async fn session_inner(conn: &mut Connection, stream: &mut SplitStream<WebSocket>) -> Result<(), End> {
+async fn session_inner(conn: &mut Connection) -> Result<(), End> {
     // 1. hello, within the deadline; anything else before it is a violation.
     let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
     let mut strikes = 0;
     let hello = loop {
-        let refusal = match tokio::time::timeout_at(deadline, next_frame(stream)).await {
+        let refusal = match tokio::time::timeout_at(deadline, next_frame(&mut conn.socket)).await {
             Err(_) => return Err(End::Close(CLOSE_TIMEOUT, "no hello in time")),
             Ok(frame) => match frame? {
                 Incoming::Noise => continue,
@@ -293,9 +293,11 @@ async fn session_inner(conn: &mut Connection, stream: &mut SplitStream<WebSocket
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
     let outcome = loop {
+        // `biased`: no random branch order per wake-up (this loop wakes once per live event).
         tokio::select! {
+            biased;
             _ = &mut cancelled => break Err(End::Close(CLOSE_GOING_AWAY, "server shutting down")),
-            frame = next_frame(stream) => {
+            frame = next_frame(&mut conn.socket) => {
                 last_seen = Instant::now();
                 let handled = match frame {
                     Ok(Incoming::Text(text)) => match parse(&text) {
