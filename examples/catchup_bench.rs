@@ -20,23 +20,24 @@
 //! The time is from sending `hello` (on an open WebSocket: TCP connect and upgrade are not counted)
 //! to receiving `synced`. Nothing is written while measuring.
 
+mod support;
+
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::mpsc;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
-/// How long the server may take to print its `listening on` line.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+use support::{
+    clock_ticks, cpu_delta, http_client, micros_u32, percentile, sample_cpu, server_args, server_command,
+    temp_data_dir, ws_connect, CpuDelta, ServerProc, Ws,
+};
+
 /// One catch-up (hello → synced), or one connect.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The whole history build of one stage.
@@ -99,178 +100,29 @@ fn main() -> ExitCode {
         eprintln!("catchup_bench: --behind values ≥ 1, --reconnects in [1, 100000], --writers in [1, 1024]");
         return ExitCode::from(2);
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match rt.block_on(run(opts)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("catchup_bench: {e}");
-            ExitCode::from(2)
-        }
-    }
+    let rt = support::runtime();
+    support::exit_code("catchup_bench", rt.block_on(run(opts)))
 }
 
 // ---------------------------------------------------------------------------------------------
 // The server process
 
-struct Server {
-    addr: SocketAddr,
-    pid: u32,
-    child: Option<Child>,
-    _data: tempfile::TempDir,
-}
-
-impl Server {
-    fn start(opts: &Opts) -> Result<Server, String> {
-        let data = match &opts.tmp_dir {
-            Some(dir) => tempfile::Builder::new().prefix("catchup-bench-").tempdir_in(dir),
-            None => tempfile::Builder::new().prefix("catchup-bench-").tempdir(),
-        }
-        .map_err(|e| format!("creating the data directory: {e}"))?;
-        let mut cmd = Command::new(&opts.server_bin);
-        cmd.arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data.path())
-            .arg("--durability")
-            .arg(&opts.durability)
-            .args(&opts.server_arg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if std::env::var_os("EVENTSYNC_LOG").is_none() {
-            cmd.env("EVENTSYNC_LOG", "warn");
-        }
-        let mut child = cmd.spawn().map_err(|e| {
+fn start_server(opts: &Opts) -> Result<ServerProc, String> {
+    let data = temp_data_dir("catchup-bench-", opts.tmp_dir.as_deref())?;
+    let child = server_command(&opts.server_bin)
+        .args(server_args(data.path(), &opts.durability, &opts.server_arg))
+        .spawn()
+        .map_err(|e| {
             format!(
                 "starting {}: {e} (build it with `cargo build --release --bin eventsync`)",
                 opts.server_bin.display()
             )
         })?;
-        let pid = child.id();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.trim().strip_prefix("listening on ").and_then(parse_url) {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
-                    }
-                }
-            }
-        });
-        let mut server = Server {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            pid,
-            child: Some(child),
-            _data: data,
-        };
-        // On failure `server` is dropped, which stops the process.
-        server.addr = rx.recv_timeout(STARTUP_TIMEOUT).map_err(|_| {
-            format!(
-                "{} did not print `listening on http://...` within {STARTUP_TIMEOUT:?}",
-                opts.server_bin.display()
-            )
-        })?;
-        Ok(server)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn parse_url(s: &str) -> Option<SocketAddr> {
-    let rest = s.trim().strip_prefix("http://")?;
-    let hostport = rest.split('/').next()?;
-    hostport.replace("localhost", "127.0.0.1").parse().ok()
-}
-
-// ---------------------------------------------------------------------------------------------
-// /proc
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|t| *t > 0.0)
-        .unwrap_or(100.0)
-}
-
-fn process_ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-fn machine_ticks() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    Some(v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7).unwrap_or(&0))
-}
-
-#[derive(Clone, Copy)]
-struct CpuSample {
-    at: Instant,
-    server: Option<u64>,
-    me: Option<u64>,
-    machine: Option<u64>,
-}
-
-fn sample_cpu(pid: u32) -> CpuSample {
-    CpuSample {
-        at: Instant::now(),
-        server: process_ticks(&pid.to_string()),
-        me: process_ticks("self"),
-        machine: machine_ticks(),
-    }
-}
-
-/// (seconds, server CPU s, load generator CPU s, other CPU s).
-fn cpu_delta(a: CpuSample, b: CpuSample, ticks: f64) -> (f64, f64, f64, f64) {
-    let d = |x: Option<u64>, y: Option<u64>| {
-        x.zip(y)
-            .map_or(f64::NAN, |(x, y)| y.saturating_sub(x) as f64 / ticks)
-    };
-    let (server, me, machine) = (d(a.server, b.server), d(a.me, b.me), d(a.machine, b.machine));
-    (
-        (b.at - a.at).as_secs_f64(),
-        server,
-        me,
-        (machine - server - me).max(0.0),
-    )
+    ServerProc::wait_listening(child, Some(data)).map_err(|e| format!("{} {e}", opts.server_bin.display()))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Building the history
-
-fn http_client() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| e.to_string())
-}
 
 /// The document's current version.
 async fn doc_version(client: &reqwest::Client, addr: SocketAddr) -> Result<u64, String> {
@@ -328,19 +180,10 @@ async fn grow(
 // ---------------------------------------------------------------------------------------------
 // Catching up
 
-type Ws = WebSocketStream<TcpStream>;
-
-async fn ws_connect(addr: SocketAddr) -> Result<Ws, String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+/// A WebSocket to the sync endpoint, taking messages of up to 64 MiB.
+async fn sync_ws(addr: SocketAddr) -> Result<Ws, String> {
     let config = WebSocketConfig::default().max_message_size(Some(64 << 20));
-    let (ws, _) =
-        tokio_tungstenite::client_async_with_config(format!("ws://{addr}/sync/ws"), stream, Some(config))
-            .await
-            .map_err(|e| format!("WebSocket handshake: {e}"))?;
-    Ok(ws)
+    ws_connect(addr, "/sync/ws", config).await
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -354,7 +197,7 @@ struct Received {
 /// One reconnect: connect (untimed), `hello`, read until `synced`. Returns the time from sending the
 /// hello to reading `synced`, and what came before it.
 async fn catch_up(addr: SocketAddr, hello: &str) -> Result<(Duration, Received), String> {
-    let mut ws = tokio::time::timeout(STEP_TIMEOUT, ws_connect(addr))
+    let mut ws = tokio::time::timeout(STEP_TIMEOUT, sync_ws(addr))
         .await
         .map_err(|_| "connect timed out".to_string())??;
     let timed = async {
@@ -412,11 +255,11 @@ struct Row {
     received: Received,
     /// Reconnects that received something else than the first one did.
     inconsistent: usize,
-    cpu: (f64, f64, f64, f64),
+    cpu: CpuDelta,
 }
 
 async fn measure(
-    server: &Server,
+    server: &ServerProc,
     n: u64,
     behind: u64,
     resume: bool,
@@ -446,7 +289,7 @@ async fn measure(
         if i < opts.warmup {
             continue;
         }
-        times.push(took.as_micros().min(u128::from(u32::MAX)) as u32);
+        times.push(micros_u32(took));
         match first {
             None => first = Some(got),
             Some(f) if f != got => inconsistent += 1,
@@ -469,7 +312,7 @@ async fn measure(
 
 async fn run(opts: Opts) -> Result<bool, String> {
     let ticks = clock_ticks();
-    let server = Server::start(&opts)?;
+    let server = start_server(&opts)?;
     eprintln!("catchup_bench: server pid {} on {}", server.pid, server.addr);
     let client = http_client()?;
     let pad = "x".repeat(opts.doc_bytes.saturating_sub(40).max(1));
@@ -507,7 +350,7 @@ async fn run(opts: Opts) -> Result<bool, String> {
             "catchup_bench: history {version} → {n} in {:.1} s ({:.0} PATCH/s, other CPU {:.2} cores)",
             took.as_secs_f64(),
             (n - version) as f64 / took.as_secs_f64(),
-            cpu.3 / cpu.0
+            cpu.other / cpu.secs
         );
         builds.push((version, n, took, cpu));
         version = n;
@@ -545,15 +388,7 @@ async fn run(opts: Opts) -> Result<bool, String> {
 // ---------------------------------------------------------------------------------------------
 // Report
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    f64::from(sorted[rank.min(sorted.len()) - 1]) / 1000.0
-}
-
-type Build = (u64, u64, Duration, (f64, f64, f64, f64));
+type Build = (u64, u64, Duration, CpuDelta);
 
 fn print_report(opts: &Opts, builds: &[Build], rows: &[Row]) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -581,7 +416,6 @@ fn print_report(opts: &Opts, builds: &[Build], rows: &[Row]) {
             (0, e) => format!("{e} events"),
             (s, e) => format!("{s} snapshot + {e} events"),
         };
-        let (secs, server, _me, other) = r.cpu;
         let _ = writeln!(
             s,
             "| {} | {} | {} | {}{} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
@@ -600,12 +434,12 @@ fn print_report(opts: &Opts, builds: &[Build], rows: &[Row]) {
             percentile(&r.times, 99.0),
             percentile(&r.times, 100.0),
             mean,
-            server * 1000.0 / r.times.len().max(1) as f64,
-            other / secs,
+            r.cpu.server * 1000.0 / r.times.len().max(1) as f64,
+            r.cpu.other / r.cpu.secs,
         );
     }
     let _ = writeln!(s);
-    for (from, to, took, (secs, server, _, other)) in builds {
+    for (from, to, took, cpu) in builds {
         let _ = writeln!(
             s,
             "- history {from} → {to}: {} PATCHes over {} connections in {:.1} s ({:.0}/s, server {:.0} \
@@ -614,8 +448,8 @@ fn print_report(opts: &Opts, builds: &[Build], rows: &[Row]) {
             opts.writers,
             took.as_secs_f64(),
             (to - from) as f64 / took.as_secs_f64(),
-            server * 1e6 / (to - from) as f64,
-            other / secs
+            cpu.server * 1e6 / (to - from) as f64,
+            cpu.other / cpu.secs
         );
     }
 

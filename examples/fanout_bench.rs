@@ -27,25 +27,27 @@
 //!
 //! All subscribers share one thread (a `current_thread` tokio runtime); its CPU is reported.
 
+mod support;
+
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-/// How long a started process may take to print its `listening on` line.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+use support::{
+    clock_ticks, cpu_delta, http_client, micros_u32, percentile, rss_kib, sample_cpu, server_args,
+    server_command, temp_data_dir, ws_connect, CpuDelta, ServerProc, Ws,
+};
+
 /// One subscriber's connect + handshake + hello → synced.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 /// After the writer stops: how long subscribers may take to receive the last event.
@@ -146,24 +148,14 @@ fn main() -> ExitCode {
         }
     }
     // All subscribers, the writer and the bookkeeping on one thread.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = support::runtime();
     let result = match opts.idle_memory {
         Some(n) => rt.block_on(run_idle_memory(&opts, n)),
         None => rt.block_on(run_fanout(&opts)),
     };
     // Subscriber tasks still parked on the runtime are dropped with it.
     drop(rt);
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("fanout_bench: {e}");
-            ExitCode::from(2)
-        }
-    }
+    support::exit_code("fanout_bench", result)
 }
 
 /// If this process may not open enough files, re-runs it through `sh -c 'ulimit -n N; exec ...'`.
@@ -234,220 +226,51 @@ impl Target {
     }
 }
 
-struct Proc {
-    addr: SocketAddr,
-    pid: u32,
-    child: Option<Child>,
-    /// The relay exits when this closes.
-    _stdin: Option<ChildStdin>,
-    _data: Option<tempfile::TempDir>,
-}
-
-impl Proc {
-    fn start(opts: &Opts, target: Target) -> Result<Proc, String> {
-        let (bin, mut args, data) = match target {
-            Target::EventSync => {
-                let data = match &opts.tmp_dir {
-                    Some(dir) => tempfile::Builder::new().prefix("fanout-bench-").tempdir_in(dir),
-                    None => tempfile::Builder::new().prefix("fanout-bench-").tempdir(),
-                }
-                .map_err(|e| format!("creating the data directory: {e}"))?;
-                let args: Vec<String> = vec![
-                    "--listen".into(),
-                    "127.0.0.1:0".into(),
-                    "--data-dir".into(),
-                    data.path().to_string_lossy().into_owned(),
-                    "--durability".into(),
-                    opts.durability.clone(),
-                ];
-                (opts.server_bin.clone(), args, Some(data))
-            }
-            Target::Relay => {
-                let bin = match &opts.relay_bin {
-                    Some(b) => b.clone(),
-                    None => std::env::current_exe()
-                        .map_err(|e| format!("locating the relay: {e}"))?
-                        .with_file_name("relay"),
-                };
-                (bin, vec!["--listen".into(), "127.0.0.1:0".into()], None)
-            }
-        };
-        if target == Target::EventSync {
-            args.extend(opts.server_arg.iter().cloned());
+/// Starts the target (its open-files limit raised to `--nofile`) and waits for it to listen.
+fn start_target(opts: &Opts, target: Target) -> Result<ServerProc, String> {
+    let (bin, args, data) = match target {
+        Target::EventSync => {
+            let data = temp_data_dir("fanout-bench-", opts.tmp_dir.as_deref())?;
+            let args = server_args(data.path(), &opts.durability, &opts.server_arg);
+            (opts.server_bin.clone(), args, Some(data))
         }
-        if !bin.exists() {
-            return Err(format!(
-                "{} not found (build with `cargo build --release --bin eventsync --examples`)",
-                bin.display()
-            ));
+        Target::Relay => {
+            let bin = match &opts.relay_bin {
+                Some(b) => b.clone(),
+                None => std::env::current_exe()
+                    .map_err(|e| format!("locating the relay: {e}"))?
+                    .with_file_name("relay"),
+            };
+            (bin, vec!["--listen".into(), "127.0.0.1:0".into()], None)
         }
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(format!(
-                "ulimit -n {0} 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; exec \"$0\" \"$@\"",
-                opts.nofile
-            ))
-            .arg(&bin)
-            .args(&args)
-            .stdin(if target == Target::Relay {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if std::env::var_os("EVENTSYNC_LOG").is_none() {
-            cmd.env("EVENTSYNC_LOG", "warn");
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
-        let pid = child.id(); // `exec` keeps the pid: this is the target's
-        let stdin = child.stdin.take();
-        let addr = wait_listening(&mut child).map_err(|e| {
-            let _ = child.kill();
-            let _ = child.wait();
-            format!("{}: {e}", bin.display())
-        })?;
-        Ok(Proc {
-            addr,
-            pid,
-            child: Some(child),
-            _stdin: stdin,
-            _data: data,
-        })
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Reads the child's `listening on http://ADDR` line, then keeps draining its stdout.
-fn wait_listening(child: &mut Child) -> Result<SocketAddr, String> {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(addr) = line.trim().strip_prefix("listening on ").and_then(parse_url) {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(addr);
-                }
-            }
-        }
-    });
-    rx.recv_timeout(STARTUP_TIMEOUT)
-        .map_err(|_| format!("did not print `listening on http://...` within {STARTUP_TIMEOUT:?}"))
-}
-
-/// `http://127.0.0.1:8080` (a trailing `/` or path is ignored) → the socket address.
-fn parse_url(s: &str) -> Option<SocketAddr> {
-    let rest = s.trim().strip_prefix("http://")?;
-    let hostport = rest.split('/').next()?;
-    hostport.replace("localhost", "127.0.0.1").parse().ok()
-}
-
-// ---------------------------------------------------------------------------------------------
-// /proc
-
-/// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`; 100 on every common Linux).
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|t| *t > 0.0)
-        .unwrap_or(100.0)
-}
-
-/// utime + stime of a process (all its threads, live and exited), in ticks.
-fn process_ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-/// Machine-wide (busy, iowait) ticks summed over all CPUs, from /proc/stat.
-fn machine_ticks() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal
-    let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7).unwrap_or(&0);
-    Some((busy, *v.get(4)?))
-}
-
-/// VmRSS of a process, in KiB.
-fn rss_kib(pid: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-#[derive(Debug, Clone, Copy)]
-struct CpuSample {
-    at: Instant,
-    server: Option<u64>,
-    me: Option<u64>,
-    machine: Option<(u64, u64)>,
-}
-
-fn sample_cpu(pid: u32) -> CpuSample {
-    CpuSample {
-        at: Instant::now(),
-        server: process_ticks(&pid.to_string()),
-        me: process_ticks("self"),
-        machine: machine_ticks(),
-    }
-}
-
-/// CPU seconds between two samples: (server, load generator, everything else), and the seconds.
-#[derive(Debug, Clone, Copy, Default)]
-struct CpuDelta {
-    secs: f64,
-    server: f64,
-    me: f64,
-    /// Machine busy time minus server and load generator (noise from other processes).
-    other: f64,
-    /// Machine-wide iowait (CPU idle with disk I/O outstanding; fsync stalls show here).
-    iowait: f64,
-}
-
-fn cpu_delta(a: CpuSample, b: CpuSample, ticks: f64) -> CpuDelta {
-    let d = |x: Option<u64>, y: Option<u64>| {
-        x.zip(y)
-            .map_or(f64::NAN, |(x, y)| y.saturating_sub(x) as f64 / ticks)
     };
-    let (server, me) = (d(a.server, b.server), d(a.me, b.me));
-    let machine = d(a.machine.map(|m| m.0), b.machine.map(|m| m.0));
-    let iowait = d(a.machine.map(|m| m.1), b.machine.map(|m| m.1));
-    CpuDelta {
-        secs: (b.at - a.at).as_secs_f64(),
-        server,
-        me,
-        other: (machine - server - me).max(0.0),
-        iowait,
+    if !bin.exists() {
+        return Err(format!(
+            "{} not found (build with `cargo build --release --bin eventsync --examples`)",
+            bin.display()
+        ));
     }
+    let mut cmd = server_command("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "ulimit -n {0} 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; exec \"$0\" \"$@\"",
+            opts.nofile
+        ))
+        .arg(&bin)
+        .args(&args);
+    if target == Target::Relay {
+        // The relay exits when its stdin closes: `ServerProc` keeps it open.
+        cmd.stdin(Stdio::piped());
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+    // `exec` keeps the pid: the child's pid is the target's.
+    ServerProc::wait_listening(child, data).map_err(|e| format!("{}: {e}", bin.display()))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Subscribers
-
-type Ws = WebSocketStream<TcpStream>;
 
 fn micros_since(epoch: Instant) -> u64 {
     epoch.elapsed().as_micros() as u64
@@ -460,22 +283,10 @@ fn ws_config() -> WebSocketConfig {
         .max_message_size(Some(16 << 20))
 }
 
-async fn ws_connect(addr: SocketAddr, path: &str) -> Result<Ws, String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let url = format!("ws://{addr}{path}");
-    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
-        .await
-        .map_err(|e| format!("WebSocket handshake: {e}"))?;
-    Ok(ws)
-}
-
 /// Connects, sends `hello`, and reads until `synced`.
 async fn open_subscriber(addr: SocketAddr, i: usize) -> Result<Ws, String> {
     let open = async {
-        let mut ws = ws_connect(addr, "/sync/ws").await?;
+        let mut ws = ws_connect(addr, "/sync/ws", ws_config()).await?;
         let hello =
             format!(r#"{{"type":"hello","client_id":"sub-{i}","subscribe":["games"],"state_vector":{{}}}}"#);
         ws.send(Message::text(hello))
@@ -790,8 +601,7 @@ async fn writer(
             Ok(Ok((v, took))) => {
                 versions.push(v);
                 if in_window {
-                    out.ack_latencies
-                        .push(took.as_micros().min(u128::from(u32::MAX)) as u32);
+                    out.ack_latencies.push(micros_u32(took));
                 }
             }
             Ok(Err(e)) => {
@@ -874,17 +684,8 @@ async fn create_doc(client: &reqwest::Client, addr: SocketAddr) -> Result<u64, S
         .ok_or_else(|| format!("creating games/fanout: no version in {body}"))
 }
 
-fn http_client() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| e.to_string())
-}
-
 async fn run_one(opts: &Opts, target: Target, n: usize, rate: f64, ticks: f64) -> Result<Run, String> {
-    let proc = Proc::start(opts, target)?;
+    let proc = start_target(opts, target)?;
     let pid = proc.pid.to_string();
     eprintln!(
         "fanout_bench: {} (pid {}) on {}: opening {n} subscribers",
@@ -962,7 +763,7 @@ async fn run_one(opts: &Opts, target: Target, n: usize, rate: f64, ticks: f64) -
                         client,
                         url: format!("http://{addr}/api/games/fanout"),
                     }),
-                    Target::Relay => ws_connect(addr, "/publish")
+                    Target::Relay => ws_connect(addr, "/publish", ws_config())
                         .await
                         .map(|ws| Sender::Ws(Box::new(ws))),
                 };
@@ -1068,14 +869,6 @@ async fn run_fanout(opts: &Opts) -> Result<bool, String> {
 
 // ---------------------------------------------------------------------------------------------
 // Report
-
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    f64::from(sorted[rank.min(sorted.len()) - 1]) / 1000.0
-}
 
 fn print_report(opts: &Opts, runs: &[Run], ticks: f64) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -1279,7 +1072,7 @@ async fn run_idle_memory(opts: &Opts, n: usize) -> Result<bool, String> {
     let targets: Vec<Target> = opts.targets.iter().filter_map(|t| Target::parse(t)).collect();
     let mut rows = Vec::new();
     for &target in &targets {
-        let proc = Proc::start(opts, target)?;
+        let proc = start_target(opts, target)?;
         let pid = proc.pid.to_string();
         let client = http_client()?;
         if target == Target::EventSync {

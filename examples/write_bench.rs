@@ -15,13 +15,14 @@
 //! The load generator runs on one thread with a hand-written HTTP/1.1 client, so it takes as little
 //! CPU as possible from the server it shares the machine with; its own CPU time is reported too.
 
+mod support;
+
 use std::fmt::Write as _;
-use std::io::{self, BufRead, BufReader};
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::rc::Rc;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -29,10 +30,13 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use support::{
+    clock_ticks, micros_u32, parse_url, percentile, process_ticks, sample_cpu, server_args, server_command,
+    temp_data_dir, CpuSample, ServerProc,
+};
+
 /// A request that takes longer than this is abandoned (counted as an error, connection reopened).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the server may take to print its `listening on` line.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Parser)]
 #[command(name = "write_bench", about = "Closed-loop write benchmark for EventSync")]
@@ -82,18 +86,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     // The load generator: one thread, so it competes for the 2 cores as little as possible.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match rt.block_on(run(opts)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("write_bench: {e}");
-            ExitCode::from(2)
-        }
-    }
+    let rt = support::runtime();
+    support::exit_code("write_bench", rt.block_on(run(opts)))
 }
 
 async fn run(opts: Opts) -> Result<bool, String> {
@@ -129,9 +123,9 @@ async fn run(opts: Opts) -> Result<bool, String> {
 struct Server {
     addr: SocketAddr,
     pid: Option<u32>,
-    child: Option<Child>,
     data_note: String,
-    _data: Option<tempfile::TempDir>,
+    /// The server we started, if any: stopped on drop, then its data directory is removed.
+    _proc: Option<ServerProc>,
 }
 
 impl Server {
@@ -140,88 +134,33 @@ impl Server {
         Ok(Server {
             addr,
             pid,
-            child: None,
             data_note: "external".into(),
-            _data: None,
+            _proc: None,
         })
     }
 
     fn start(opts: &Opts, durability: &str) -> Result<Server, String> {
-        let data = match &opts.tmp_dir {
-            Some(dir) => tempfile::Builder::new().prefix("write-bench-").tempdir_in(dir),
-            None => tempfile::Builder::new().prefix("write-bench-").tempdir(),
-        }
-        .map_err(|e| format!("creating the data directory: {e}"))?;
-        let mut cmd = Command::new(&opts.server_bin);
-        cmd.arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data.path())
-            .arg("--durability")
-            .arg(durability)
-            .args(&opts.server_arg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if std::env::var_os("EVENTSYNC_LOG").is_none() {
-            cmd.env("EVENTSYNC_LOG", "warn");
-        }
-        let mut child = cmd.spawn().map_err(|e| {
-            format!(
-                "starting {}: {e} (build it with `cargo build --release --bin eventsync`, or pass \
-                 --server-bin / --url)",
-                opts.server_bin.display()
-            )
-        })?;
-        let pid = child.id();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        // Reads the `listening on` line, then keeps draining stdout so the server never sees EPIPE.
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.trim().strip_prefix("listening on ").and_then(parse_url) {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
-                    }
-                }
-            }
-        });
-        let mut server = Server {
-            addr: "127.0.0.1:0".parse().expect("address"),
-            pid: Some(pid),
-            child: Some(child),
-            data_note: format!("data dir {} ({})", data.path().display(), fs_type(data.path())),
-            _data: Some(data),
-        };
-        // On failure `server` is dropped here, which kills the child.
-        server.addr = rx.recv_timeout(STARTUP_TIMEOUT).map_err(|_| {
-            format!(
-                "{} did not print `listening on http://...` within {STARTUP_TIMEOUT:?}",
-                opts.server_bin.display()
-            )
-        })?;
-        Ok(server)
+        let data = temp_data_dir("write-bench-", opts.tmp_dir.as_deref())?;
+        let data_note = format!("data dir {} ({})", data.path().display(), fs_type(data.path()));
+        let child = server_command(&opts.server_bin)
+            .args(server_args(data.path(), durability, &opts.server_arg))
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "starting {}: {e} (build it with `cargo build --release --bin eventsync`, or \
+                     pass --server-bin / --url)",
+                    opts.server_bin.display()
+                )
+            })?;
+        let proc = ServerProc::wait_listening(child, Some(data))
+            .map_err(|e| format!("{} {e}", opts.server_bin.display()))?;
+        Ok(Server {
+            addr: proc.addr,
+            pid: Some(proc.pid),
+            data_note,
+            _proc: Some(proc),
+        })
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // `_data` (the temporary directory) is removed after the process is gone.
-    }
-}
-
-/// `http://127.0.0.1:8080` (a trailing `/` or path is ignored) → the socket address.
-fn parse_url(s: &str) -> Option<SocketAddr> {
-    let rest = s.trim().strip_prefix("http://")?;
-    let hostport = rest.split('/').next()?;
-    let hostport = hostport.replace("localhost", "127.0.0.1");
-    hostport.parse().ok()
 }
 
 /// The filesystem type under `path`, from /proc/mounts (longest matching mount point).
@@ -243,28 +182,6 @@ fn fs_type(path: &Path) -> String {
 // ---------------------------------------------------------------------------------------------
 // CPU accounting from /proc
 
-/// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`; 100 on every common Linux).
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|t| *t > 0.0)
-        .unwrap_or(100.0)
-}
-
-/// utime + stime of a process (all its threads, live and exited), in ticks.
-fn process_ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); utime is field 14, stime 15.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
 /// utime + stime of a process's threads whose name starts with `prefix`, in ticks.
 fn thread_ticks(pid: u32, prefix: &str) -> Option<u64> {
     let mut total = None;
@@ -280,38 +197,9 @@ fn thread_ticks(pid: u32, prefix: &str) -> Option<u64> {
     total
 }
 
-/// Machine-wide (busy, iowait) ticks summed over all CPUs, from /proc/stat.
-fn machine_ticks() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest time is already inside user)
-    let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7).unwrap_or(&0);
-    Some((busy, *v.get(4)?))
-}
-
-#[derive(Debug, Clone, Copy)]
-struct CpuSample {
-    at: Instant,
-    server: Option<u64>,
-    /// The store's writer thread (`eventsync-writer`, named `eventsync-write` by the kernel).
-    writer: Option<u64>,
-    me: Option<u64>,
-    machine: Option<(u64, u64)>,
-}
-
-fn sample_cpu(server_pid: Option<u32>) -> CpuSample {
-    CpuSample {
-        at: Instant::now(),
-        server: server_pid.and_then(|p| process_ticks(&p.to_string())),
-        writer: server_pid.and_then(|p| thread_ticks(p, "eventsync-writ")),
-        me: process_ticks("self"),
-        machine: machine_ticks(),
-    }
+/// CPU ticks of the store's writer thread (`eventsync-writer`, named `eventsync-write` by the kernel).
+fn writer_thread_ticks(server_pid: Option<u32>) -> Option<u64> {
+    server_pid.and_then(|p| thread_ticks(p, "eventsync-writ"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -547,6 +435,8 @@ struct Level {
     /// Latencies (µs) of the window's 200 responses, sorted.
     latencies: Vec<u32>,
     cpu: (CpuSample, CpuSample),
+    /// The store's writer thread, at the same two instants.
+    writer_thread: (Option<u64>, Option<u64>),
     /// Non-200 statuses over the whole level (warm-up included), and transport failures.
     statuses: Vec<(u16, u64)>,
     io_errors: u64,
@@ -643,9 +533,9 @@ async fn run_level(opts: &Opts, server: &Server, writers: usize) -> Result<Level
     let cpu = local
         .run_until(async move {
             tokio::time::sleep_until(w.t0.into()).await;
-            let before = sample_cpu(server_pid);
+            let before = (sample_cpu(server_pid), writer_thread_ticks(server_pid));
             tokio::time::sleep_until(w.t1.into()).await;
-            let after = sample_cpu(server_pid);
+            let after = (sample_cpu(server_pid), writer_thread_ticks(server_pid));
             let mut outs = Vec::with_capacity(handles.len());
             for h in handles {
                 outs.push(h.await.expect("writer task"));
@@ -749,7 +639,8 @@ async fn run_level(opts: &Opts, server: &Server, writers: usize) -> Result<Level
         errors,
         window: window.t1 - window.t0,
         latencies,
-        cpu: (before, after),
+        cpu: (before.0, after.0),
+        writer_thread: (before.1, after.1),
         statuses,
         io_errors,
         verified,
@@ -808,8 +699,7 @@ async fn writer(
                 out.ok_total += 1;
                 if in_window {
                     out.ok_window += 1;
-                    let us = (done - sent).as_micros().min(u128::from(u32::MAX)) as u32;
-                    out.latencies.push(us);
+                    out.latencies.push(micros_u32(done - sent));
                 }
             }
             Ok(Ok(status)) => {
@@ -838,15 +728,6 @@ async fn writer(
 
 // ---------------------------------------------------------------------------------------------
 // Report
-
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    // Nearest rank.
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    f64::from(sorted[rank.min(sorted.len()) - 1]) / 1000.0
-}
 
 fn mean_ms(latencies: &[u32]) -> f64 {
     if latencies.is_empty() {
@@ -884,7 +765,8 @@ fn print_report(opts: &Opts, rows: &[Level], cores: usize, ticks: f64) {
         let (a, b) = r.cpu;
         let secs = (b.at - a.at).as_secs_f64();
         let server = a.server.zip(b.server).map(|(x, y)| (y - x) as f64 / ticks);
-        let writer = a.writer.zip(b.writer).map(|(x, y)| (y - x) as f64 / ticks / secs);
+        let (wa, wb) = r.writer_thread;
+        let writer = wa.zip(wb).map(|(x, y)| (y - x) as f64 / ticks / secs);
         let me = a.me.zip(b.me).map(|(x, y)| (y - x) as f64 / ticks);
         let machine = a.machine.zip(b.machine).map(|(x, y)| {
             (

@@ -140,7 +140,8 @@ impl Connection {
                 Live::Send => {
                     any = true;
                     let fed =
-                        tokio::time::timeout(SEND_TIMEOUT, self.socket.feed(Message::Text(e.ws_text()))).await;
+                        tokio::time::timeout(SEND_TIMEOUT, self.socket.feed(Message::Text(e.ws_text())))
+                            .await;
                     if !matches!(fed, Ok(Ok(()))) {
                         return Err(End::Gone);
                     }
