@@ -21,6 +21,8 @@ pub struct Config {
     pub store: StoreKind,
     /// Directory of the browser UI served at `/`.
     pub static_dir: PathBuf,
+    /// Directory of the JavaScript client, served at `/client/`.
+    pub client_dir: PathBuf,
     pub durability: Durability,
     pub limits: LimitsConfig,
     pub snapshots: SnapshotConfig,
@@ -82,6 +84,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             store: StoreKind::Embedded,
             static_dir: PathBuf::from("static"),
+            client_dir: PathBuf::from("client"),
             durability: Durability::Full,
             limits: LimitsConfig {
                 max_document_bytes: 1024 * 1024,
@@ -132,6 +135,9 @@ pub struct Args {
     /// Directory served at `/` [default: static].
     #[arg(long, env = "EVENTSYNC_STATIC_DIR")]
     pub static_dir: Option<PathBuf>,
+    /// Directory served at `/client/` (the JavaScript client) [default: client].
+    #[arg(long, env = "EVENTSYNC_CLIENT_DIR")]
+    pub client_dir: Option<PathBuf>,
     /// `full` (fsync every group commit; survives power loss; the default) or `normal`.
     #[arg(long, env = "EVENTSYNC_DURABILITY")]
     pub durability: Option<String>,
@@ -196,6 +202,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     store: Option<String>,
     static_dir: Option<PathBuf>,
+    client_dir: Option<PathBuf>,
     durability: Option<String>,
     max_document_bytes: Option<usize>,
     max_body_bytes: Option<usize>,
@@ -371,6 +378,7 @@ impl Config {
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
             store,
             static_dir: args.static_dir.or(file.static_dir).unwrap_or(d.static_dir),
+            client_dir: args.client_dir.or(file.client_dir).unwrap_or(d.client_dir),
             durability,
             limits,
             snapshots,

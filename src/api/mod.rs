@@ -74,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api", api)
         .route("/sync/ws", get(ws::upgrade))
         .route("/sync/sse", get(sse::stream))
+        .nest_service("/client", ServeDir::new(&state.config.client_dir))
         .fallback_service(ui)
         .with_state(state)
         // Each `layer` wraps the ones before it: the body limit is innermost, the JSON error
