@@ -1,0 +1,958 @@
+// EventSync JavaScript client — one ES module, no build step, for browsers and Node >= 20.
+// Speaks the sync protocol of docs/PROTOCOL.md over WebSocket or Server-Sent Events.
+
+/** An error while applying an RFC 6902 patch. */
+export class PatchError extends Error {
+  constructor(message, index) {
+    super(message);
+    this.name = 'PatchError';
+    this.index = index;
+  }
+}
+
+function clone(v) {
+  return v === undefined ? undefined : JSON.parse(JSON.stringify(v));
+}
+
+function isObject(v) {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+function deepEqual(a, b) {
+  if (a === b) return true;
+  if (typeof a !== typeof b || a === null || b === null || typeof a !== 'object') return false;
+  if (Array.isArray(a) !== Array.isArray(b)) return false;
+  if (Array.isArray(a)) {
+    if (a.length !== b.length) return false;
+    for (let i = 0; i < a.length; i++) if (!deepEqual(a[i], b[i])) return false;
+    return true;
+  }
+  const ka = Object.keys(a);
+  const kb = Object.keys(b);
+  if (ka.length !== kb.length) return false;
+  for (const k of ka) {
+    if (!Object.prototype.hasOwnProperty.call(b, k) || !deepEqual(a[k], b[k])) return false;
+  }
+  return true;
+}
+
+/** Splits an RFC 6901 JSON Pointer into unescaped tokens. */
+export function parsePointer(path) {
+  if (typeof path !== 'string') throw new PatchError(`invalid path ${JSON.stringify(path)}`);
+  if (path === '') return [];
+  if (path[0] !== '/') throw new PatchError(`invalid path ${JSON.stringify(path)}`);
+  return path
+    .slice(1)
+    .split('/')
+    .map((t) => {
+      if (/~[^01]|~$/.test(t)) throw new PatchError(`invalid escape in path ${JSON.stringify(path)}`);
+      return t.replace(/~1/g, '/').replace(/~0/g, '~');
+    });
+}
+
+function arrayIndex(arr, token, forAdd) {
+  if (forAdd && token === '-') return arr.length;
+  if (!/^(0|[1-9][0-9]*)$/.test(token)) throw new PatchError(`invalid array index ${JSON.stringify(token)}`);
+  const i = Number(token);
+  if (forAdd ? i > arr.length : i >= arr.length) throw new PatchError(`array index ${i} out of bounds`);
+  return i;
+}
+
+function hasOwn(o, k) {
+  return Object.prototype.hasOwnProperty.call(o, k);
+}
+
+function getAt(doc, tokens) {
+  let cur = doc;
+  for (const t of tokens) {
+    if (Array.isArray(cur)) cur = cur[arrayIndex(cur, t, false)];
+    else if (isObject(cur) && hasOwn(cur, t)) cur = cur[t];
+    else throw new PatchError(`path /${tokens.join('/')} does not exist`);
+  }
+  return cur;
+}
+
+function parentOf(doc, tokens) {
+  const parent = getAt(doc, tokens.slice(0, -1));
+  if (parent === null || typeof parent !== 'object') throw new PatchError('parent is not a container');
+  return parent;
+}
+
+// Each helper returns the new root (the root itself may be replaced).
+function addAt(doc, tokens, value) {
+  if (tokens.length === 0) return value;
+  const parent = parentOf(doc, tokens);
+  const last = tokens[tokens.length - 1];
+  if (Array.isArray(parent)) parent.splice(arrayIndex(parent, last, true), 0, value);
+  else parent[last] = value;
+  return doc;
+}
+
+function removeAt(doc, tokens) {
+  if (tokens.length === 0) throw new PatchError('cannot remove the root');
+  const parent = parentOf(doc, tokens);
+  const last = tokens[tokens.length - 1];
+  if (Array.isArray(parent)) parent.splice(arrayIndex(parent, last, false), 1);
+  else if (hasOwn(parent, last)) delete parent[last];
+  else throw new PatchError(`path does not exist: ${last}`);
+  return doc;
+}
+
+function replaceAt(doc, tokens, value) {
+  if (tokens.length === 0) return value;
+  const parent = parentOf(doc, tokens);
+  const last = tokens[tokens.length - 1];
+  if (Array.isArray(parent)) parent[arrayIndex(parent, last, false)] = value;
+  else if (hasOwn(parent, last)) parent[last] = value;
+  else throw new PatchError(`path does not exist: ${last}`);
+  return doc;
+}
+
+/**
+ * Applies an RFC 6902 JSON Patch to a copy of `doc` and returns the result; `doc` is not changed.
+ * Throws PatchError when an operation fails (with `index`, the failing operation).
+ */
+export function applyPatch(doc, patch) {
+  if (!Array.isArray(patch)) throw new PatchError('a JSON Patch must be an array');
+  let out = clone(doc);
+  patch.forEach((op, index) => {
+    try {
+      if (!isObject(op) || typeof op.op !== 'string') throw new PatchError('invalid operation');
+      const path = parsePointer(op.path);
+      const needValue = () => {
+        if (!hasOwn(op, 'value')) throw new PatchError(`'${op.op}' needs a value`);
+        return clone(op.value);
+      };
+      switch (op.op) {
+        case 'add':
+          out = addAt(out, path, needValue());
+          break;
+        case 'remove':
+          out = removeAt(out, path);
+          break;
+        case 'replace':
+          out = replaceAt(out, path, needValue());
+          break;
+        case 'move': {
+          const from = parsePointer(op.from);
+          if (from.length < path.length && from.every((t, i) => t === path[i])) {
+            throw new PatchError('cannot move a value into itself');
+          }
+          const value = getAt(out, from);
+          out = removeAt(out, from);
+          out = addAt(out, path, value);
+          break;
+        }
+        case 'copy': {
+          const value = clone(getAt(out, parsePointer(op.from)));
+          out = addAt(out, path, value);
+          break;
+        }
+        case 'test':
+          if (!deepEqual(getAt(out, path), needValue())) throw new PatchError('test failed');
+          break;
+        default:
+          throw new PatchError(`unknown op ${JSON.stringify(op.op)}`);
+      }
+    } catch (e) {
+      throw new PatchError(`patch operation ${index} failed: ${e.message}`, index);
+    }
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The message rules (pure): a replica state is {docs: {c: {id: data}}, vector: {c: {id: version}}}.
+
+export function emptyState() {
+  return { docs: {}, vector: {}, lastSeq: 0 };
+}
+
+function get2(m, a, b) {
+  return m[a] && hasOwn(m[a], b) ? m[a][b] : undefined;
+}
+
+function set2(m, a, b, v) {
+  (m[a] || (m[a] = {}))[b] = v;
+}
+
+function del2(m, a, b) {
+  if (!m[a]) return;
+  delete m[a][b];
+  if (Object.keys(m[a]).length === 0) delete m[a];
+}
+
+export function localVersion(state, collection, id) {
+  return get2(state.vector, collection, id) || 0;
+}
+
+function setVersion(state, collection, id, version) {
+  if (version === 0) del2(state.vector, collection, id);
+  else set2(state.vector, collection, id, version);
+}
+
+const isNat = (v) => Number.isSafeInteger(v) && v >= 0;
+const isStr = (v) => typeof v === 'string' && v.length > 0;
+
+/** Checks that a server message has the shape the rules need; returns an error string or null. */
+export function validateMessage(m) {
+  if (!isObject(m) || typeof m.type !== 'string') return 'not a message object';
+  switch (m.type) {
+    case 'snapshot':
+      if (!isStr(m.collection) || !isStr(m.id) || !isNat(m.version) || typeof m.deleted !== 'boolean') {
+        return 'malformed snapshot';
+      }
+      if (!m.deleted && !isObject(m.data)) return 'snapshot without data';
+      return null;
+    case 'event':
+      if (!isStr(m.collection) || !isStr(m.id) || !isNat(m.version) || m.version < 1 || !isNat(m.seq)) {
+        return 'malformed event';
+      }
+      if (!['create', 'update', 'delete'].includes(m.op) || !Array.isArray(m.patch)) return 'malformed event';
+      return null;
+    case 'synced':
+      if (!isNat(m.seq) || !isObject(m.state_vector)) return 'malformed synced';
+      return null;
+    case 'result':
+      if (typeof m.op_id !== 'string' || typeof m.ok !== 'boolean') return 'malformed result';
+      return null;
+    case 'error':
+    case 'pong':
+      return null;
+    default:
+      return `unknown message type ${JSON.stringify(m.type)}`;
+  }
+}
+
+/**
+ * Applies one server message to `state` (mutated) by the protocol's rules. Returns
+ * {kind: 'applied' | 'duplicate' | 'gap' | 'invalid' | 'synced' | 'ignored', change?, reason?}.
+ * `change` is {collection, id, version, data, deleted, source}.
+ */
+export function applyMessage(state, m) {
+  const bad = validateMessage(m);
+  if (bad) return { kind: 'invalid', reason: bad };
+  if (m.type === 'snapshot') {
+    const { collection, id, version } = m;
+    if (m.deleted) del2(state.docs, collection, id);
+    else set2(state.docs, collection, id, clone(m.data));
+    setVersion(state, collection, id, version);
+    const data = m.deleted ? undefined : clone(m.data);
+    return { kind: 'applied', change: { collection, id, version, data, deleted: m.deleted, source: 'snapshot' } };
+  }
+  if (m.type === 'event') {
+    const { collection, id, version } = m;
+    const local = localVersion(state, collection, id);
+    if (version <= local) return { kind: 'duplicate' };
+    const freshCreate = m.op === 'create' && local === 0;
+    if (version !== local + 1 && !freshCreate) return { kind: 'gap', local, version };
+    let next;
+    try {
+      if (m.op === 'create') next = applyPatch({}, m.patch);
+      else if (m.op === 'update') {
+        const cur = get2(state.docs, collection, id);
+        if (cur === undefined) throw new PatchError('an update of a document the client does not have');
+        next = applyPatch(cur, m.patch);
+      } else next = undefined;
+      if (next !== undefined && !isObject(next)) throw new PatchError("the patch's result is not an object");
+    } catch (e) {
+      // The local copy is not what the server had: forget it so that a resync sends it whole.
+      del2(state.docs, collection, id);
+      del2(state.vector, collection, id);
+      return { kind: 'invalid', reason: `event seq ${m.seq} (${collection}/${id} v${version}): ${e.message}`, forgot: { collection, id } };
+    }
+    if (next === undefined) del2(state.docs, collection, id);
+    else set2(state.docs, collection, id, next);
+    setVersion(state, collection, id, version);
+    state.lastSeq = Math.max(state.lastSeq || 0, m.seq);
+    return {
+      kind: 'applied',
+      change: { collection, id, version, data: clone(next), deleted: m.op === 'delete', source: 'event' },
+    };
+  }
+  if (m.type === 'synced') {
+    state.lastSeq = Math.max(state.lastSeq || 0, m.seq);
+    return { kind: 'synced' };
+  }
+  return { kind: 'ignored' };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/** A Storage-like in-memory store (getItem / setItem / removeItem). */
+export class MemoryStorage {
+  constructor() {
+    this.map = new Map();
+  }
+  getItem(k) {
+    return this.map.has(k) ? this.map.get(k) : null;
+  }
+  setItem(k, v) {
+    this.map.set(k, String(v));
+  }
+  removeItem(k) {
+    this.map.delete(k);
+  }
+}
+
+function randomHex(bytes) {
+  const a = new Uint8Array(bytes);
+  if (globalThis.crypto && globalThis.crypto.getRandomValues) globalThis.crypto.getRandomValues(a);
+  else for (let i = 0; i < bytes; i++) a[i] = Math.floor(Math.random() * 256);
+  return Array.from(a, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+function newOpId() {
+  if (globalThis.crypto && typeof globalThis.crypto.randomUUID === 'function') return globalThis.crypto.randomUUID();
+  return randomHex(16);
+}
+
+function defaultStorage() {
+  try {
+    if (globalThis.localStorage) return globalThis.localStorage;
+  } catch {
+    // localStorage access can throw (e.g. disabled cookies)
+  }
+  return new MemoryStorage();
+}
+
+// Write results that mean "try again later, same op_id".
+const RETRY_CODES = new Set(['overloaded', 'shutting_down', 'too_many_writes', 'unavailable']);
+
+const CLIENT_ID_KEY = 'eventsync:clientId';
+
+export class EventSyncClient {
+  constructor(options = {}) {
+    const o = options;
+    this.url = String(o.url || (globalThis.location ? globalThis.location.origin : 'http://127.0.0.1:8080')).replace(/\/+$/, '');
+    this.transport = o.transport === 'sse' ? 'sse' : 'ws';
+    this.subscribe = Array.isArray(o.subscribe) ? [...o.subscribe] : [];
+    this.storage = o.storage || defaultStorage();
+    this._WebSocket = o.WebSocket || globalThis.WebSocket;
+    this._fetch = o.fetch || (globalThis.fetch ? globalThis.fetch.bind(globalThis) : undefined);
+    this.backoff = { initialMs: 100, maxMs: 5000, ...(o.backoff || {}) };
+    let clientId = o.clientId;
+    if (!clientId) {
+      clientId = this._load(CLIENT_ID_KEY);
+      if (!clientId) {
+        clientId = 'web-' + randomHex(8);
+        this._save(CLIENT_ID_KEY, clientId);
+      }
+    }
+    this.clientId = clientId;
+    this.status = 'offline';
+    this._listeners = new Map();
+    this._stateKey = `eventsync:${clientId}:state`;
+    this._queueKey = `eventsync:${clientId}:queue`;
+    this._state = emptyState();
+    try {
+      const s = JSON.parse(this._load(this._stateKey) || 'null');
+      if (s && isObject(s.docs) && isObject(s.vector)) this._state = { docs: s.docs, vector: s.vector, lastSeq: s.lastSeq || 0 };
+    } catch {
+      // corrupt stored state: start empty
+    }
+    this._queue = [];
+    try {
+      const q = JSON.parse(this._load(this._queueKey) || '[]');
+      if (Array.isArray(q)) this._queue = q.filter((w) => isObject(w) && typeof w.op_id === 'string');
+    } catch {
+      // corrupt stored queue: drop it
+    }
+    this._pending = new Map(); // op_id -> resolve
+    this._syncWaiters = [];
+    this._wanted = false; // connect() called and not disconnect()ed
+    this._conn = null; // the current connection object
+    this._attempt = 0;
+    this._reconnectTimer = null;
+    this._lastEventId = null; // SSE
+    this._inflight = null; // op_id of the write being sent
+    this._writeRetryTimer = null;
+  }
+
+  // --- events ---
+  on(name, fn) {
+    if (!this._listeners.has(name)) this._listeners.set(name, new Set());
+    this._listeners.get(name).add(fn);
+    return this;
+  }
+  off(name, fn) {
+    const s = this._listeners.get(name);
+    if (s) s.delete(fn);
+    return this;
+  }
+  _emit(name, value) {
+    const s = this._listeners.get(name);
+    if (!s) return;
+    for (const fn of [...s]) {
+      try {
+        fn(value);
+      } catch (e) {
+        if (name !== 'error') this._emit('error', e);
+      }
+    }
+  }
+  _setStatus(status) {
+    if (this.status === status) return;
+    this.status = status;
+    this._emit('status', status);
+  }
+
+  // --- storage ---
+  _load(key) {
+    try {
+      return this.storage.getItem(key);
+    } catch {
+      return null;
+    }
+  }
+  _save(key, value) {
+    try {
+      this.storage.setItem(key, value);
+    } catch (e) {
+      this._emit('error', e);
+    }
+  }
+  _persistState() {
+    this._save(this._stateKey, JSON.stringify(this._state));
+  }
+  _persistQueue() {
+    this._save(this._queueKey, JSON.stringify(this._queue));
+  }
+
+  // --- reading ---
+  documents(collection) {
+    const docs = this._state.docs[collection] || {};
+    return Object.keys(docs)
+      .sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
+      .map((id) => ({ id, version: localVersion(this._state, collection, id), data: clone(docs[id]) }));
+  }
+  document(collection, id) {
+    const data = get2(this._state.docs, collection, id);
+    if (data === undefined) return undefined;
+    return { id, version: localVersion(this._state, collection, id), data: clone(data) };
+  }
+  vector() {
+    return clone(this._state.vector);
+  }
+  /** The writes not yet answered (queued offline or in flight). */
+  pendingWrites() {
+    return clone(this._queue);
+  }
+  /** Forget all local documents and the vector (the next connection does a full catch-up). */
+  clearState() {
+    this._state = emptyState();
+    this._persistState();
+  }
+
+  _subscribedVector() {
+    const v = {};
+    for (const c of this.subscribe) if (this._state.vector[c]) v[c] = clone(this._state.vector[c]);
+    return v;
+  }
+
+  // --- connection ---
+  connect() {
+    this._wanted = true;
+    if (this._conn || this._reconnectTimer) return;
+    this._open();
+  }
+
+  disconnect() {
+    this._wanted = false;
+    if (this._reconnectTimer) clearTimeout(this._reconnectTimer);
+    this._reconnectTimer = null;
+    if (this._writeRetryTimer) clearTimeout(this._writeRetryTimer);
+    this._writeRetryTimer = null;
+    this._closeConn();
+    this._inflight = null;
+    this._setStatus('offline');
+    const waiters = this._syncWaiters;
+    this._syncWaiters = [];
+    for (const w of waiters) w.reject(new Error('disconnected'));
+  }
+
+  _closeConn() {
+    const c = this._conn;
+    this._conn = null;
+    if (!c) return;
+    c.closed = true;
+    if (c.ackTimer) clearTimeout(c.ackTimer);
+    try {
+      if (c.ws) c.ws.close();
+      if (c.abort) c.abort.abort();
+    } catch {
+      // ignore
+    }
+  }
+
+  _open(opts = {}) {
+    this._setStatus('connecting');
+    if (this.transport === 'ws') this._openWs();
+    else this._openSse(opts);
+  }
+
+  /** The connection broke (or was refused): reconnect after backoff with full jitter. */
+  _dropped(conn, err) {
+    if (conn !== this._conn) return;
+    this._closeConn();
+    this._inflight = null;
+    if (err) this._emit('error', err);
+    if (!this._wanted) {
+      this._setStatus('offline');
+      return;
+    }
+    this._setStatus('connecting');
+    const cap = Math.min(this.backoff.maxMs, this.backoff.initialMs * 2 ** Math.min(this._attempt, 30));
+    this._attempt++;
+    const delay = Math.random() * cap;
+    this._reconnectTimer = setTimeout(() => {
+      this._reconnectTimer = null;
+      if (this._wanted && !this._conn) this._open();
+    }, delay);
+  }
+
+  _openWs() {
+    const WS = this._WebSocket;
+    if (!WS) {
+      this._wanted = false;
+      this._setStatus('offline');
+      this._emit('error', new Error('no WebSocket implementation: pass options.WebSocket'));
+      return;
+    }
+    const wsUrl = this.url.replace(/^http/, 'ws') + '/sync/ws';
+    const conn = { kind: 'ws', closed: false, lastAcked: 0, ackTimer: null, resyncing: false, live: false };
+    this._conn = conn;
+    let ws;
+    try {
+      ws = new WS(wsUrl);
+    } catch (e) {
+      this._dropped(conn, e);
+      return;
+    }
+    conn.ws = ws;
+    ws.onopen = () => {
+      if (conn !== this._conn) return;
+      this._wsSend(conn, {
+        type: 'hello',
+        client_id: this.clientId,
+        subscribe: this.subscribe,
+        state_vector: this._subscribedVector(),
+      });
+      this._setStatus('syncing');
+      this._pumpWrites();
+    };
+    ws.onmessage = (ev) => {
+      if (conn !== this._conn) return;
+      let text = ev.data;
+      if (typeof text !== 'string') {
+        try {
+          text = new TextDecoder().decode(text instanceof ArrayBuffer ? new Uint8Array(text) : text);
+        } catch {
+          text = '';
+        }
+      }
+      let m;
+      try {
+        m = JSON.parse(text);
+      } catch (e) {
+        this._garbage(conn, new Error(`invalid JSON from the server: ${e.message}`));
+        return;
+      }
+      this._handle(conn, m);
+    };
+    ws.onerror = () => {
+      // onclose follows
+    };
+    ws.onclose = (ev) => {
+      if (conn !== this._conn) return;
+      const code = ev && ev.code;
+      this._dropped(conn, code && code !== 1000 && code !== 1001 && code !== 1005 && code !== 1006
+        ? new Error(`WebSocket closed ${code} ${ev.reason || ''}`.trim())
+        : null);
+    };
+  }
+
+  _wsSend(conn, msg) {
+    if (!conn || conn.closed || !conn.ws) return false;
+    try {
+      conn.ws.send(JSON.stringify(msg));
+      if (msg.type !== 'write') this._lastSentWrite = null;
+      return true;
+    } catch (e) {
+      this._dropped(conn, e);
+      return false;
+    }
+  }
+
+  _openSse({ fresh } = {}) {
+    const f = this._fetch;
+    if (!f) {
+      this._wanted = false;
+      this._setStatus('offline');
+      this._emit('error', new Error('no fetch implementation: pass options.fetch'));
+      return;
+    }
+    if (fresh) this._lastEventId = null;
+    const conn = { kind: 'sse', closed: false, abort: new AbortController(), live: false };
+    this._conn = conn;
+    const params = new URLSearchParams();
+    params.set('client_id', this.clientId);
+    params.set('subscribe', this.subscribe.join(','));
+    params.set('state_vector', JSON.stringify(this._subscribedVector()));
+    const headers = { accept: 'text/event-stream' };
+    if (this._lastEventId) headers['last-event-id'] = this._lastEventId;
+    (async () => {
+      const res = await f(`${this.url}/sync/sse?${params}`, { headers, signal: conn.abort.signal });
+      if (conn !== this._conn) return;
+      if (!res.ok || !res.body) {
+        let detail = '';
+        try {
+          detail = await res.text();
+        } catch {
+          // ignore
+        }
+        if (res.status === 400 && /invalid_last_event_id/.test(detail)) this._lastEventId = null;
+        throw new Error(`SSE stream refused: HTTP ${res.status} ${detail}`.trim());
+      }
+      this._setStatus('syncing');
+      this._pumpWrites();
+      const reader = res.body.getReader();
+      const decoder = new TextDecoder();
+      let buf = '';
+      let ev = { event: '', data: [], id: null };
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (conn !== this._conn) return;
+        if (done) break;
+        buf += decoder.decode(value, { stream: true });
+        let nl;
+        while ((nl = buf.search(/\r\n|\r|\n/)) >= 0) {
+          // A lone '\r' at the end may be the first half of '\r\n': wait for more.
+          if (buf[nl] === '\r' && nl === buf.length - 1) break;
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + (buf[nl] === '\r' && buf[nl + 1] === '\n' ? 2 : 1));
+          if (line === '') {
+            if (ev.data.length) this._sseDispatch(conn, ev);
+            if (conn !== this._conn) return;
+            ev = { event: '', data: [], id: null };
+            continue;
+          }
+          if (line[0] === ':') continue;
+          const colon = line.indexOf(':');
+          const field = colon < 0 ? line : line.slice(0, colon);
+          let val = colon < 0 ? '' : line.slice(colon + 1);
+          if (val[0] === ' ') val = val.slice(1);
+          if (field === 'data') ev.data.push(val);
+          else if (field === 'event') ev.event = val;
+          else if (field === 'id') ev.id = val;
+        }
+      }
+      throw null; // the stream ended: reconnect
+    })().catch((e) => {
+      if (conn !== this._conn) return;
+      if (e && e.name === 'AbortError') return;
+      this._dropped(conn, e || null);
+    });
+  }
+
+  _sseDispatch(conn, ev) {
+    let m;
+    try {
+      m = JSON.parse(ev.data.join('\n'));
+    } catch (e) {
+      this._garbage(conn, new Error(`invalid JSON in the SSE stream: ${e.message}`));
+      return;
+    }
+    this._handle(conn, m);
+    if (ev.id !== null && conn === this._conn && !conn.resyncing) this._lastEventId = ev.id;
+  }
+
+  /** Something unusable came from the server: report it and resync. */
+  _garbage(conn, err) {
+    this._emit('error', err);
+    this._resync(conn);
+  }
+
+  _resync(conn) {
+    if (conn !== this._conn) return;
+    if (conn.kind === 'ws') {
+      if (conn.resyncing) return;
+      conn.resyncing = true;
+      this._wsSend(conn, { type: 'sync', state_vector: this._subscribedVector() });
+    } else {
+      // SSE: a new stream with our vector and no Last-Event-ID.
+      this._closeConn();
+      this._lastEventId = null;
+      this._open({ fresh: true });
+    }
+  }
+
+  _handle(conn, m) {
+    const bad = validateMessage(m);
+    if (bad) {
+      this._garbage(conn, new Error(`bad message from the server: ${bad}`));
+      return;
+    }
+    if (m.type === 'event') this._emit('event', m);
+    switch (m.type) {
+      case 'snapshot':
+      case 'event': {
+        const r = applyMessage(this._state, m);
+        if (r.kind === 'applied') {
+          this._persistState();
+          this._emit('change', r.change);
+          if (m.type === 'event' && conn.kind === 'ws' && conn.live) this._scheduleAck(conn, m.seq);
+        } else if (r.kind === 'gap' || r.kind === 'invalid') {
+          if (r.forgot) this._persistState();
+          if (r.kind === 'invalid') this._emit('error', new Error(r.reason));
+          this._resync(conn);
+        }
+        return;
+      }
+      case 'synced': {
+        applyMessage(this._state, m);
+        this._persistState();
+        conn.resyncing = false;
+        conn.live = true;
+        this._attempt = 0;
+        if (conn.kind === 'ws') {
+          conn.lastAcked = Math.max(conn.lastAcked, m.seq);
+          this._wsSend(conn, { type: 'ack', seq: m.seq });
+        }
+        this._setStatus('live');
+        this._emit('synced', m);
+        const waiters = this._syncWaiters;
+        this._syncWaiters = [];
+        for (const w of waiters) w.resolve(m);
+        this._pumpWrites();
+        return;
+      }
+      case 'result':
+        this._onResult(m);
+        return;
+      case 'error': {
+        const err = Object.assign(new Error(`server error ${m.code}: ${m.message}`), { code: m.code });
+        this._emit('error', err);
+        // An error answers the last message sent: if that was a write, the write is refused.
+        if (this._lastSentWrite && this._lastSentWrite === this._inflight) {
+          const w = this._queue.find((q) => q.op_id === this._inflight);
+          this._onResult({ type: 'result', op_id: this._inflight, ok: false, id: w && w.id, error: { code: m.code, message: m.message } });
+        }
+        return;
+      }
+      default:
+        return; // pong
+    }
+  }
+
+  _scheduleAck(conn, seq) {
+    conn.pendingAck = Math.max(conn.pendingAck || 0, seq);
+    if (conn.ackTimer) return;
+    const since = Date.now() - (conn.lastAckAt || 0);
+    const send = () => {
+      conn.ackTimer = null;
+      if (conn !== this._conn || conn.closed) return;
+      if (conn.pendingAck > conn.lastAcked) {
+        conn.lastAcked = conn.pendingAck;
+        conn.lastAckAt = Date.now();
+        this._wsSend(conn, { type: 'ack', seq: conn.pendingAck });
+      }
+    };
+    conn.ackTimer = setTimeout(send, Math.max(0, 1000 - since));
+  }
+
+  /** Manual state sync: resolves with the next `synced` message. */
+  sync() {
+    return new Promise((resolve, reject) => {
+      if (!this._wanted) {
+        reject(new Error('offline: call connect() first'));
+        return;
+      }
+      this._syncWaiters.push({ resolve, reject });
+      const conn = this._conn;
+      if (!conn || this.status === 'connecting') return; // the connection's catch-up will answer
+      if (conn.kind === 'ws') {
+        if (!conn.ws || conn.ws.readyState !== 1) return; // hello is coming
+        conn.resyncing = true;
+        this._wsSend(conn, { type: 'sync', state_vector: this._subscribedVector() });
+      } else {
+        this._resync(conn);
+      }
+    });
+  }
+
+  // --- writes ---
+  create(collection, data, opts = {}) {
+    if (!isObject(data)) return Promise.resolve(this._invalid('data must be an object'));
+    const w = { op: 'create', collection, data };
+    if (opts.id !== undefined) w.id = opts.id;
+    return this._enqueue(w, opts);
+  }
+  update(collection, id, patch, opts = {}) {
+    if (Array.isArray(patch)) return this._enqueue({ op: 'patch', collection, id, patch }, opts);
+    if (isObject(patch)) return this._enqueue({ op: 'merge', collection, id, patch }, opts);
+    return Promise.resolve(this._invalid('patch must be an array (JSON Patch) or an object (merge patch)'));
+  }
+  replace(collection, id, data, opts = {}) {
+    if (!isObject(data)) return Promise.resolve(this._invalid('data must be an object'));
+    return this._enqueue({ op: 'replace', collection, id, data }, opts);
+  }
+  remove(collection, id, opts = {}) {
+    return this._enqueue({ op: 'delete', collection, id }, opts);
+  }
+
+  _invalid(message) {
+    return { ok: false, error: { code: 'invalid_message', message } };
+  }
+
+  _enqueue(w, opts) {
+    if (typeof w.collection !== 'string' || (w.op !== 'create' && typeof w.id !== 'string')) {
+      return Promise.resolve(this._invalid('collection and id must be strings'));
+    }
+    w.op_id = opts.opId || newOpId();
+    if (opts.expectedVersion !== undefined && opts.expectedVersion !== null) w.expected_version = opts.expectedVersion;
+    return new Promise((resolve) => {
+      this._pending.set(w.op_id, resolve);
+      this._queue.push(w);
+      this._persistQueue();
+      this._pumpWrites();
+    });
+  }
+
+  _online() {
+    const c = this._conn;
+    if (!c || c.closed) return false;
+    if (c.kind === 'ws') return !!c.ws && c.ws.readyState === 1;
+    return this.status === 'syncing' || this.status === 'live';
+  }
+
+  /** Sends the head of the queue, one write at a time, so that writes apply in order. */
+  _pumpWrites() {
+    if (this._inflight || this._writeRetryTimer || !this._queue.length || !this._online()) return;
+    const w = this._queue[0];
+    this._inflight = w.op_id;
+    const conn = this._conn;
+    if (conn.kind === 'ws') {
+      const msg = { type: 'write', op_id: w.op_id, op: w.op, collection: w.collection };
+      if (w.id !== undefined) msg.id = w.id;
+      if (w.data !== undefined) msg.data = w.data;
+      if (w.patch !== undefined) msg.patch = w.patch;
+      if (w.expected_version !== undefined) msg.expected_version = w.expected_version;
+      if (this._wsSend(conn, msg)) this._lastSentWrite = w.op_id;
+    } else {
+      this._restWrite(w).then(
+        (result) => {
+          if (this._inflight !== w.op_id) return;
+          if (result) this._onResult(result);
+          else this._retryLater(w.op_id);
+        },
+        () => this._retryLater(w.op_id),
+      );
+    }
+  }
+
+  _retryLater(opId) {
+    if (this._inflight !== opId) return;
+    this._inflight = null;
+    if (!this._wanted) return;
+    const cap = Math.min(this.backoff.maxMs, this.backoff.initialMs * 4);
+    this._writeRetryTimer = setTimeout(() => {
+      this._writeRetryTimer = null;
+      this._pumpWrites();
+    }, Math.random() * cap);
+  }
+
+  /** Sends a write over REST; returns a result, or null for "retry later". */
+  async _restWrite(w) {
+    const c = encodeURIComponent(w.collection);
+    const headers = { 'x-client-id': this.clientId, 'idempotency-key': w.op_id };
+    if (w.expected_version !== undefined) headers['if-match'] = `"${w.expected_version}"`;
+    let method;
+    let path;
+    let body;
+    if (w.op === 'create') {
+      method = 'POST';
+      path = `/api/${c}`;
+      body = w.id !== undefined ? { ...w.data, id: w.id } : w.data;
+      headers['content-type'] = 'application/json';
+    } else {
+      path = `/api/${c}/${encodeURIComponent(w.id)}`;
+      if (w.op === 'replace') {
+        method = 'PUT';
+        body = w.data;
+        headers['content-type'] = 'application/json';
+      } else if (w.op === 'patch') {
+        method = 'PATCH';
+        body = w.patch;
+        headers['content-type'] = 'application/json-patch+json';
+      } else if (w.op === 'merge') {
+        method = 'PATCH';
+        body = w.patch;
+        headers['content-type'] = 'application/merge-patch+json';
+      } else method = 'DELETE';
+    }
+    let res;
+    try {
+      res = await this._fetch(this.url + path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch {
+      return null; // network: retry later
+    }
+    if (res.status === 503 || res.status === 502 || res.status === 504) return null;
+    let json = null;
+    try {
+      json = await res.json();
+    } catch {
+      json = null;
+    }
+    const result = { type: 'result', op_id: w.op_id, ok: res.ok };
+    if (res.headers && res.headers.get && res.headers.get('idempotent-replayed') === 'true') result.replayed = true;
+    if (res.ok) {
+      const doc = json && json.document;
+      const ev = json && json.event;
+      result.id = (doc && doc.id) || (ev && ev.id) || w.id;
+      const version = (ev && ev.version) || (doc && doc.version);
+      if (version !== undefined) result.version = version;
+      if (ev && ev.seq !== undefined) result.seq = ev.seq;
+    } else {
+      if (w.id !== undefined) result.id = w.id;
+      result.error = (json && isObject(json.error) && json.error) || { code: 'http_' + res.status, message: `HTTP ${res.status}` };
+    }
+    return result;
+  }
+
+  _onResult(m) {
+    const idx = this._queue.findIndex((w) => w.op_id === m.op_id);
+    const w = idx >= 0 ? this._queue[idx] : undefined;
+    if (!m.ok && m.error && RETRY_CODES.has(m.error.code) && w) {
+      this._retryLater(m.op_id);
+      return;
+    }
+    if (idx >= 0) {
+      this._queue.splice(idx, 1);
+      this._persistQueue();
+    }
+    if (this._inflight === m.op_id) this._inflight = null;
+    const result = { ok: m.ok, id: m.id, version: m.version, seq: m.seq, error: m.error, opId: m.op_id };
+    if (m.replayed) result.replayed = true;
+    if (!m.ok && m.error && m.error.code === 'version_conflict') {
+      this._emit('conflict', {
+        opId: m.op_id,
+        collection: w ? w.collection : undefined,
+        id: m.id !== undefined ? m.id : w && w.id,
+        currentVersion: m.error.current_version,
+        error: m.error,
+      });
+    }
+    this._emit('result', result);
+    const resolve = this._pending.get(m.op_id);
+    this._pending.delete(m.op_id);
+    if (resolve) resolve(result);
+    this._pumpWrites();
+  }
+}
+
+export default EventSyncClient;
