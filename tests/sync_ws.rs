@@ -1026,3 +1026,34 @@ async fn clients_joining_during_writes_miss_nothing_and_get_nothing_twice() {
         ws.close().await;
     }
 }
+
+/// An op id is an idempotency key whatever the transport: a write first sent over REST (its answer
+/// lost, say) and retried over the WebSocket is replayed, not applied again.
+#[tokio::test]
+async fn a_write_retried_on_another_transport_is_replayed() {
+    let s = TestServer::start(&[]);
+    rest_create(&s, "games", "x", json!({"n": 0})).await;
+    let (status, first) = common::send(
+        s.request(reqwest::Method::PATCH, "/api/games/x")
+            .header("content-type", "application/json-patch+json")
+            .header("x-client-id", "rt2")
+            .header("idempotency-key", "op-77")
+            .header("if-match", "\"1\"")
+            .body(json!([{"op": "replace", "path": "/n", "value": 7}]).to_string()),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    let events_before = all_events(&s, "").await;
+    let (mut ws, _, _) = WsClient::open(&s, "rt2", &["games"], Some(json!({}))).await;
+    let msg = json!({"type": "write", "op_id": "op-77", "op": "patch", "collection": "games", "id": "x",
+                     "patch": [{"op": "replace", "path": "/n", "value": 7}], "expected_version": 1});
+    let (again, _) = write(&mut ws, msg).await;
+    assert_eq!(again["ok"], true, "{again}");
+    assert_eq!(again["replayed"], true, "{again}");
+    assert_eq!(again["seq"], first["event"]["seq"], "{again}");
+    assert_eq!(
+        all_events(&s, "").await,
+        events_before,
+        "a replay appends nothing"
+    );
+}

@@ -3,7 +3,7 @@
 //! [`crate::write`], its atomicity in the store.
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
@@ -15,7 +15,7 @@ use super::AppState;
 use crate::error::ApiError;
 use crate::model::{validate_collection, validate_id, Data, Document};
 use crate::store::Committed;
-use crate::write::{fingerprint, kind_of, Mutation, Write};
+use crate::write::{kind_of, Mutation, Write};
 
 pub fn check_collection(c: &str) -> Result<(), ApiError> {
     validate_collection(c).map_err(|e| ApiError::bad_request("invalid_collection", e.to_string()))
@@ -58,7 +58,7 @@ pub fn page_limit(limit: Option<usize>, state: &AppState) -> Result<usize, ApiEr
 }
 
 /// A whole document body (POST, PUT): `application/json` holding an object.
-fn object(body: JsonBody) -> Result<(Data, bytes::Bytes), ApiError> {
+fn object(body: JsonBody) -> Result<Data, ApiError> {
     if body.kind != BodyKind::Json {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -67,7 +67,7 @@ fn object(body: JsonBody) -> Result<(Data, bytes::Bytes), ApiError> {
         ));
     }
     match body.value {
-        Value::Object(m) => Ok((m, body.raw)),
+        Value::Object(m) => Ok(m),
         other => Err(ApiError::bad_request(
             "not_an_object",
             format!("a document must be a JSON object, not {}", kind_of(&other)),
@@ -87,36 +87,22 @@ fn take_id(data: &mut Data) -> Result<Option<String>, ApiError> {
     }
 }
 
-struct WriteRequest<'a> {
-    method: &'a Method,
+struct WriteRequest {
     collection: String,
     id: Option<String>,
     mutation: Mutation,
     headers: WriteHeaders,
-    raw: &'a [u8],
 }
 
-async fn commit(state: &AppState, req: WriteRequest<'_>) -> Result<Response, ApiError> {
-    let path = format!("{}/{}", req.collection, req.id.as_deref().unwrap_or(""));
-    let expected = req
-        .headers
-        .expected_version
-        .map(|v| v.to_string())
-        .unwrap_or_default();
-    let write = Write {
-        fingerprint: fingerprint(&[
-            req.method.as_str().as_bytes(),
-            path.as_bytes(),
-            expected.as_bytes(),
-            req.raw,
-        ]),
-        collection: req.collection,
-        id: req.id,
-        mutation: req.mutation,
-        expected_version: req.headers.expected_version,
-        client_id: req.headers.client_id,
-        idempotency_key: req.headers.idempotency_key,
-    };
+async fn commit(state: &AppState, req: WriteRequest) -> Result<Response, ApiError> {
+    let write = Write::new(
+        req.collection,
+        req.id,
+        req.mutation,
+        req.headers.expected_version,
+        req.headers.client_id,
+        req.headers.idempotency_key,
+    );
     let committed = state.store.commit(write).await?;
     Ok(write_response(committed))
 }
@@ -155,15 +141,13 @@ pub async fn create(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     check_collection(&collection)?;
-    let (mut data, raw) = object(body)?;
+    let mut data = object(body)?;
     let id = take_id(&mut data)?;
     let req = WriteRequest {
-        method: &Method::POST,
         collection,
         id,
         mutation: Mutation::Create(data),
         headers,
-        raw: &raw,
     };
     commit(&state, req).await
 }
@@ -175,7 +159,7 @@ pub async fn replace(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     check_names(&collection, &id)?;
-    let (mut data, raw) = object(body)?;
+    let mut data = object(body)?;
     if take_id(&mut data)?.is_some_and(|body_id| body_id != id) {
         return Err(ApiError::bad_request(
             "id_mismatch",
@@ -183,12 +167,10 @@ pub async fn replace(
         ));
     }
     let req = WriteRequest {
-        method: &Method::PUT,
         collection,
         id: Some(id),
         mutation: Mutation::Replace(data),
         headers,
-        raw: &raw,
     };
     commit(&state, req).await
 }
@@ -220,12 +202,10 @@ pub async fn patch(
         }
     };
     let req = WriteRequest {
-        method: &Method::PATCH,
         collection,
         id: Some(id),
         mutation,
         headers,
-        raw: &body.raw,
     };
     commit(&state, req).await
 }
@@ -237,12 +217,10 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     check_names(&collection, &id)?;
     let req = WriteRequest {
-        method: &Method::DELETE,
         collection,
         id: Some(id),
         mutation: Mutation::Delete,
         headers,
-        raw: b"",
     };
     commit(&state, req).await
 }

@@ -45,11 +45,10 @@ impl BodyKind {
     }
 }
 
-/// A parsed JSON body with its media type and raw bytes (for fingerprints).
+/// A parsed JSON body with its media type.
 pub struct JsonBody {
     pub kind: BodyKind,
     pub value: Value,
-    pub raw: Bytes,
 }
 
 impl FromRequest<AppState> for JsonBody {
@@ -74,7 +73,7 @@ impl FromRequest<AppState> for JsonBody {
         }
         let value = serde_json::from_slice(&raw)
             .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON: {e}")))?;
-        Ok(JsonBody { kind, value, raw })
+        Ok(JsonBody { kind, value })
     }
 }
 

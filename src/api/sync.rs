@@ -15,7 +15,7 @@ use crate::sync::protocol::{
     Hello, ResultMessage, ServerMessage, StateVector, SyncedMessage, WriteMessage, WriteOp,
 };
 use crate::sync::session::{restrict, validate_hello, Session};
-use crate::write::{fingerprint, Mutation, Write};
+use crate::write::{Mutation, Write};
 
 /// A refused protocol message: answered with an `error` message, counted as a violation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,16 +147,14 @@ fn to_write(client_id: &str, w: &WriteMessage) -> Result<Write, ApiError> {
         WriteOp::Merge => (Some(needs_id()?), Mutation::Merge(patch()?)),
         WriteOp::Delete => (Some(needs_id()?), Mutation::Delete),
     };
-    let canonical = serde_json::to_vec(w).unwrap_or_default();
-    Ok(Write {
-        collection: w.collection.clone(),
+    Ok(Write::new(
+        w.collection.clone(),
         id,
         mutation,
-        expected_version: w.expected_version,
-        client_id: client_id.to_string(),
-        idempotency_key: Some(w.op_id.clone()),
-        fingerprint: fingerprint(&[b"sync-write", &canonical]),
-    })
+        w.expected_version,
+        client_id.to_string(),
+        Some(w.op_id.clone()),
+    ))
 }
 
 /// Commits a protocol write; the `op_id` is its idempotency key, so a retry is applied at most once.

@@ -40,8 +40,46 @@ pub struct Write {
     pub client_id: String,
     /// The client's `Idempotency-Key`, if it sent one: a repeat returns the first result.
     pub idempotency_key: Option<String>,
-    /// Identifies the request's content, so a reused idempotency key with another request is caught.
+    /// Identifies the write's content, so a reused idempotency key with another request is caught.
+    /// Computed by [`Write::new`] from what the write does, not from how it arrived, so a retry over
+    /// another transport (REST, then WebSocket) still replays.
     pub fingerprint: u64,
+}
+
+impl Write {
+    pub fn new(
+        collection: String,
+        id: Option<String>,
+        mutation: Mutation,
+        expected_version: Option<Version>,
+        client_id: String,
+        idempotency_key: Option<String>,
+    ) -> Write {
+        let (kind, body): (&[u8], Vec<u8>) = match &mutation {
+            Mutation::Create(d) => (b"create", serde_json::to_vec(d).unwrap_or_default()),
+            Mutation::Replace(d) => (b"replace", serde_json::to_vec(d).unwrap_or_default()),
+            Mutation::Patch(p) => (b"patch", serde_json::to_vec(p).unwrap_or_default()),
+            Mutation::Merge(v) => (b"merge", serde_json::to_vec(v).unwrap_or_default()),
+            Mutation::Delete => (b"delete", Vec::new()),
+        };
+        let expected = expected_version.map(|v| v.to_string()).unwrap_or_default();
+        let fingerprint = fingerprint(&[
+            collection.as_bytes(),
+            id.as_deref().unwrap_or("").as_bytes(),
+            expected.as_bytes(),
+            kind,
+            &body,
+        ]);
+        Write {
+            collection,
+            id,
+            mutation,
+            expected_version,
+            client_id,
+            idempotency_key,
+            fingerprint,
+        }
+    }
 }
 
 /// The change itself.
