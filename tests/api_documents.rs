@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{all_events, send, TestServer};
 use reqwest::header::{HeaderMap, CONTENT_TYPE};
@@ -129,23 +129,13 @@ fn assert_canonical_patch(event: &Value) {
     }
 }
 
-/// Polls `check` every 100 ms for at most 10 s; returns the first `Some`.
-async fn poll<T, F, Fut>(what: &str, mut check: F) -> T
+/// Polls `check` for at most 10 s; returns the first `Some`.
+async fn poll<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after 10 s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::poll(Duration::from_secs(10), what, check).await
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -111,21 +111,7 @@ fn replay_log(log: &[Value]) -> BTreeMap<DocKey, Vec<Option<Value>>> {
 
 /// Every live document of a collection, following `next_cursor` (small pages, to exercise it).
 async fn all_docs(s: &TestServer, collection: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut path = format!("/api/{collection}?limit=3");
-        if let Some(c) = &cursor {
-            path.push_str(&format!("&cursor={c}"));
-        }
-        let (status, body) = s.get(&path).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        out.extend(body["items"].as_array().unwrap().iter().cloned());
-        match body["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
-            None => return out,
-        }
-    }
+    common::all_pages(s, &format!("/api/{collection}?limit=3")).await
 }
 
 /// Checks that the server's state is consistent: a gapless log (1..=last_seq; nothing is compacted

@@ -190,16 +190,16 @@ pub async fn send(req: RequestBuilder) -> (StatusCode, Value) {
     (status, body)
 }
 
-/// Every event in the log, following `next_cursor` to the end.
-pub async fn all_events(server: &TestServer, query: &str) -> Vec<Value> {
+/// Every item of a paginated listing (`path` already has a query), following `next_cursor` to the end.
+pub async fn all_pages(server: &TestServer, path: &str) -> Vec<Value> {
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let mut path = format!("/api/events?limit=1000{query}");
-        if let Some(c) = &cursor {
-            path.push_str(&format!("&cursor={c}"));
-        }
-        let (status, body) = server.get(&path).await;
+        let page = match &cursor {
+            Some(c) => format!("{path}&cursor={c}"),
+            None => path.to_string(),
+        };
+        let (status, body) = server.get(&page).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         out.extend(body["items"].as_array().unwrap().iter().cloned());
         match body["next_cursor"].as_str() {
@@ -207,6 +207,11 @@ pub async fn all_events(server: &TestServer, query: &str) -> Vec<Value> {
             None => return out,
         }
     }
+}
+
+/// Every event in the log, following `next_cursor` to the end.
+pub async fn all_events(server: &TestServer, query: &str) -> Vec<Value> {
+    all_pages(server, &format!("/api/events?limit=1000{query}")).await
 }
 
 // ---------------------------------------------------------------------------------------------------

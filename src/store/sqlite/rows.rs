@@ -358,7 +358,13 @@ pub fn save_client(
             if *v == 0 {
                 forget.execute(params![client_id, collection, id])?;
             } else {
-                upsert.execute(params![client_id, collection, id, *v as i64])?;
+                // Clamped: a "version unknown, reset it" marker (u64::MAX) stays above every real version.
+                upsert.execute(params![
+                    client_id,
+                    collection,
+                    id,
+                    (*v).min(i64::MAX as u64) as i64
+                ])?;
             }
         }
     }
