@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Runs the whole EventSync test suite. On a fresh machine it first installs what the tests need
-# (Debian's Chromium, the npm packages); when everything is there it installs nothing.
+# (Debian's Chromium, the npm packages, the MongoDB stand-in); when everything is there it installs
+# nothing. The Rust tests run in two passes: all of them (the servers on the embedded store; the
+# MongoDB store's conformance suite on MongoDB), then the server's integration tests again with the
+# servers on MongoDB (EVENTSYNC_TEST_STORE=mongodb). MongoDB is the one MONGODB_URI names if it is
+# set, else SecantusDB, a MongoDB-wire-compatible stand-in (GPL: installed into .tools/secantus and
+# only ever run as a separate process, never linked).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -25,6 +30,29 @@ for dir in client tests/browser; do
     fi
 done
 
+# The MongoDB stand-in, in a Python venv of its own; not needed when MONGODB_URI names a MongoDB.
+secantus=.tools/secantus
+secantus_version=0.7.0b3
+if [ -z "${MONGODB_URI:-}" ] && {
+    [ ! -x "$secantus/bin/secantusd-py" ] ||
+        [ "$("$secantus/bin/pip" show secantusdb 2>/dev/null | sed -n 's/^Version: //p')" != "$secantus_version" ]
+}; then
+    command -v python3 >/dev/null || {
+        echo "test.sh: python3 is required for the MongoDB stand-in (or set MONGODB_URI)" >&2
+        exit 1
+    }
+    if ! python3 -c 'import venv, ensurepip' 2>/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    fi
+    python3 -c 'import venv, ensurepip' 2>/dev/null || {
+        echo "test.sh: python3 cannot create virtual environments: apt-get install python3-venv" >&2
+        exit 1
+    }
+    python3 -m venv --clear "$secantus"
+    "$secantus/bin/pip" install -q --disable-pip-version-check "secantusdb==$secantus_version"
+fi
+
 # --- Build ---------------------------------------------------------------------------------------
 # The server binary (the JavaScript and browser tests start it) and the examples, which have no
 # tests of their own but must keep compiling.
@@ -34,7 +62,9 @@ cargo build --bin eventsync --examples
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --lib --bins --tests 2>&1 | tee "$log" || status=$?
+cargo test --no-fail-fast --lib --bins --tests 2>&1 | tee "$log" || status=$?
+EVENTSYNC_TEST_STORE=mongodb cargo test --no-fail-fast --test api_documents --test sync_ws --test sync_sse \
+    --test sync_chaos --test concurrency --test sync_bad_messages -- --skip two_nodes 2>&1 | tee -a "$log" || status=$?
 (cd client && npm test) 2>&1 | tee -a "$log" || status=$?
 (cd tests/browser && npm test) 2>&1 | tee -a "$log" || status=$?
 

@@ -17,7 +17,7 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where the embedded store keeps its database.
     pub data_dir: PathBuf,
-    /// Which store: `embedded` (SQLite in `data_dir`).
+    /// Which store: `embedded` (SQLite in `data_dir`) or MongoDB.
     pub store: StoreKind,
     /// Directory of the browser UI served at `/`.
     pub static_dir: PathBuf,
@@ -33,6 +33,10 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKind {
     Embedded,
+    /// A MongoDB deployment (a replica set): the URI, whose path names the database.
+    MongoDb {
+        uri: String,
+    },
 }
 
 /// Bounds on what clients may send and how much may be in flight.
@@ -129,7 +133,8 @@ pub struct Args {
     /// Data directory of the embedded store [default: ./data].
     #[arg(long, env = "EVENTSYNC_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Store: `embedded` (the default).
+    /// Store: `embedded` (the default) or a MongoDB URI, `mongodb://HOST/DATABASE` (database
+    /// `eventsync` when the URI names none).
     #[arg(long, env = "EVENTSYNC_STORE")]
     pub store: Option<String>,
     /// Directory served at `/` [default: static].
@@ -284,15 +289,12 @@ impl Config {
         let store = match args.store.or(file.store).as_deref() {
             None | Some("embedded") | Some("sqlite") => StoreKind::Embedded,
             Some(s) if s.starts_with("mongodb://") || s.starts_with("mongodb+srv://") => {
-                return Err(invalid(
-                    "store",
-                    "the MongoDB backend is not built yet; use 'embedded'",
-                ))
+                StoreKind::MongoDb { uri: s.to_string() }
             }
             Some(other) => {
                 return Err(invalid(
                     "store",
-                    format!("unknown store '{other}'; use 'embedded'"),
+                    format!("unknown store '{other}'; use 'embedded' or a mongodb:// URI"),
                 ))
             }
         };

@@ -14,7 +14,9 @@
 //!        │
 //!        ▼
 //!  store/ (trait Store) ─────────── commit(): one transaction: document + event + snapshot-if-due
-//!        │   └─ sqlite/ ─────────── one writer thread, group commit (one fsync per batch)
+//!        │   ├─ sqlite/ ─────────── one writer thread, group commit (one fsync per batch)
+//!        │   └─ mongo/ ──────────── batched transactions; a change stream follows the shared log,
+//!        │                          so every node publishes every node's writes
 //!        ▼
 //!  hub.rs ───────────────────────── publish in sequence order; each event serialized once
 //!        │

@@ -93,7 +93,12 @@ pub fn router(state: AppState) -> Router {
 
 async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let last_seq = state.store.last_seq().await?;
-    Ok(Json(json!({ "status": "ok", "last_seq": last_seq })))
+    let mut body = json!({ "status": "ok", "last_seq": last_seq });
+    if let Some(published) = state.store.published_seq() {
+        // Several nodes: how far this node's live stream has got (it trails `last_seq` briefly).
+        body["published_seq"] = published.into();
+    }
+    Ok(Json(body))
 }
 
 /// Gives error responses produced outside our handlers (a timeout, the static files' 404, ...) the

@@ -19,6 +19,7 @@ use self::listener::LimitedListener;
 use crate::api::{router, AppState};
 use crate::config::{Config, StoreKind};
 use crate::hub::Hub;
+use crate::store::mongo::{MongoOptions, MongoStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{Store, StoreError};
 use crate::write::Limits;
@@ -98,17 +99,28 @@ impl Server {
 }
 
 async fn open_store(config: &Config, hub: Hub) -> Result<Arc<dyn Store>, ServerError> {
-    match config.store {
+    let limits = Limits {
+        max_document_bytes: config.limits.max_document_bytes,
+        max_depth: config.limits.max_json_depth,
+    };
+    match &config.store {
+        StoreKind::MongoDb { uri } => {
+            let opts = MongoOptions {
+                uri: uri.clone(),
+                write_queue: config.limits.write_queue,
+                max_batch: config.limits.max_batch,
+                limits,
+                snapshot_every: config.snapshots.every,
+            };
+            Ok(Arc::new(MongoStore::open(opts, hub).await?))
+        }
         StoreKind::Embedded => {
             let opts = SqliteOptions {
                 path: config.database_path(),
                 durability: config.durability,
                 write_queue: config.limits.write_queue,
                 max_batch: config.limits.max_batch,
-                limits: Limits {
-                    max_document_bytes: config.limits.max_document_bytes,
-                    max_depth: config.limits.max_json_depth,
-                },
+                limits,
                 snapshot_every: config.snapshots.every,
             };
             let store = tokio::task::spawn_blocking(move || SqliteStore::open(opts, hub))

@@ -1,6 +1,11 @@
 //! One way for every integration test to get a real server: the `eventsync` binary started on
 //! `127.0.0.1:0` with its own data directory, found through the `listening on` line it prints.
+//!
+//! With `EVENTSYNC_TEST_STORE=mongodb` the servers store on MongoDB ([`mongo`]): each data
+//! directory gets a database of its own, so a server restarted on the same directory finds its data.
 #![allow(dead_code)]
+
+pub mod mongo;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -37,13 +42,31 @@ impl TestServer {
         TestServer::spawn(data_dir, "127.0.0.1:0", args)
     }
 
-    /// Starts the binary listening on `listen` and waits for its `listening on` line.
+    /// A server (on a fresh data directory) storing in the MongoDB database `database`, whatever
+    /// `EVENTSYNC_TEST_STORE` says: several servers started on one database share their data.
+    pub fn start_on_database(database: &str, args: &[&str]) -> TestServer {
+        let store = mongo::uri(database);
+        let args: Vec<&str> = ["--store", store.as_str()]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        TestServer::start(&args)
+    }
+
+    /// Starts the binary listening on `listen` and waits for its `listening on` line. On MongoDB
+    /// (and unless `args` choose a store), the database is derived from `data_dir`.
     fn spawn(data_dir: &Path, listen: &str, args: &[&str]) -> TestServer {
+        let chooses_store = args.iter().any(|a| *a == "--store" || a.starts_with("--store="));
+        let store = (mongo::testing_mongodb() && !chooses_store).then(|| {
+            let dir = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
+            mongo::uri(&mongo::database_for(&dir.to_string_lossy()))
+        });
         let mut child = Command::new(env!("CARGO_BIN_EXE_eventsync"))
             .arg("--listen")
             .arg(listen)
             .arg("--data-dir")
             .arg(data_dir)
+            .args(store.iter().flat_map(|uri| ["--store", uri.as_str()]))
             .args(args)
             .env(
                 "EVENTSYNC_LOG",

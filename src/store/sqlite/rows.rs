@@ -4,9 +4,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::Value;
 
 use crate::model::{Data, Document, Event, Op, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
-use crate::store::{CatchUp, ClientState, EventFilter};
+use crate::store::{CatchUp, CatchUpBuilder, ClientState, EventFilter, Fetched};
 use crate::sync::plan::{self, DocSummary, Step};
-use crate::sync::protocol::{ServerMessage, SnapshotMessage, StateVector};
+use crate::sync::protocol::StateVector;
 use crate::time::Timestamp;
 
 pub const DOC_COLUMNS: &str =
@@ -196,17 +196,11 @@ pub fn catch_up(
     vector: &StateVector,
 ) -> rusqlite::Result<CatchUp> {
     let tx = conn.unchecked_transaction()?;
-    let mut out = CatchUp {
-        position: last_seq(&tx)?,
-        messages: Vec::new(),
-        vector: StateVector::new(),
-        snapshots: 0,
-        events: 0,
-    };
+    let mut out = CatchUpBuilder::new(last_seq(&tx)?);
     for collection in collections {
         let summaries = doc_summaries(&tx, collection)?;
         let client = vector.get(collection);
-        let mut resulting = client.cloned().unwrap_or_default();
+        let mut steps = Vec::new();
         for (id, first) in plan::plan_collection(client, &summaries) {
             let summary = summaries
                 .binary_search_by(|s| s.id.as_str().cmp(&id))
@@ -224,50 +218,24 @@ pub fn catch_up(
                 }
                 (step, _) => step,
             };
-            match step {
+            let fetched = match step {
                 Step::Nothing => continue,
                 Step::Events { from, to } => {
-                    let events = document_events(&tx, collection, &id, from, to)?;
-                    out.events += events.len() as u64;
-                    out.messages.extend(events.into_iter().map(ServerMessage::Event));
-                    resulting.insert(id, to);
+                    Fetched::Events(document_events(&tx, collection, &id, from, to)?)
                 }
-                Step::Snapshot { version } => {
-                    let doc =
-                        get_doc(&tx, collection, &id)?.filter(|d| !d.deleted && d.doc.version == version);
-                    let Some(doc) = doc else { continue };
-                    out.snapshots += 1;
-                    out.messages.push(ServerMessage::Snapshot(SnapshotMessage {
-                        collection: collection.clone(),
-                        id: id.clone(),
-                        version,
-                        data: Some(doc.doc.data),
-                        deleted: false,
-                    }));
-                    resulting.insert(id, version);
-                }
-                Step::Delete { version } => {
-                    out.snapshots += 1;
-                    out.messages.push(ServerMessage::Snapshot(SnapshotMessage {
-                        collection: collection.clone(),
-                        id: id.clone(),
-                        version,
-                        data: None,
-                        deleted: true,
-                    }));
-                    if version == 0 {
-                        resulting.remove(&id);
-                    } else {
-                        resulting.insert(id, version);
-                    }
-                }
-            }
+                Step::Snapshot { version } => Fetched::Body(
+                    get_doc(&tx, collection, &id)?
+                        .filter(|d| !d.deleted && d.doc.version == version)
+                        .map(|d| d.doc.data),
+                ),
+                Step::Delete { .. } => Fetched::Nothing,
+            };
+            steps.push((id, step, fetched));
         }
-        out.vector.insert(collection.clone(), resulting);
+        out.collection(collection, client, steps);
     }
     tx.finish()?;
-    plan::order_messages(&mut out.messages);
-    Ok(out)
+    Ok(out.finish())
 }
 
 fn doc_summaries(conn: &Connection, collection: &str) -> rusqlite::Result<Vec<DocSummary>> {

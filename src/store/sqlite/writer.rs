@@ -12,17 +12,15 @@
 //! check and the write cannot interleave with another write: `If-Match` is exact and a write without
 //! it applies to whatever version is current — no lost update either way.
 
-use std::sync::Arc;
-
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::rows;
 use crate::hub::Hub;
-use crate::model::{new_id, Event, Seq, StoredDoc};
-use crate::store::{Committed, MaintenanceStats, Retention, StoreError};
+use crate::model::{new_id, Seq, StoredDoc};
+use crate::store::{changed, Committed, MaintenanceStats, Retention, StoreError};
 use crate::time::Timestamp;
-use crate::write::{plan, Current, Limits, Mutation, Plan, Write};
+use crate::write::{plan, Current, Limits, Plan, Write};
 
 /// A key into the documents table, for resumable maintenance passes.
 pub type DocKey = (String, String);
@@ -344,24 +342,10 @@ fn apply(
         }
     };
     let (collection, id) = key;
-    let op_id = w
-        .idempotency_key
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let event = Event {
-        seq,
-        collection,
-        id,
-        version: change.version,
-        op: change.op,
-        patch: change.patch,
-        client_id: w.client_id.clone(),
-        op_id,
-        ts: now,
-    };
-    let (c, i, v) = (&event.collection, &event.id, change.version as i64);
-    let deleting = matches!(w.mutation, Mutation::Delete);
-    if deleting {
+    let out = changed(stored.as_ref(), w, id, change, seq, now, snapshot_every);
+    let event = out.event();
+    let (c, i, v) = (&collection, &event.id, event.version as i64);
+    if out.stored.deleted {
         conn.prepare_cached(
             "UPDATE documents SET version = ?3, seq = ?4, data = '', updated_at = ?5, deleted = 1 \
              WHERE collection = ?1 AND id = ?2",
@@ -375,7 +359,7 @@ fn apply(
              data = excluded.data, updated_at = excluded.updated_at, deleted = 0, \
              created_at = CASE WHEN documents.deleted = 1 THEN excluded.created_at ELSE documents.created_at END",
         )?
-        .execute(params![c, i, v, seq as i64, change.data_json, now.0])?;
+        .execute(params![c, i, v, seq as i64, out.data_json, now.0])?;
     }
     let patch_json = serde_json::to_string(&event.patch).expect("a patch always serializes");
     conn.prepare_cached(
@@ -393,48 +377,12 @@ fn apply(
         event.op_id,
         now.0
     ])?;
-
-    let (compacted_through, mut snapshot_version) = stored
-        .as_ref()
-        .map_or((0, 0), |s| (s.compacted_through, s.snapshot_version));
-    if !deleting && change.version >= snapshot_version + snapshot_every.max(1) {
-        write_snapshot(conn, c, i, change.version, seq, now, &change.data_json)?;
-        snapshot_version = change.version;
+    if out.snapshot_due {
+        write_snapshot(conn, c, i, event.version, seq, now, &out.data_json)?;
     }
-    let created = stored.as_ref().is_none_or(|s| s.deleted);
-    let doc = crate::model::Document {
-        collection: c.clone(),
-        id: i.clone(),
-        version: change.version,
-        created_at: match &stored {
-            Some(s) if !s.deleted => s.doc.created_at,
-            _ => now,
-        },
-        updated_at: now,
-        data: change.data,
-    };
-    let document = (!deleting).then(|| doc.clone());
-    cache.put(
-        (c.clone(), i.clone()),
-        StoredDoc {
-            doc,
-            deleted: deleting,
-            compacted_through,
-            snapshot_version,
-        },
-        change.data_json.len(),
-    );
-    record(
-        conn,
-        w,
-        now,
-        Committed {
-            document,
-            event: Some(Arc::new(event)),
-            created,
-            replayed: false,
-        },
-    )
+    let size = out.data_json.len();
+    cache.put((collection, out.stored.doc.id.clone()), out.stored, size);
+    record(conn, w, now, out.committed)
 }
 
 /// The stored result of an earlier request with this key, if any.
