@@ -235,7 +235,8 @@ fn start_node(opts: &Opts, uri: &str) -> Result<ServerProc, String> {
         .arg("--store")
         .arg(uri)
         .args(&opts.server_arg);
-    die_with_parent(&mut cmd);
+    // SIGKILL for the node when this process's main thread (which spawns the nodes) exits.
+    mongo::die_with_this_thread(&mut cmd);
     let child = cmd.spawn().map_err(|e| {
         format!(
             "starting {}: {e} (build it with `cargo build --release --bin eventsync`)",
@@ -244,28 +245,6 @@ fn start_node(opts: &Opts, uri: &str) -> Result<ServerProc, String> {
     })?;
     ServerProc::wait_listening(child, Some(data)).map_err(|e| format!("{} {e}", opts.server_bin.display()))
 }
-
-/// `SIGKILL` for the child when this process's main thread (which spawns the nodes) exits.
-#[cfg(target_os = "linux")]
-fn die_with_parent(cmd: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: runs in the forked child before exec and only makes async-signal-safe system calls.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn die_with_parent(_cmd: &mut std::process::Command) {}
 
 struct Pids {
     nodes: [u32; 2],

@@ -109,6 +109,32 @@ pub fn events_or_snapshot(s: &DocSummary, from: Version, to: Version, patch_byte
     }
 }
 
+/// The summary of document `id` in `summaries` (sorted by id, as [`plan_collection`] takes them).
+pub fn summary_of<'a>(summaries: &'a [DocSummary], id: &str) -> Option<&'a DocSummary> {
+    summaries
+        .binary_search_by(|s| s.id.as_str().cmp(id))
+        .ok()
+        .map(|i| &summaries[i])
+}
+
+/// For a first step of events, the versions whose patch sizes the store must read to decide between
+/// them and a snapshot ([`refine`]); `None` when no sizes are needed — not an events step, or more
+/// events than a snapshot could outweigh (then [`refine`] decides without them).
+pub fn sizes_needed(first: &Step, summary: Option<&DocSummary>) -> Option<(Version, Version)> {
+    match (first, summary) {
+        (Step::Events { from, to }, Some(s)) if to - from < event_budget(s) => Some((*from, *to)),
+        _ => None,
+    }
+}
+
+/// The final step, given the patch sizes read for [`sizes_needed`] (empty when none were needed).
+pub fn refine(first: Step, summary: Option<&DocSummary>, patch_bytes: &[u64]) -> Step {
+    match (first, summary) {
+        (Step::Events { from, to }, Some(s)) => events_or_snapshot(s, from, to, patch_bytes),
+        (step, _) => step,
+    }
+}
+
 /// Plans one collection: every document the server has, and every document the client claims.
 /// Returns the steps in id order (documents needing nothing are left out).
 pub fn plan_collection(

@@ -245,7 +245,7 @@ fn launch(exe: &Path, scratch: &Path, attempt: u32) -> Result<(SocketAddr, Child
 
 /// Makes the child get `SIGKILL` when the thread spawning it exits (Linux only).
 #[cfg(target_os = "linux")]
-fn die_with_this_thread(command: &mut Command) {
+pub fn die_with_this_thread(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: runs in the forked child before exec and only makes async-signal-safe system calls.
@@ -265,7 +265,7 @@ fn die_with_this_thread(command: &mut Command) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn die_with_this_thread(_command: &mut Command) {}
+pub fn die_with_this_thread(_command: &mut Command) {}
 
 /// The end of a log file, for a failure message.
 fn tail(path: &Path) -> String {

@@ -85,7 +85,7 @@ pub fn int(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
 }
 
-fn get_u64(d: &BsonDoc, key: &str) -> Result<u64, StoreError> {
+pub fn u64_field(d: &BsonDoc, key: &str) -> Result<u64, StoreError> {
     match d.get(key) {
         Some(Bson::Int64(v)) => Ok((*v).max(0) as u64),
         Some(Bson::Int32(v)) => Ok((*v).max(0) as u64),
@@ -94,7 +94,7 @@ fn get_u64(d: &BsonDoc, key: &str) -> Result<u64, StoreError> {
     }
 }
 
-fn get_i64(d: &BsonDoc, key: &str) -> Result<i64, StoreError> {
+pub fn i64_field(d: &BsonDoc, key: &str) -> Result<i64, StoreError> {
     match d.get(key) {
         Some(Bson::Int64(v)) => Ok(*v),
         Some(Bson::Int32(v)) => Ok(*v as i64),
@@ -102,11 +102,11 @@ fn get_i64(d: &BsonDoc, key: &str) -> Result<i64, StoreError> {
     }
 }
 
-fn get_str<'a>(d: &'a BsonDoc, key: &str) -> Result<&'a str, StoreError> {
+pub fn str_field<'a>(d: &'a BsonDoc, key: &str) -> Result<&'a str, StoreError> {
     d.get_str(key).map_err(|e| corrupt(key, e))
 }
 
-fn get_bool(d: &BsonDoc, key: &str) -> Result<bool, StoreError> {
+pub fn bool_field(d: &BsonDoc, key: &str) -> Result<bool, StoreError> {
     d.get_bool(key).map_err(|e| corrupt(key, e))
 }
 
@@ -144,15 +144,15 @@ pub fn stored_doc(collection: &str, d: &BsonDoc) -> Result<StoredDoc, StoreError
     Ok(StoredDoc {
         doc: Document {
             collection: collection.to_string(),
-            id: get_str(d, "_id")?.to_string(),
-            version: get_u64(d, "version")?,
-            created_at: Timestamp(get_i64(d, "created_at")?),
-            updated_at: Timestamp(get_i64(d, "updated_at")?),
-            data: parse_data(get_str(d, "data")?)?,
+            id: str_field(d, "_id")?.to_string(),
+            version: u64_field(d, "version")?,
+            created_at: Timestamp(i64_field(d, "created_at")?),
+            updated_at: Timestamp(i64_field(d, "updated_at")?),
+            data: parse_data(str_field(d, "data")?)?,
         },
-        deleted: get_bool(d, "deleted")?,
-        compacted_through: get_u64(d, "compacted_through")?,
-        snapshot_version: get_u64(d, "snapshot_version")?,
+        deleted: bool_field(d, "deleted")?,
+        compacted_through: u64_field(d, "compacted_through")?,
+        snapshot_version: u64_field(d, "snapshot_version")?,
     })
 }
 
@@ -173,17 +173,17 @@ pub fn event_record(e: &Event) -> BsonDoc {
 }
 
 pub fn event(d: &BsonDoc) -> Result<Event, StoreError> {
-    let op = get_str(d, "op")?;
+    let op = str_field(d, "op")?;
     Ok(Event {
-        seq: get_u64(d, "_id")?,
-        collection: get_str(d, "collection")?.to_string(),
-        id: get_str(d, "doc_id")?.to_string(),
-        version: get_u64(d, "version")?,
+        seq: u64_field(d, "_id")?,
+        collection: str_field(d, "collection")?.to_string(),
+        id: str_field(d, "doc_id")?.to_string(),
+        version: u64_field(d, "version")?,
         op: Op::parse(op).ok_or_else(|| corrupt("op", op))?,
-        patch: serde_json::from_str(get_str(d, "patch")?).map_err(|e| corrupt("patch", e))?,
-        client_id: get_str(d, "client_id")?.to_string(),
-        op_id: get_str(d, "op_id")?.to_string(),
-        ts: Timestamp(get_i64(d, "ts")?),
+        patch: serde_json::from_str(str_field(d, "patch")?).map_err(|e| corrupt("patch", e))?,
+        client_id: str_field(d, "client_id")?.to_string(),
+        op_id: str_field(d, "op_id")?.to_string(),
+        ts: Timestamp(i64_field(d, "ts")?),
     })
 }
 
@@ -208,32 +208,32 @@ pub fn snapshot_record(
 
 pub fn snapshot(d: &BsonDoc) -> Result<Snapshot, StoreError> {
     Ok(Snapshot {
-        collection: get_str(d, "collection")?.to_string(),
-        id: get_str(d, "doc_id")?.to_string(),
-        version: get_u64(d, "version")?,
-        seq: get_u64(d, "seq")?,
-        ts: Timestamp(get_i64(d, "ts")?),
-        data: parse_data(get_str(d, "data")?)?,
+        collection: str_field(d, "collection")?.to_string(),
+        id: str_field(d, "doc_id")?.to_string(),
+        version: u64_field(d, "version")?,
+        seq: u64_field(d, "seq")?,
+        ts: Timestamp(i64_field(d, "ts")?),
+        data: parse_data(str_field(d, "data")?)?,
     })
 }
 
 pub fn snapshot_info(d: &BsonDoc) -> Result<crate::model::SnapshotInfo, StoreError> {
     Ok(crate::model::SnapshotInfo {
-        version: get_u64(d, "version")?,
-        seq: get_u64(d, "seq")?,
-        ts: Timestamp(get_i64(d, "ts")?),
-        bytes: get_u64(d, "bytes")?,
+        version: u64_field(d, "version")?,
+        seq: u64_field(d, "seq")?,
+        ts: Timestamp(i64_field(d, "ts")?),
+        bytes: u64_field(d, "bytes")?,
     })
 }
 
 /// The planner's view of a document record (read with [`SUMMARY_FIELDS`]).
 pub fn summary(d: &BsonDoc) -> Result<crate::sync::plan::DocSummary, StoreError> {
     Ok(crate::sync::plan::DocSummary {
-        id: get_str(d, "_id")?.to_string(),
-        version: get_u64(d, "version")?,
-        deleted: get_bool(d, "deleted")?,
-        compacted_through: get_u64(d, "compacted_through")?,
-        data_bytes: get_u64(d, "bytes")?,
+        id: str_field(d, "_id")?.to_string(),
+        version: u64_field(d, "version")?,
+        deleted: bool_field(d, "deleted")?,
+        compacted_through: u64_field(d, "compacted_through")?,
+        data_bytes: u64_field(d, "bytes")?,
     })
 }
 
@@ -243,19 +243,7 @@ pub fn summary_fields() -> BsonDoc {
 
 /// The value of the sequence counter document (0 when it does not exist yet).
 pub fn counter_value(d: Option<&BsonDoc>) -> Result<Seq, StoreError> {
-    d.map_or(Ok(0), |d| get_u64(d, "v"))
-}
-
-pub fn u64_field(d: &BsonDoc, key: &str) -> Result<u64, StoreError> {
-    get_u64(d, key)
-}
-
-pub fn i64_field(d: &BsonDoc, key: &str) -> Result<i64, StoreError> {
-    get_i64(d, key)
-}
-
-pub fn str_field<'a>(d: &'a BsonDoc, key: &str) -> Result<&'a str, StoreError> {
-    get_str(d, key)
+    d.map_or(Ok(0), |d| u64_field(d, "v"))
 }
 
 #[cfg(test)]

@@ -328,6 +328,16 @@ async fn document_collections(db: &Database) -> Result<Vec<String>, StoreError> 
     Ok(names)
 }
 
+/// Runs a query (outside any transaction) and decodes every record it returns.
+async fn decode_all<T>(
+    find: impl std::future::IntoFuture<Output = mongodb::error::Result<mongodb::Cursor<BsonDoc>>>,
+    decode: impl Fn(&BsonDoc) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let cursor = find.await.map_err(codec::backend)?;
+    let records: Vec<BsonDoc> = cursor.try_collect().await.map_err(codec::backend)?;
+    records.iter().map(decode).collect()
+}
+
 /// Reads every record of a cursor opened in a session.
 async fn collect(
     mut cursor: mongodb::SessionCursor<BsonDoc>,
@@ -417,19 +427,15 @@ impl Store for MongoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let cursor = self
-            .db
-            .collection::<BsonDoc>(collection)
-            .find(doc! {"_id": {"$gt": after.unwrap_or("")}, "deleted": false})
-            .sort(doc! {"_id": 1})
-            .limit(limit_of(limit).unwrap_or(0))
-            .await
-            .map_err(codec::backend)?;
-        let records: Vec<BsonDoc> = cursor.try_collect().await.map_err(codec::backend)?;
-        records
-            .iter()
-            .map(|d| codec::stored_doc(collection, d).map(|s| s.doc))
-            .collect()
+        decode_all(
+            self.db
+                .collection::<BsonDoc>(collection)
+                .find(doc! {"_id": {"$gt": after.unwrap_or("")}, "deleted": false})
+                .sort(doc! {"_id": 1})
+                .limit(limit_of(limit).unwrap_or(0)),
+            |d| codec::stored_doc(collection, d).map(|s| s.doc),
+        )
+        .await
     }
 
     async fn events(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Event>, StoreError> {
@@ -437,15 +443,14 @@ impl Store for MongoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let cursor = self
-            .events_coll()
-            .find(events_filter(filter))
-            .sort(doc! {"_id": 1})
-            .limit(limit_of(limit).unwrap_or(0))
-            .await
-            .map_err(codec::backend)?;
-        let records: Vec<BsonDoc> = cursor.try_collect().await.map_err(codec::backend)?;
-        records.iter().map(codec::event).collect()
+        decode_all(
+            self.events_coll()
+                .find(events_filter(filter))
+                .sort(doc! {"_id": 1})
+                .limit(limit_of(limit).unwrap_or(0)),
+            codec::event,
+        )
+        .await
     }
 
     async fn document_events(
@@ -456,27 +461,25 @@ impl Store for MongoStore {
         to: Version,
     ) -> Result<Vec<Event>, StoreError> {
         self.check_open()?;
-        let cursor = self
-            .events_coll()
-            .find(doc_events_filter(collection, id, from, to))
-            .sort(doc! {"version": 1})
-            .await
-            .map_err(codec::backend)?;
-        let records: Vec<BsonDoc> = cursor.try_collect().await.map_err(codec::backend)?;
-        records.iter().map(codec::event).collect()
+        decode_all(
+            self.events_coll()
+                .find(doc_events_filter(collection, id, from, to))
+                .sort(doc! {"version": 1}),
+            codec::event,
+        )
+        .await
     }
 
     async fn snapshots(&self, collection: &str, id: &str) -> Result<Vec<SnapshotInfo>, StoreError> {
         self.check_open()?;
-        let cursor = self
-            .snapshots_coll()
-            .find(doc! {"collection": collection, "doc_id": id})
-            .projection(doc! {"data": 0})
-            .sort(doc! {"version": 1})
-            .await
-            .map_err(codec::backend)?;
-        let records: Vec<BsonDoc> = cursor.try_collect().await.map_err(codec::backend)?;
-        records.iter().map(codec::snapshot_info).collect()
+        decode_all(
+            self.snapshots_coll()
+                .find(doc! {"collection": collection, "doc_id": id})
+                .projection(doc! {"data": 0})
+                .sort(doc! {"version": 1}),
+            codec::snapshot_info,
+        )
+        .await
     }
 
     async fn snapshot_at_or_before(
@@ -603,20 +606,16 @@ impl Store for MongoStore {
 impl MongoStore {
     /// Up to one chunk of document ids with `flag` set, after `after`, in id order.
     async fn due_ids(&self, collection: &str, flag: &str, after: &str) -> Result<Vec<String>, StoreError> {
-        let cursor = self
-            .db
-            .collection::<BsonDoc>(collection)
-            .find(doc! {flag: true, "_id": {"$gt": after}})
-            .projection(doc! {"_id": 1})
-            .sort(doc! {"_id": 1})
-            .limit(MAINTENANCE_CHUNK)
-            .await
-            .map_err(codec::backend)?;
-        let records: Vec<BsonDoc> = cursor.try_collect().await.map_err(codec::backend)?;
-        records
-            .iter()
-            .map(|d| codec::str_field(d, "_id").map(str::to_string))
-            .collect()
+        decode_all(
+            self.db
+                .collection::<BsonDoc>(collection)
+                .find(doc! {flag: true, "_id": {"$gt": after}})
+                .projection(doc! {"_id": 1})
+                .sort(doc! {"_id": 1})
+                .limit(MAINTENANCE_CHUNK),
+            |d| codec::str_field(d, "_id").map(str::to_string),
+        )
+        .await
     }
 
     /// Snapshots one document at its current version, if it still needs it. Returns whether it did.
@@ -760,31 +759,24 @@ async fn catch_up(
         let client = vector.get(collection);
         let mut steps = Vec::new();
         for (id, first) in plan::plan_collection(client, &summaries) {
-            let summary = summaries
-                .binary_search_by(|s| s.id.as_str().cmp(&id))
-                .ok()
-                .map(|i| &summaries[i]);
-            let step = match (first, summary) {
-                (Step::Events { from, to }, Some(sum)) => {
-                    let sizes = if to - from < plan::event_budget(sum) {
-                        let cursor = events
-                            .find(doc_events_filter(collection, &id, from, to))
-                            .projection(doc! {"bytes": 1})
-                            .sort(doc! {"version": 1})
-                            .session(&mut *s)
-                            .await?;
-                        collect(cursor, s)
-                            .await?
-                            .iter()
-                            .map(|d| codec::u64_field(d, "bytes"))
-                            .collect::<Result<Vec<_>, _>>()?
-                    } else {
-                        Vec::new()
-                    };
-                    plan::events_or_snapshot(sum, from, to, &sizes)
+            let summary = plan::summary_of(&summaries, &id);
+            let sizes = match plan::sizes_needed(&first, summary) {
+                Some((from, to)) => {
+                    let cursor = events
+                        .find(doc_events_filter(collection, &id, from, to))
+                        .projection(doc! {"bytes": 1})
+                        .sort(doc! {"version": 1})
+                        .session(&mut *s)
+                        .await?;
+                    collect(cursor, s)
+                        .await?
+                        .iter()
+                        .map(|d| codec::u64_field(d, "bytes"))
+                        .collect::<Result<Vec<_>, _>>()?
                 }
-                (step, _) => step,
+                None => Vec::new(),
             };
+            let step = plan::refine(first, summary, &sizes);
             let fetched = match step {
                 Step::Nothing => continue,
                 Step::Events { from, to } => {

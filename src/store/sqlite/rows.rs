@@ -202,22 +202,12 @@ pub fn catch_up(
         let client = vector.get(collection);
         let mut steps = Vec::new();
         for (id, first) in plan::plan_collection(client, &summaries) {
-            let summary = summaries
-                .binary_search_by(|s| s.id.as_str().cmp(&id))
-                .ok()
-                .map(|i| &summaries[i]);
-            let step = match (first, summary) {
-                (Step::Events { from, to }, Some(s)) => {
-                    let budget = plan::event_budget(s);
-                    let sizes = if to - from < budget {
-                        patch_sizes(&tx, collection, &id, from, to)?
-                    } else {
-                        Vec::new()
-                    };
-                    plan::events_or_snapshot(s, from, to, &sizes)
-                }
-                (step, _) => step,
+            let summary = plan::summary_of(&summaries, &id);
+            let sizes = match plan::sizes_needed(&first, summary) {
+                Some((from, to)) => patch_sizes(&tx, collection, &id, from, to)?,
+                None => Vec::new(),
             };
+            let step = plan::refine(first, summary, &sizes);
             let fetched = match step {
                 Step::Nothing => continue,
                 Step::Events { from, to } => {
