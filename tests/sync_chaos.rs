@@ -771,7 +771,7 @@ async fn chaos(nodes: usize) {
     };
     let converged_at = started.elapsed();
 
-    for c in &clients {
+    for (i, c) in clients.iter().enumerate() {
         let r = c.replica();
         assert_eq!(c.status(), Status::Live, "seed {seed}: {}", describe(c));
         assert!(
@@ -783,9 +783,12 @@ async fn chaos(nodes: usize) {
         assert_eq!(r.applied_twice(), 0, "seed {seed}: {}", describe(c));
         r.check()
             .unwrap_or_else(|e| panic!("seed {seed}: {}: {e}", describe(c)));
+        // A client of the restarted node (the last URL) lost its connection at the restart; one
+        // of another node reconnects only when the flapping happened to pick it.
+        let on_restarted = i % nodes == nodes - 1;
         assert!(
-            c.stats().reconnects >= 1,
-            "seed {seed}: {} never reconnected, yet the server restarted",
+            !on_restarted || c.stats().reconnects >= 1,
+            "seed {seed}: {} never reconnected, yet its server restarted",
             describe(c)
         );
     }
