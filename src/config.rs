@@ -19,6 +19,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Which store: `embedded` (SQLite in `data_dir`) or MongoDB.
     pub store: StoreKind,
+    /// This node's name among the nodes sharing a MongoDB database: unique among running nodes,
+    /// the same across restarts of one node. With it, a restarted node ends the transactions its
+    /// previous run left open (see `store::mongo::sessions`). Defaults to `HOST:PORT` when the
+    /// listen port is fixed; none when it is 0.
+    pub node_id: Option<String>,
     /// Directory of the browser UI served at `/`.
     pub static_dir: PathBuf,
     /// Directory of the JavaScript client, served at `/client/`.
@@ -87,6 +92,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".parse().expect("valid address"),
             data_dir: PathBuf::from("./data"),
             store: StoreKind::Embedded,
+            node_id: None,
             static_dir: PathBuf::from("static"),
             client_dir: PathBuf::from("client"),
             durability: Durability::Full,
@@ -137,6 +143,10 @@ pub struct Args {
     /// `eventsync` when the URI names none).
     #[arg(long, env = "EVENTSYNC_STORE")]
     pub store: Option<String>,
+    /// This node's name on a shared MongoDB database: unique among running nodes, stable across
+    /// restarts [default: HOSTNAME:PORT when the port is fixed].
+    #[arg(long, env = "EVENTSYNC_NODE_ID")]
+    pub node_id: Option<String>,
     /// Directory served at `/` [default: static].
     #[arg(long, env = "EVENTSYNC_STATIC_DIR")]
     pub static_dir: Option<PathBuf>,
@@ -206,6 +216,7 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     store: Option<String>,
+    node_id: Option<String>,
     static_dir: Option<PathBuf>,
     client_dir: Option<PathBuf>,
     durability: Option<String>,
@@ -243,6 +254,25 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
         key,
         message: message.into(),
     }
+}
+
+/// `HOST:PORT` of this machine when the port is fixed: stable across restarts, unique among the
+/// nodes as long as hosts have distinct names. `None` with port 0 (a new port at every start).
+fn default_node_id(listen: SocketAddr) -> Option<String> {
+    if listen.port() == 0 {
+        return None;
+    }
+    let from_env = ["HOSTNAME", "COMPUTERNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok());
+    let from_file = || {
+        ["/proc/sys/kernel/hostname", "/etc/hostname"]
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())
+    };
+    let host = from_env.or_else(from_file)?;
+    let host = host.trim();
+    (!host.is_empty()).then(|| format!("{host}:{}", listen.port()))
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h`, `2d`, or a bare number of seconds.
@@ -375,10 +405,19 @@ impl Config {
                 d.snapshots.retain_for,
             )?,
         };
+        let listen = args.listen.or(file.listen).unwrap_or(d.listen);
+        let node_id = match args.node_id.or(file.node_id) {
+            Some(id) if id.trim().is_empty() || id.len() > 200 => {
+                return Err(invalid("node_id", "must be 1 to 200 characters"))
+            }
+            Some(id) => Some(id),
+            None => default_node_id(listen),
+        };
         let config = Config {
-            listen: args.listen.or(file.listen).unwrap_or(d.listen),
+            listen,
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
             store,
+            node_id,
             static_dir: args.static_dir.or(file.static_dir).unwrap_or(d.static_dir),
             client_dir: args.client_dir.or(file.client_dir).unwrap_or(d.client_dir),
             durability,
@@ -460,6 +499,11 @@ mod tests {
     #[test]
     fn defaults_match_the_documented_ones() {
         let c = Config::from_args(Args::default()).unwrap();
+        // The node id defaults to this host's name and the fixed port.
+        if let Some(id) = &c.node_id {
+            assert!(id.ends_with(":8080"), "{id}");
+        }
+        let c = Config { node_id: None, ..c };
         assert_eq!(c, Config::default());
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.snapshots.every, 100);
@@ -485,6 +529,16 @@ mod tests {
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.snapshots.every, 9);
         assert_eq!(c.snapshots.retain_for, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn the_node_id_is_the_one_given_else_none_on_a_port_picked_at_start() {
+        let c = Config::from_args(args(&["--node-id", "eu-1", "--listen", "127.0.0.1:0"])).unwrap();
+        assert_eq!(c.node_id.as_deref(), Some("eu-1"));
+        let c = Config::from_args(args(&["--listen", "127.0.0.1:0"])).unwrap();
+        assert_eq!(c.node_id, None);
+        let err = Config::from_args(args(&["--node-id", " "])).unwrap_err();
+        assert!(err.to_string().starts_with("node_id:"), "{err}");
     }
 
     #[test]

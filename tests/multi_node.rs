@@ -1,11 +1,15 @@
 //! Several nodes on one MongoDB database behave as one server: two `eventsync` processes share a
 //! database (the stand-in, or `MONGODB_URI`); writes through either reach subscribers on both, in
 //! sequence order, once each; a client that comes back on the other node catches up exactly.
-//! (The chaos convergence over two nodes, with a node restart, is in `sync_chaos.rs`.)
+//! A node killed mid-commit frees the log when it restarts. (The chaos convergence over two nodes,
+//! with a node restart, is in `sync_chaos.rs`.)
 
 mod common;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::{all_events, health_seq, poll, server_docs, Replica, SseClient, TestServer, WsClient, WAIT};
 use reqwest::StatusCode;
@@ -252,4 +256,98 @@ async fn a_restarted_node_serves_the_shared_log_and_follows_it_again() {
     })
     .await;
     ws.close().await;
+}
+
+/// A node killed in the middle of a commit leaves its transaction open on MongoDB, holding the
+/// log's sequence counter, and writes through every node wait on it — until MongoDB reaps it
+/// (`transactionLifetimeLimitSeconds`, 60 s; a write is refused 503 after 20 s of retries). The
+/// node restarted with its node id ends what its previous run left open: writes through the other
+/// node go on at once, and the log stays gapless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_killed_mid_commit_frees_the_log_when_it_restarts() {
+    let database = common::mongo::fresh_database();
+    let a = TestServer::start_on_database(&database, &[]);
+    let mut b = TestServer::start_on_database(&database, &[]);
+    common::rest_create(&a, "games", "via-a", json!({"n": 0})).await;
+    common::rest_create(&a, "games", "via-b", json!({})).await;
+    // Writers keep B committing (each on a field of its own of one document).
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|k| {
+            let (url, http, stop) = (b.url.clone(), b.http.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let _ = http
+                        .patch(format!("{url}/api/games/via-b"))
+                        .header("content-type", "application/merge-patch+json")
+                        .body(json!({ format!("w{k}"): n }).to_string())
+                        .timeout(Duration::from_secs(2))
+                        .send()
+                        .await;
+                }
+            })
+        })
+        .collect();
+    // Does a write through A (on another document) go through within a second and a half?
+    let probe = |n: u64| {
+        a.http
+            .patch(format!("{}/api/games/via-a", a.url))
+            .header("content-type", "application/merge-patch+json")
+            .body(json!({ "n": n }).to_string())
+            .timeout(Duration::from_millis(1500))
+            .send()
+    };
+    // Freeze B at moments spread over its commits until it is caught holding the counter: A's
+    // writes stall while B is frozen.
+    let pid = b.pid() as libc::pid_t;
+    let mut caught = false;
+    for attempt in 0..100u64 {
+        tokio::time::sleep(Duration::from_millis(20 + attempt * 7 % 50)).await;
+        // SAFETY: signals to the child process this test started.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        match probe(attempt).await {
+            Ok(resp) => assert_eq!(resp.status(), StatusCode::OK),
+            Err(e) if e.is_timeout() => {
+                caught = true;
+                break;
+            }
+            Err(e) => panic!("probe: {e}"),
+        }
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+    assert!(caught, "B was never frozen while holding the counter");
+    stop.store(true, Ordering::Relaxed);
+    // Killed while frozen: its transaction stays open, and A's writes still stall.
+    let data = b.keep_data().expect("a fresh data dir");
+    let addr = b.addr();
+    let store = common::mongo::uri(&database);
+    b.kill();
+    assert!(
+        probe(1000).await.is_err_and(|e| e.is_timeout()),
+        "the killed node's transaction did not hold the log"
+    );
+    for w in writers {
+        w.await.expect("writer");
+    }
+    // Restarted (the same data dir: the same node id), B ends it, and A's writes go through.
+    let b = TestServer::start_at(data.path(), addr, &["--store", store.as_str()]);
+    let (status, body) = a.merge_patch("/api/games/via-a", &json!({"n": "after"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = b.merge_patch("/api/games/via-b", &json!({"n": "after"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The log is gapless, and both nodes publish all of it.
+    let log = log_after(&a, 0).await;
+    let seqs: Vec<u64> = log.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    let last = health_seq(&a).await;
+    assert_eq!(last, seqs.len() as u64);
+    for node in [&a, &b] {
+        poll(WAIT, "the node publishes the whole log", || async {
+            let (_, health) = node.get("/api/health").await;
+            (health["published_seq"] == last).then_some(())
+        })
+        .await;
+    }
 }

@@ -22,6 +22,8 @@ async fn fresh() -> (Arc<dyn Store>, Hub) {
             max_batch: 16,
             limits: conformance::limits(),
             snapshot_every: conformance::SNAPSHOT_EVERY,
+            // Each database is new: the node's record is written, none is found to end.
+            node_id: Some("conformance".into()),
         },
         hub.clone(),
     )

@@ -111,6 +111,7 @@ async fn open_store(config: &Config, hub: Hub) -> Result<Arc<dyn Store>, ServerE
                 max_batch: config.limits.max_batch,
                 limits,
                 snapshot_every: config.snapshots.every,
+                node_id: config.node_id.clone(),
             };
             Ok(Arc::new(MongoStore::open(opts, hub).await?))
         }

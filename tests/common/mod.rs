@@ -54,19 +54,25 @@ impl TestServer {
     }
 
     /// Starts the binary listening on `listen` and waits for its `listening on` line. On MongoDB
-    /// (and unless `args` choose a store), the database is derived from `data_dir`.
+    /// (and unless `args` choose a store), the database is derived from `data_dir`; so is the node
+    /// id (unless `args` give one), so that a server restarted on its data is the same node.
     fn spawn(data_dir: &Path, listen: &str, args: &[&str]) -> TestServer {
         let chooses_store = args.iter().any(|a| *a == "--store" || a.starts_with("--store="));
         let store = (mongo::testing_mongodb() && !chooses_store).then(|| {
             let dir = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
             mongo::uri(&mongo::database_for(&dir.to_string_lossy()))
         });
+        let names_node = args
+            .iter()
+            .any(|a| *a == "--node-id" || a.starts_with("--node-id="));
+        let node_id = (!names_node).then(|| format!("test-{}", data_dir.display()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_eventsync"))
             .arg("--listen")
             .arg(listen)
             .arg("--data-dir")
             .arg(data_dir)
             .args(store.iter().flat_map(|uri| ["--store", uri.as_str()]))
+            .args(node_id.iter().flat_map(|id| ["--node-id", id.as_str()]))
             .args(args)
             .env(
                 "EVENTSYNC_LOG",

@@ -8,6 +8,8 @@
 //! - Reads go straight to the database; the catch-up and a client's vector are read inside a
 //!   snapshot transaction (one consistent position). Maintenance (snapshots, compaction) runs per
 //!   document in small transactions, so any number of nodes may run it at once.
+//! - Every transaction runs on one of a fixed set of sessions recorded under the node's id, so
+//!   that a node restarted after a crash ends what its previous run left open ([`sessions`]).
 //! - Layout of the collections and why bodies are JSON text: [`codec`].
 //!
 //! The database is the URI's path (`mongodb://host/eventsync_prod`), `eventsync` by default. The
@@ -16,6 +18,7 @@
 
 mod codec;
 mod follower;
+mod sessions;
 mod writer;
 
 use std::collections::HashSet;
@@ -33,7 +36,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use self::codec::{int, CLIENTS, COUNTERS, EVENTS, IDEMPOTENCY, SEQ_COUNTER, SNAPSHOTS, STATE_VECTORS};
-use self::writer::{begin, Command, Writer};
+use self::writer::{Command, Writer};
 use crate::hub::Hub;
 use crate::model::{Document, Event, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
 use crate::store::{
@@ -64,10 +67,11 @@ pub struct MongoOptions {
     pub limits: Limits,
     /// Snapshot a document every this many versions.
     pub snapshot_every: u64,
+    /// This node's id (see [`sessions`]): with it, a restart ends what the previous run left open.
+    pub node_id: Option<String>,
 }
 
 pub struct MongoStore {
-    client: mongodb::Client,
     db: Database,
     commands: Mutex<Option<mpsc::Sender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -75,6 +79,8 @@ pub struct MongoStore {
     stop: CancellationToken,
     closed: AtomicBool,
     published: Arc<AtomicU64>,
+    /// The sessions of every transaction but the writer's (see [`sessions`]).
+    sessions: sessions::Sessions,
 }
 
 /// The database a URI names (its path), or [`DEFAULT_DATABASE`].
@@ -109,6 +115,9 @@ impl MongoStore {
         db.run_command(doc! {"ping": 1})
             .await
             .map_err(|e| StoreError::Backend(format!("cannot reach MongoDB: {e}")))?;
+        // First, so that what this node's previous run left open is released before anything waits
+        // on it.
+        let (appending, other) = sessions::open(&client, &db, opts.node_id.as_deref()).await?;
         ensure_schema(&db).await?;
         let mut indexed = HashSet::new();
         for collection in document_collections(&db).await? {
@@ -134,10 +143,10 @@ impl MongoStore {
         let (tx, rx) = mpsc::channel(opts.write_queue.max(1));
         let writer = Writer {
             shared: Arc::new(writer::Shared {
-                client: client.clone(),
                 db: db.clone(),
                 limits: opts.limits,
                 snapshot_every: opts.snapshot_every,
+                sessions: appending,
             }),
             max_batch: opts.max_batch.max(1),
             indexed,
@@ -145,9 +154,8 @@ impl MongoStore {
             parked: tokio_util::task::TaskTracker::new(),
         };
         let writer = tokio::spawn(writer.run(rx));
-        tracing::info!(database = %name, last_seq = last, "mongodb store open");
+        tracing::info!(database = %name, last_seq = last, node = opts.node_id.as_deref().unwrap_or("(none)"), "mongodb store open");
         Ok(MongoStore {
-            client,
             db,
             commands: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
@@ -155,6 +163,7 @@ impl MongoStore {
             stop,
             closed: AtomicBool::new(false),
             published,
+            sessions: other,
         })
     }
 
@@ -175,18 +184,18 @@ impl MongoStore {
     }
 }
 
-/// Runs `$body` (a future using the session `$s`) in a snapshot transaction on `$client`, retrying
-/// the whole transaction on transient errors for up to [`READ_RETRY_FOR`]. (A macro, not a function
-/// taking a closure: the body borrows both the session and its arguments.)
+/// Runs `$body` (a future using the session `$s`) in a snapshot transaction on one of `$sessions`,
+/// retrying the whole transaction on transient errors for up to [`READ_RETRY_FOR`]. (A macro, not a
+/// function taking a closure: the body borrows both the session and its arguments.)
 macro_rules! transaction {
-    ($client:expr, |$s:ident| $body:expr) => {{
+    ($sessions:expr, |$s:ident| $body:expr) => {{
         let started = Instant::now();
         let mut attempt = 0u32;
         loop {
             let outcome: Result<_, TxError> = async {
-                let mut session = begin($client).await?;
+                let mut session = $sessions.begin().await?;
                 let out = {
-                    let $s = &mut session;
+                    let $s: &mut ClientSession = &mut session;
                     $body
                 }
                 .await?;
@@ -554,12 +563,12 @@ impl Store for MongoStore {
 
     async fn catch_up(&self, collections: &[String], vector: &StateVector) -> Result<CatchUp, StoreError> {
         self.check_open()?;
-        transaction!(&self.client, |s| catch_up(&self.db, s, collections, vector))
+        transaction!(&self.sessions, |s| catch_up(&self.db, s, collections, vector))
     }
 
     async fn load_client(&self, client_id: &str) -> Result<Option<ClientState>, StoreError> {
         self.check_open()?;
-        transaction!(&self.client, |s| load_client(&self.db, s, client_id))
+        transaction!(&self.sessions, |s| load_client(&self.db, s, client_id))
     }
 
     async fn save_client(
@@ -570,7 +579,7 @@ impl Store for MongoStore {
         replace: bool,
     ) -> Result<(), StoreError> {
         self.check_open()?;
-        transaction!(&self.client, |s| save_client(
+        transaction!(&self.sessions, |s| save_client(
             &self.db, s, client_id, position, entries, replace
         ))
     }
@@ -620,7 +629,7 @@ impl MongoStore {
 
     /// Snapshots one document at its current version, if it still needs it. Returns whether it did.
     async fn snapshot_one(&self, collection: &str, id: &str) -> Result<bool, StoreError> {
-        transaction!(&self.client, |s| snapshot_one(&self.db, s, collection, id))
+        transaction!(&self.sessions, |s| snapshot_one(&self.db, s, collection, id))
     }
 
     /// Compacts one document's history as far as `retention` allows.
@@ -631,7 +640,7 @@ impl MongoStore {
         retention: Retention,
         now: Timestamp,
     ) -> Result<MaintenanceStats, StoreError> {
-        transaction!(&self.client, |s| compact_one(
+        transaction!(&self.sessions, |s| compact_one(
             &self.db, s, collection, id, retention, now
         ))
     }

@@ -15,6 +15,9 @@
 //! reports commits in order — delivers the log in sequence order to every node (see
 //! [`super::follower`]).
 //!
+//! Appending transactions run on the node's recorded sessions ([`super::sessions`]), so that a
+//! restart of a crashed node can end what it left open — the counter above all.
+//!
 //! Batching amortizes the round trips and the majority-commit wait over all writes queued on this
 //! node, like the embedded store's group commit. A refusal (version conflict, failed patch, ...) is
 //! decided before the write touches anything, so the batch goes on without it; any database error
@@ -62,10 +65,11 @@ pub struct Writer {
 
 /// What a batch needs to run, shared with the tasks of parked writes.
 pub struct Shared {
-    pub client: mongodb::Client,
     pub db: Database,
     pub limits: Limits,
     pub snapshot_every: u64,
+    /// The sessions appending transactions run on (see [`super::sessions`]).
+    pub sessions: super::sessions::Sessions,
 }
 
 /// Why a transaction attempt failed.
@@ -112,14 +116,12 @@ pub fn durable() -> WriteConcern {
         .build()
 }
 
-/// Starts a snapshot-isolated transaction with durable commits.
-pub async fn begin(client: &mongodb::Client) -> Result<ClientSession, mongodb::error::Error> {
-    let mut s = client.start_session().await?;
+/// Starts a snapshot-isolated transaction with durable commits on `s`.
+pub async fn start(s: &mut ClientSession) -> Result<(), mongodb::error::Error> {
     s.start_transaction()
         .read_concern(ReadConcern::snapshot())
         .write_concern(durable())
-        .await?;
-    Ok(s)
+        .await
 }
 
 /// Commits, retrying while the outcome is unknown (the driver's `UnknownTransactionCommitResult`).
@@ -247,18 +249,19 @@ impl Shared {
     }
 
     async fn try_batch(&self, writes: &[&Write]) -> Result<Vec<Result<Committed, StoreError>>, Abort> {
-        let mut s = begin(&self.client).await?;
+        let mut lease = self.sessions.begin().await?;
+        let s: &mut ClientSession = &mut lease;
         let counters = self.db.collection::<BsonDoc>(COUNTERS);
         let counter = counters
             .find_one(doc! {"_id": SEQ_COUNTER})
-            .session(&mut s)
+            .session(&mut *s)
             .await?;
         let first = codec::counter_value(counter.as_ref())?;
         let now = Timestamp::now();
         let mut next = first + 1;
         let mut results = Vec::with_capacity(writes.len());
         for (i, w) in writes.iter().enumerate() {
-            let applied = self.apply(&mut s, w, next, now).await.map_err(|a| match a {
+            let applied = self.apply(s, w, next, now).await.map_err(|a| match a {
                 Abort::Retry(why) => Abort::Stuck(i, why),
                 other => other,
             })?;
@@ -279,13 +282,13 @@ impl Shared {
                     doc! {"$set": {"v": int(next - 1)}},
                 )
                 .upsert(counter.is_none())
-                .session(&mut s)
+                .session(&mut *s)
                 .await?;
             if moved.matched_count == 0 && moved.upserted_id.is_none() {
                 return Err(Abort::Retry("the sequence counter moved".into()));
             }
         }
-        commit(&mut s).await?;
+        commit(s).await?;
         Ok(results)
     }
 
