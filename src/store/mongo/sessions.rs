@@ -7,11 +7,14 @@
 //! conflict and wait; a client vector it was saving holds up that client's catch-up the same way.
 //! So every transaction a node runs uses one of a fixed set of sessions, created at start, whose
 //! ids the node records under its node id in `_nodes` (the leading `_`: no API collection can have
-//! that name). A node starting with the same id first ends those
-//! sessions with `killSessions`, which aborts whatever they left open: a crashed node that is
-//! restarted (by systemd, a StatefulSet, a supervisor) frees the log at once instead of a minute
-//! later. Without a node id (port 0, or no host name) nothing is recorded, and MongoDB's reaping
-//! is the only remedy.
+//! that name). A node starting with the same id first ends those sessions with `killSessions`,
+//! which aborts whatever they left open: a crashed node that is restarted (by systemd, a
+//! StatefulSet, a supervisor) frees the log at once instead of a minute later. Without a node id
+//! (port 0, or no host name) nothing is recorded, and MongoDB's reaping is the only remedy.
+//!
+//! Sessions are reused, one transaction after another, for the life of the process (MongoDB
+//! recreates a session it expired after `localLogicalSessionTimeoutMinutes` when its id is used
+//! again). Only session ids are recorded — nothing about the transactions themselves.
 //!
 //! Two sets: the writer's ([`APPENDING`] sessions: its batches and parked writes' attempts), and
 //! the rest's ([`OTHER`]: catch-ups, client vectors, maintenance) — so that a burst of reconnecting
