@@ -177,6 +177,19 @@ fn synced(seq: u64) -> Value {
     json!({"type": "synced", "seq": seq, "state_vector": {}, "snapshots": 0, "events": 0})
 }
 
+/// A delete of `games/<id>` with op id `op_id`.
+fn delete(op_id: impl Into<String>, id: impl Into<String>) -> WriteMessage {
+    WriteMessage {
+        op_id: op_id.into(),
+        op: WriteOp::Delete,
+        collection: "games".into(),
+        id: Some(id.into()),
+        data: None,
+        patch: None,
+        expected_version: None,
+    }
+}
+
 fn gold(client: &Client, id: &str) -> Option<i64> {
     client.with_replica(|r| {
         r.document("games", id)
@@ -470,16 +483,7 @@ async fn writes_in_flight_are_bounded() {
     for i in 0..5 {
         let c = client.clone();
         writes.push(tokio::spawn(async move {
-            c.write(WriteMessage {
-                op_id: format!("w{i}"),
-                op: WriteOp::Delete,
-                collection: "games".into(),
-                id: Some(format!("g{i}")),
-                data: None,
-                patch: None,
-                expected_version: None,
-            })
-            .await
+            c.write(delete(format!("w{i}"), format!("g{i}"))).await
         }));
         // The first two are sent (in this order) before the next are made.
         within("sent", client.wait_stats(|s| s.writes_sent >= (i + 1).min(2), T))
@@ -515,18 +519,7 @@ async fn disconnect_stays_offline_until_reconnect_and_writes_wait() {
     peer.expect_closed().await;
     // A write made offline waits for the connection.
     let c = client.clone();
-    let w = tokio::spawn(async move {
-        c.write(WriteMessage {
-            op_id: "off".into(),
-            op: WriteOp::Delete,
-            collection: "games".into(),
-            id: Some("g1".into()),
-            data: None,
-            patch: None,
-            expected_version: None,
-        })
-        .await
-    });
+    let w = tokio::spawn(async move { c.write(delete("off", "g1")).await });
     within("wait_until with nothing arriving", async {
         assert!(matches!(
             client.wait_synced(Duration::from_millis(1)).await,
@@ -564,18 +557,7 @@ async fn close_fails_waiting_writes_and_persists_the_replica() {
     peer.send(synced(3)).await;
     within("live", client.wait_synced(T)).await.unwrap();
     let c = client.clone();
-    let w = tokio::spawn(async move {
-        c.write(WriteMessage {
-            op_id: "never".into(),
-            op: WriteOp::Delete,
-            collection: "games".into(),
-            id: Some("g1".into()),
-            data: None,
-            patch: None,
-            expected_version: None,
-        })
-        .await
-    });
+    let w = tokio::spawn(async move { c.write(delete("never", "g1")).await });
     assert_eq!(peer.recv_not_ack().await["op_id"], "never");
     client.close().await;
     assert!(matches!(
