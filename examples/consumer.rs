@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use eventsync::client::{Change, Client, ClientOptions, ClientStats, Counters, Status, Transport};
 use eventsync::model::Event;
+use eventsync_client::{Change, Client, ClientOptions, ClientStats, Counters, Status, Transport};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 

@@ -1,11 +1,14 @@
 //! The one error type of the HTTP API: every failure becomes `{"error": {"code", "message", ...}}`
-//! with the right status. Codes are stable (clients match on them); messages are for people.
-//! Internal failures are logged with their detail and answered without it.
+//! with the right status. Codes are the protocol crate's [`ErrorCode`] (clients match on them), each
+//! with its status; messages are for people. Internal failures are logged with their detail (and
+//! their source) and answered without it.
 
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
+
+pub use eventsync_protocol::{ErrorBody, ErrorCode};
 
 use crate::store::StoreError;
 use crate::write::{RebuildError, WriteError};
@@ -13,28 +16,36 @@ use crate::write::{RebuildError, WriteError};
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     /// Extra fields of the error object (`current_version`, ...).
     pub details: Map<String, Value>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    /// An error answered with its code's status.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
-            status,
+            status: StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             code,
             message: message.into(),
             details: Map::new(),
         }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    /// An error answered 400, whatever its code's usual status (`too_deep` and `not_an_object`
+    /// about the request body itself).
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError::new(code, message).with_status(StatusCode::BAD_REQUEST)
     }
 
     pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+        ApiError::new(ErrorCode::NotFound, message)
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> ApiError {
+        self.status = status;
+        self
     }
 
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> ApiError {
@@ -45,31 +56,37 @@ impl ApiError {
     /// The generic error for a status whose response had no JSON body (axum's own 405, a timeout, ...).
     pub fn from_status(status: StatusCode) -> ApiError {
         let code = match status {
-            StatusCode::NOT_FOUND => "not_found",
-            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-            StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => "timeout",
-            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-            s if s.is_client_error() => "bad_request",
-            _ => "internal",
+            StatusCode::NOT_FOUND => ErrorCode::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+            StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::BodyTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+            StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => ErrorCode::Timeout,
+            StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
+            s if s.is_client_error() => ErrorCode::BadRequest,
+            _ => ErrorCode::Internal,
         };
         let message = status.canonical_reason().unwrap_or("error").to_string();
-        ApiError::new(status, code, message)
+        ApiError::new(code, message).with_status(status)
+    }
+
+    /// The error as clients receive it (also inside a refused write's `result`).
+    pub fn body(self) -> ErrorBody {
+        ErrorBody {
+            code: self.code,
+            message: self.message,
+            details: self.details,
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() && self.code == "internal" {
+        if self.status.is_server_error() && self.code == ErrorCode::Internal {
             tracing::error!(message = %self.message, "internal error");
         }
-        let mut error = Map::new();
-        error.insert("code".into(), self.code.into());
-        error.insert("message".into(), self.message.into());
-        error.extend(self.details);
-        let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        let status = self.status;
+        let mut response = (status, axum::Json(json!({ "error": self.body() }))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -82,29 +99,19 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
             StoreError::Write(w) => w.into(),
-            StoreError::IdempotencyKeyReused => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                e.to_string(),
-            ),
+            StoreError::IdempotencyKeyReused => ApiError::new(ErrorCode::IdempotencyKeyReused, e.to_string()),
             StoreError::Compacted { version, oldest } => {
-                ApiError::new(StatusCode::GONE, "history_compacted", e.to_string())
+                ApiError::new(ErrorCode::HistoryCompacted, e.to_string())
                     .with("version", version)
                     .with("oldest_version", oldest)
             }
-            StoreError::Overloaded => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "too many writes are queued; retry shortly",
-            ),
-            StoreError::Closed => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "the server is shutting down",
-            ),
+            StoreError::Overloaded => {
+                ApiError::new(ErrorCode::Overloaded, "too many writes are queued; retry shortly")
+            }
+            StoreError::Closed => ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down"),
             StoreError::Backend(detail) => {
-                tracing::error!(%detail, "store failure");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+                tracing::error!(error = %detail, "store failure");
+                ApiError::new(ErrorCode::Internal, "internal error")
             }
         }
     }
@@ -116,34 +123,27 @@ impl From<WriteError> for ApiError {
         match e {
             WriteError::NotFound => ApiError::not_found(message),
             WriteError::AlreadyExists { current_version } => {
-                ApiError::new(StatusCode::CONFLICT, "already_exists", message)
-                    .with("current_version", current_version)
+                ApiError::new(ErrorCode::AlreadyExists, message).with("current_version", current_version)
             }
             WriteError::VersionConflict {
                 expected,
                 current_version,
-            } => ApiError::new(StatusCode::CONFLICT, "version_conflict", message)
+            } => ApiError::new(ErrorCode::VersionConflict, message)
                 .with("expected_version", expected)
                 .with("current_version", current_version),
             WriteError::PatchFailed { operation, .. } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "patch_failed", message)
-                    .with("operation", operation)
+                ApiError::new(ErrorCode::PatchFailed, message).with("operation", operation)
             }
-            WriteError::NotAnObject { .. } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_an_object", message)
-            }
+            WriteError::NotAnObject { .. } => ApiError::new(ErrorCode::NotAnObject, message),
             WriteError::TooLarge { limit, .. } => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "document_too_large", message)
-                    .with("limit", limit)
+                ApiError::new(ErrorCode::DocumentTooLarge, message).with("limit", limit)
             }
             WriteError::TooManyOperations { limit, .. } => {
-                ApiError::bad_request("invalid_patch", message).with("limit", limit)
+                ApiError::bad_request(ErrorCode::InvalidPatch, message).with("limit", limit)
             }
-            WriteError::TooExpensive => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "patch_too_expensive", message)
-            }
+            WriteError::TooExpensive => ApiError::new(ErrorCode::PatchTooExpensive, message),
             WriteError::TooDeep { limit, .. } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "too_deep", message).with("limit", limit)
+                ApiError::new(ErrorCode::TooDeep, message).with("limit", limit)
             }
         }
     }
@@ -153,21 +153,21 @@ impl From<RebuildError> for ApiError {
     fn from(e: RebuildError) -> ApiError {
         match e {
             // Compaction moved the history while we read it.
-            RebuildError::Gap(_) => ApiError::new(StatusCode::GONE, "history_compacted", e.to_string()),
-            RebuildError::Corrupt { .. } => StoreError::Backend(e.to_string()).into(),
+            RebuildError::Gap(_) => ApiError::new(ErrorCode::HistoryCompacted, e.to_string()),
+            RebuildError::Corrupt { .. } => StoreError::backend_source("rebuilding a version", e).into(),
         }
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> ApiError {
-        ApiError::bad_request("invalid_query", r.body_text())
+        ApiError::bad_request(ErrorCode::InvalidQuery, r.body_text())
     }
 }
 
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> ApiError {
-        ApiError::bad_request("invalid_path", r.body_text())
+        ApiError::bad_request(ErrorCode::InvalidPath, r.body_text())
     }
 }
 
@@ -176,12 +176,11 @@ impl From<BytesRejection> for ApiError {
         let status = r.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
-                status,
-                "body_too_large",
+                ErrorCode::BodyTooLarge,
                 "the request body is larger than the limit",
             )
         } else {
-            ApiError::new(status, "bad_body", r.body_text())
+            ApiError::new(ErrorCode::BadBody, r.body_text()).with_status(status)
         }
     }
 }

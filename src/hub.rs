@@ -19,7 +19,7 @@ use serde::{Serialize, Serializer};
 use tokio::sync::broadcast;
 
 use crate::model::Event;
-use crate::sync::protocol::event_json;
+use crate::protocol::event_json;
 
 /// A committed event on its way to subscribers, with its wire forms cached.
 #[derive(Debug)]

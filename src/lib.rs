@@ -35,16 +35,19 @@
 //! The library is what tests drive: [`server::Server::start`] on a `127.0.0.1:0` listener; the
 //! binary in `main.rs` only parses [`config::Config`] and calls [`server::run`].
 
-pub mod api;
-pub mod client;
+mod api;
 pub mod config;
 pub mod error;
 pub mod hub;
-pub mod json;
-pub mod maintenance;
+mod json;
+mod maintenance;
 pub mod model;
 pub mod server;
 pub mod store;
 pub mod sync;
-pub mod time;
 pub mod write;
+
+/// The sync protocol's messages (the wire crate's `messages`).
+pub use eventsync_protocol::messages as protocol;
+/// Timestamps on the wire (the wire crate's).
+pub use eventsync_protocol::time;

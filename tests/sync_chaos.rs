@@ -1,4 +1,4 @@
-//! Convergence under chaos: many Rust sync clients ([`eventsync::client::Client`], over WebSocket
+//! Convergence under chaos: many Rust sync clients ([`eventsync_client::Client`], over WebSocket
 //! and over SSE) follow one collection while random writes arrive through REST, through the
 //! WebSocket (`write` → `result`) and through the SSE clients (REST with an `Idempotency-Key`);
 //! clients are disconnected and reconnected at random, and the server is restarted in the middle
@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{all_events, Rng, TestServer};
-use eventsync::client::{new_op_id, Backoff, Client, ClientError, ClientOptions, Status, Transport};
 use eventsync::sync::protocol::{ResultMessage, WriteMessage, WriteOp};
+use eventsync_client::{new_op_id, Backoff, Client, ClientError, ClientOptions, Status, Transport};
 use reqwest::header::{CONTENT_TYPE, IF_MATCH};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Map, Value};
@@ -382,7 +382,7 @@ async fn server_state(server: &TestServer) -> ServerState {
     }
 }
 
-fn matches(r: &eventsync::client::Replica, want: &ServerState) -> bool {
+fn matches(r: &eventsync_client::Replica, want: &ServerState) -> bool {
     let empty_docs = BTreeMap::new();
     let empty_vector = BTreeMap::new();
     r.documents().get(COLLECTION).unwrap_or(&empty_docs) == &want.docs
@@ -390,7 +390,7 @@ fn matches(r: &eventsync::client::Replica, want: &ServerState) -> bool {
 }
 
 /// What differs between a replica and the server, id by id (bodies shortened).
-fn differences(r: &eventsync::client::Replica, want: &ServerState) -> Vec<String> {
+fn differences(r: &eventsync_client::Replica, want: &ServerState) -> Vec<String> {
     let empty_docs = BTreeMap::new();
     let empty_vector = BTreeMap::new();
     let docs = r.documents().get(COLLECTION).unwrap_or(&empty_docs);

@@ -7,7 +7,7 @@
 //! receive buffer, or an SSE response body that is not polled) and applies what it finally reads
 //! by strict rules ([`Strict`]): an event only if it is the document's next version, snapshots
 //! authoritative, and every `synced` must leave no gap unrepaired and agree with the local vector.
-//! Beside it, a fast client (the Rust [`eventsync::client::Client`] on the same transport) must keep
+//! Beside it, a fast client (the Rust [`eventsync_client::Client`] on the same transport) must keep
 //! receiving during the stall and end equal to the server with no event applied twice.
 
 mod common;
@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{filler, server_docs, SseClient, SseRead, TestServer, WsStream};
-use eventsync::client::{Client, ClientOptions, Transport};
+use eventsync_client::{Client, ClientOptions, Transport};
 use futures::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -321,7 +321,7 @@ fn doc_id(i: usize) -> String {
 }
 
 /// Does the Rust client's replica hold exactly `want` (documents and vector) in [`COLLECTION`]?
-fn replica_equals(r: &eventsync::client::Replica, want: &BTreeMap<String, (u64, Value)>) -> bool {
+fn replica_equals(r: &eventsync_client::Replica, want: &BTreeMap<String, (u64, Value)>) -> bool {
     let docs = r.documents().get(COLLECTION);
     let vector = r.vector().get(COLLECTION);
     docs.map_or(0, |d| d.len()) == want.len()

@@ -12,18 +12,18 @@ use serde_json::{json, Value};
 
 use super::extract::{BodyKind, JsonBody, Path, Query, WriteHeaders};
 use super::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::model::{validate_collection, validate_id, Data, Document};
 use crate::store::Committed;
 use crate::write::{kind_of, Mutation, Write};
 
 pub fn check_collection(c: &str) -> Result<(), ApiError> {
-    validate_collection(c).map_err(|e| ApiError::bad_request("invalid_collection", e.to_string()))
+    validate_collection(c).map_err(|e| ApiError::bad_request(ErrorCode::InvalidCollection, e.to_string()))
 }
 
 pub fn check_names(c: &str, id: &str) -> Result<(), ApiError> {
     check_collection(c)?;
-    validate_id(id).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))
+    validate_id(id).map_err(|e| ApiError::bad_request(ErrorCode::InvalidId, e.to_string()))
 }
 
 /// `"3"`: a document's ETag is its version.
@@ -41,7 +41,9 @@ pub fn decode_cursor(s: &str) -> Result<String, ApiError> {
         .decode(s)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is not one this server returned"))
+        .ok_or_else(|| {
+            ApiError::bad_request(ErrorCode::InvalidCursor, "cursor is not one this server returned")
+        })
 }
 
 /// Checks a `limit` parameter against the configured page size.
@@ -51,7 +53,7 @@ pub fn page_limit(limit: Option<usize>, state: &AppState) -> Result<usize, ApiEr
         None => Ok(100.min(max)),
         Some(n) if (1..=max).contains(&n) => Ok(n),
         Some(_) => Err(ApiError::bad_request(
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             format!("limit must be between 1 and {max}"),
         )),
     }
@@ -61,15 +63,14 @@ pub fn page_limit(limit: Option<usize>, state: &AppState) -> Result<usize, ApiEr
 fn object(body: JsonBody) -> Result<Data, ApiError> {
     if body.kind != BodyKind::Json {
         return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "a document body is application/json; the patch media types are for PATCH",
         ));
     }
     match body.value {
         Value::Object(m) => Ok(m),
         other => Err(ApiError::bad_request(
-            "not_an_object",
+            ErrorCode::NotAnObject,
             format!("a document must be a JSON object, not {}", kind_of(&other)),
         )),
     }
@@ -80,10 +81,13 @@ fn take_id(data: &mut Data) -> Result<Option<String>, ApiError> {
     match data.shift_remove("id") {
         None => Ok(None),
         Some(Value::String(id)) => {
-            validate_id(&id).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
+            validate_id(&id).map_err(|e| ApiError::bad_request(ErrorCode::InvalidId, e.to_string()))?;
             Ok(Some(id))
         }
-        Some(_) => Err(ApiError::bad_request("invalid_id", "\"id\" must be a string")),
+        Some(_) => Err(ApiError::bad_request(
+            ErrorCode::InvalidId,
+            "\"id\" must be a string",
+        )),
     }
 }
 
@@ -162,7 +166,7 @@ pub async fn replace(
     let mut data = object(body)?;
     if take_id(&mut data)?.is_some_and(|body_id| body_id != id) {
         return Err(ApiError::bad_request(
-            "id_mismatch",
+            ErrorCode::IdMismatch,
             "the body's \"id\" differs from the URL's",
         ));
     }
@@ -186,14 +190,15 @@ pub async fn patch(
     check_names(&collection, &id)?;
     let mutation = match (body.kind, &body.value) {
         (BodyKind::JsonPatch, _) | (BodyKind::Json, Value::Array(_)) => {
-            let patch = serde_json::from_value(body.value.clone())
-                .map_err(|e| ApiError::bad_request("invalid_patch", format!("invalid JSON Patch: {e}")))?;
+            let patch = serde_json::from_value(body.value.clone()).map_err(|e| {
+                ApiError::bad_request(ErrorCode::InvalidPatch, format!("invalid JSON Patch: {e}"))
+            })?;
             Mutation::Patch(patch)
         }
         (BodyKind::MergePatch, _) | (BodyKind::Json, Value::Object(_)) => Mutation::Merge(body.value.clone()),
         (BodyKind::Json, other) => {
             return Err(ApiError::bad_request(
-                "invalid_patch",
+                ErrorCode::InvalidPatch,
                 format!(
                     "a patch must be a JSON Patch array or a merge-patch object, not {}",
                     kind_of(other)

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::documents::{check_collection, page_limit};
 use super::extract::Query;
 use super::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::model::{validate_id, Op};
 use crate::store::EventFilter;
 use crate::time::Timestamp;
@@ -34,8 +34,12 @@ pub struct EventsQuery {
 
 fn time(name: &str, v: Option<String>) -> Result<Option<Timestamp>, ApiError> {
     v.map(|s| {
-        Timestamp::parse(&s)
-            .ok_or_else(|| ApiError::bad_request("invalid_query", format!("{name} must be an RFC 3339 time")))
+        Timestamp::parse(&s).ok_or_else(|| {
+            ApiError::bad_request(
+                ErrorCode::InvalidQuery,
+                format!("{name} must be an RFC 3339 time"),
+            )
+        })
     })
     .transpose()
 }
@@ -50,21 +54,25 @@ pub async fn list(
     }
     if let Some(id) = &q.id {
         if q.collection.is_none() {
-            return Err(ApiError::bad_request("invalid_query", "id needs collection"));
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidQuery,
+                "id needs collection",
+            ));
         }
-        validate_id(id).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
+        validate_id(id).map_err(|e| ApiError::bad_request(ErrorCode::InvalidId, e.to_string()))?;
     }
     let op =
         q.op.map(|s| {
-            Op::parse(&s)
-                .ok_or_else(|| ApiError::bad_request("invalid_query", "op must be create, update or delete"))
+            Op::parse(&s).ok_or_else(|| {
+                ApiError::bad_request(ErrorCode::InvalidQuery, "op must be create, update or delete")
+            })
         })
         .transpose()?;
     let cursor = q
         .cursor
         .map(|c| {
             c.parse::<u64>().map_err(|_| {
-                ApiError::bad_request("invalid_cursor", "cursor is not one this server returned")
+                ApiError::bad_request(ErrorCode::InvalidCursor, "cursor is not one this server returned")
             })
         })
         .transpose()?;

@@ -2,12 +2,12 @@
 //! syntax), the write headers (`If-Match`, `X-Client-Id`, `Idempotency-Key`), query and path.
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::{header, request::Parts, HeaderMap, StatusCode};
+use axum::http::{header, request::Parts, HeaderMap};
 use bytes::Bytes;
 use serde_json::Value;
 
 use super::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::json::raw_depth;
 use crate::model::{validate_id, Version};
 
@@ -57,8 +57,7 @@ impl FromRequest<AppState> for JsonBody {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let Some(kind) = BodyKind::from_headers(req.headers()) else {
             return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "send Content-Type: application/json (or, for PATCH, application/json-patch+json or \
                  application/merge-patch+json)",
             ));
@@ -67,12 +66,12 @@ impl FromRequest<AppState> for JsonBody {
         let max_depth = state.config.limits.max_json_depth;
         if raw_depth(&raw, max_depth) > max_depth {
             return Err(ApiError::bad_request(
-                "too_deep",
+                ErrorCode::TooDeep,
                 format!("JSON nests deeper than {max_depth} levels"),
             ));
         }
         let value = serde_json::from_slice(&raw)
-            .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON: {e}")))?;
+            .map_err(|e| ApiError::bad_request(ErrorCode::InvalidJson, format!("invalid JSON: {e}")))?;
         Ok(JsonBody { kind, value })
     }
 }
@@ -93,7 +92,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WriteHeaders {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let h = &parts.headers;
-        let text = |name: &str, code: &'static str| -> Result<Option<String>, ApiError> {
+        let text = |name: &str, code: ErrorCode| -> Result<Option<String>, ApiError> {
             h.get(name)
                 .map(|v| {
                     v.to_str()
@@ -102,31 +101,31 @@ impl<S: Send + Sync> FromRequestParts<S> for WriteHeaders {
                 })
                 .transpose()
         };
-        let expected_version = match text("if-match", "invalid_if_match")? {
+        let expected_version = match text("if-match", ErrorCode::InvalidIfMatch)? {
             None => None,
             Some(s) if s == "*" => None,
             Some(s) => Some(parse_version_tag(&s).ok_or_else(|| {
                 ApiError::bad_request(
-                    "invalid_if_match",
+                    ErrorCode::InvalidIfMatch,
                     "If-Match must be a document version, like \"3\" (the ETag) or 3",
                 )
             })?),
         };
-        let client_id = text("x-client-id", "invalid_client_id")?.unwrap_or_else(|| "server".into());
+        let client_id = text("x-client-id", ErrorCode::InvalidClientId)?.unwrap_or_else(|| "server".into());
         validate_id(&client_id).map_err(|e| {
             ApiError::bad_request(
-                "invalid_client_id",
+                ErrorCode::InvalidClientId,
                 format!(
                     "X-Client-Id: {}",
                     e.to_string().replace("document id", "client id")
                 ),
             )
         })?;
-        let idempotency_key = text("idempotency-key", "invalid_idempotency_key")?;
+        let idempotency_key = text("idempotency-key", ErrorCode::InvalidIdempotencyKey)?;
         if let Some(k) = &idempotency_key {
             if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY || !k.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(ApiError::bad_request(
-                    "invalid_idempotency_key",
+                    ErrorCode::InvalidIdempotencyKey,
                     format!("Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
                 ));
             }

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::documents::{check_names, page_limit};
 use super::extract::{Path, Query};
 use super::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::model::{StoredDoc, Version};
 use crate::store::StoreError;
 use crate::write::rebuild;
@@ -43,7 +43,7 @@ pub async fn history(
         .cursor
         .map(|c| {
             c.parse::<u64>()
-                .map_err(|_| ApiError::bad_request("invalid_cursor", "bad cursor"))
+                .map_err(|_| ApiError::bad_request(ErrorCode::InvalidCursor, "bad cursor"))
         })
         .transpose()?;
     // Pages start at the first retained event, whatever position the client asks for.

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::hub::Hub;
 use crate::store::Store;
 
@@ -63,11 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/{collection}/{id}/versions/{version}", get(history::version))
         .fallback(|| async { ApiError::not_found("no such API route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "method not allowed on this route",
-            )
+            ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
         });
     let ui = ServeDir::new(&state.config.static_dir).append_index_html_on_directories(true);
     Router::new()
@@ -86,7 +82,7 @@ pub fn router(state: AppState) -> Router {
             limits.request_timeout,
         ))
         .layer(CatchPanicLayer::custom(|_| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
+            ApiError::new(ErrorCode::Internal, "internal error").into_response()
         }))
         .layer(axum::middleware::map_response(json_errors))
 }

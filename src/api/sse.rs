@@ -24,7 +24,7 @@ use tokio_stream::StreamExt;
 use super::extract::Query;
 use super::sync::initial_vector;
 use super::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::model::Seq;
 use crate::store::EventFilter;
 use crate::sync::protocol::{Hello, ServerMessage, StateVector};
@@ -72,7 +72,7 @@ pub async fn stream(
         .state_vector
         .map(|s| serde_json::from_str::<StateVector>(&s))
         .transpose()
-        .map_err(|e| ApiError::bad_request("invalid_state_vector", format!("state_vector: {e}")))?;
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidStateVector, format!("state_vector: {e}")))?;
     let hello = Hello {
         client_id: q.client_id,
         subscribe,
@@ -87,7 +87,10 @@ pub async fn stream(
                 .ok()
                 .and_then(|s| s.trim().parse::<Seq>().ok())
                 .ok_or_else(|| {
-                    ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be a sequence number")
+                    ApiError::bad_request(
+                        ErrorCode::InvalidLastEventId,
+                        "Last-Event-ID must be a sequence number",
+                    )
                 })?,
         ),
     };
@@ -195,10 +198,7 @@ impl Stream {
     }
 
     async fn catch_up(&self, session: &mut Session) -> Result<(), ()> {
-        let c = self
-            .state
-            .store
-            .catch_up(session.collections(), session.vector())
+        let c = crate::sync::catch_up(&*self.state.store, session.collections(), session.vector())
             .await
             .map_err(|e| tracing::warn!(error = %e, "catch-up failed"))?;
         // Snapshots first, then events in sequence order (see `order_messages`): the ids a client

@@ -4,11 +4,11 @@
 use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::extract::{JsonBody, Path};
 use super::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::model::{validate_collection, validate_id};
 use crate::store::StoreError;
 use crate::sync::protocol::{
@@ -20,12 +20,12 @@ use crate::write::{Mutation, Write};
 /// A refused protocol message: answered with an `error` message, counted as a violation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolError {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl ProtocolError {
-    pub fn new(code: &'static str, message: impl Into<String>) -> ProtocolError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ProtocolError {
         ProtocolError {
             code,
             message: message.into(),
@@ -68,7 +68,7 @@ pub async fn flush_acks(state: &AppState, session: &mut Session) {
     }
 }
 
-fn refused(w: &WriteMessage, error: Value) -> ResultMessage {
+fn refused(w: &WriteMessage, error: ErrorBody) -> ResultMessage {
     ResultMessage {
         op_id: w.op_id.clone(),
         ok: false,
@@ -80,41 +80,33 @@ fn refused(w: &WriteMessage, error: Value) -> ResultMessage {
     }
 }
 
-fn error_json(e: ApiError) -> Value {
-    let mut obj = Map::new();
-    obj.insert("code".into(), e.code.into());
-    obj.insert("message".into(), e.message.into());
-    obj.extend(e.details);
-    Value::Object(obj)
-}
-
 /// Turns a protocol `write` into a store write, refusing malformed ones.
 fn to_write(client_id: &str, w: &WriteMessage) -> Result<Write, ApiError> {
-    let bad = |code: &'static str, m: &str| ApiError::bad_request(code, m.to_string());
+    let bad = |code: ErrorCode, m: &str| ApiError::bad_request(code, m.to_string());
     if w.op_id.is_empty() || w.op_id.len() > 255 || !w.op_id.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(bad(
-            "invalid_op_id",
+            ErrorCode::InvalidOpId,
             "op_id must be 1-255 visible ASCII characters",
         ));
     }
     validate_collection(&w.collection)
-        .map_err(|e| ApiError::bad_request("invalid_collection", e.to_string()))?;
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidCollection, e.to_string()))?;
     if let Some(id) = &w.id {
-        validate_id(id).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
+        validate_id(id).map_err(|e| ApiError::bad_request(ErrorCode::InvalidId, e.to_string()))?;
     }
     let needs_id = || {
         w.id.clone()
-            .ok_or_else(|| bad("invalid_message", "this op needs an id"))
+            .ok_or_else(|| bad(ErrorCode::InvalidMessage, "this op needs an id"))
     };
     let data = || {
         w.data
             .clone()
-            .ok_or_else(|| bad("invalid_message", "this op needs data (an object)"))
+            .ok_or_else(|| bad(ErrorCode::InvalidMessage, "this op needs data (an object)"))
     };
     let patch = || {
         w.patch
             .clone()
-            .ok_or_else(|| bad("invalid_message", "this op needs a patch"))
+            .ok_or_else(|| bad(ErrorCode::InvalidMessage, "this op needs a patch"))
     };
     let (id, mutation) = match w.op {
         WriteOp::Create => {
@@ -123,10 +115,11 @@ fn to_write(client_id: &str, w: &WriteMessage) -> Result<Write, ApiError> {
             let body_id = match body.shift_remove("id") {
                 None => None,
                 Some(Value::String(id)) => {
-                    validate_id(&id).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
+                    validate_id(&id)
+                        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidId, e.to_string()))?;
                     Some(id)
                 }
-                Some(_) => return Err(bad("invalid_id", "\"id\" must be a string")),
+                Some(_) => return Err(bad(ErrorCode::InvalidId, "\"id\" must be a string")),
             };
             (w.id.clone().or(body_id), Mutation::Create(body))
         }
@@ -135,13 +128,19 @@ fn to_write(client_id: &str, w: &WriteMessage) -> Result<Write, ApiError> {
             match body.shift_remove("id") {
                 None => {}
                 Some(Value::String(body_id)) if body_id == id => {}
-                Some(_) => return Err(bad("id_mismatch", "the body's \"id\" differs from the message's")),
+                Some(_) => {
+                    return Err(bad(
+                        ErrorCode::IdMismatch,
+                        "the body's \"id\" differs from the message's",
+                    ))
+                }
             }
             (Some(id), Mutation::Replace(body))
         }
         WriteOp::Patch => {
-            let p = serde_json::from_value(patch()?)
-                .map_err(|e| ApiError::bad_request("invalid_patch", format!("invalid JSON Patch: {e}")))?;
+            let p = serde_json::from_value(patch()?).map_err(|e| {
+                ApiError::bad_request(ErrorCode::InvalidPatch, format!("invalid JSON Patch: {e}"))
+            })?;
             (Some(needs_id()?), Mutation::Patch(p))
         }
         WriteOp::Merge => (Some(needs_id()?), Mutation::Merge(patch()?)),
@@ -161,7 +160,7 @@ fn to_write(client_id: &str, w: &WriteMessage) -> Result<Write, ApiError> {
 pub async fn commit_write(state: &AppState, client_id: &str, w: WriteMessage) -> ResultMessage {
     let write = match to_write(client_id, &w) {
         Ok(write) => write,
-        Err(e) => return refused(&w, error_json(e)),
+        Err(e) => return refused(&w, e.body()),
     };
     match state.store.commit(write).await {
         Ok(c) => {
@@ -180,7 +179,7 @@ pub async fn commit_write(state: &AppState, client_id: &str, w: WriteMessage) ->
                 error: None,
             }
         }
-        Err(e) => refused(&w, error_json(e.into())),
+        Err(e) => refused(&w, ApiError::from(e).body()),
     }
 }
 
@@ -199,8 +198,9 @@ pub struct SyncRequest {
 /// `POST /api/sync`: the messages that bring a client current, and its resulting vector.
 /// Nothing is remembered for the client: a plain HTTP answer may be lost, so it acknowledges nothing.
 pub async fn manual(State(state): State<AppState>, body: JsonBody) -> Result<Json<Value>, ApiError> {
-    let req: SyncRequest = serde_json::from_value(body.value)
-        .map_err(|e| ApiError::bad_request("invalid_message", format!("invalid sync request: {e}")))?;
+    let req: SyncRequest = serde_json::from_value(body.value).map_err(|e| {
+        ApiError::bad_request(ErrorCode::InvalidMessage, format!("invalid sync request: {e}"))
+    })?;
     let hello = Hello {
         client_id: req.client_id,
         subscribe: req.subscribe,
@@ -220,10 +220,7 @@ pub async fn manual(State(state): State<AppState>, body: JsonBody) -> Result<Jso
     let mut collections = hello.subscribe.clone();
     collections.sort();
     collections.dedup();
-    let c = state
-        .store
-        .catch_up(&collections, &restrict(&vector, &collections))
-        .await?;
+    let c = crate::sync::catch_up(&*state.store, &collections, &restrict(&vector, &collections)).await?;
     let synced = SyncedMessage {
         seq: c.position,
         state_vector: c.vector,
@@ -241,7 +238,7 @@ pub async fn client(
     State(state): State<AppState>,
     Path(client_id): Path<String>,
 ) -> Result<Json<crate::store::ClientState>, ApiError> {
-    validate_id(&client_id).map_err(|e| ApiError::bad_request("invalid_client_id", e.to_string()))?;
+    validate_id(&client_id).map_err(|e| ApiError::bad_request(ErrorCode::InvalidClientId, e.to_string()))?;
     state
         .store
         .load_client(&client_id)

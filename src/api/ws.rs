@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::sync::{commit_write, initial_vector, ProtocolError};
 use super::AppState;
+use crate::error::{ErrorBody, ErrorCode};
 use crate::hub::LiveEvent;
 use crate::sync::protocol::{ClientMessage, ResultMessage, ServerMessage};
 use crate::sync::session::{validate_hello, validate_vector, Live, Session};
@@ -79,17 +80,13 @@ impl Connection {
         self.send(Message::Text(Utf8Bytes::from(msg.to_json()))).await
     }
 
-    async fn error(&mut self, code: &str, message: impl Into<String>) -> Result<(), End> {
+    async fn error(&mut self, code: ErrorCode, message: impl Into<String>) -> Result<(), End> {
         self.send_message(&ServerMessage::error(code, message)).await
     }
 
     /// Sends what brings the client from its session vector to current, then `synced`.
     async fn catch_up(&mut self, session: &mut Session) -> Result<(), End> {
-        let c = match self
-            .state
-            .store
-            .catch_up(session.collections(), session.vector())
-            .await
+        let c = match crate::sync::catch_up(&*self.state.store, session.collections(), session.vector()).await
         {
             Ok(c) => c,
             Err(e) => {
@@ -211,7 +208,7 @@ async fn next_frame(socket: &mut WebSocket) -> Result<Incoming, End> {
         Some(Err(e)) => Err(read_error(e)),
         Some(Ok(Message::Text(t))) => Ok(Incoming::Text(t)),
         Some(Ok(Message::Binary(_))) => Ok(Incoming::Bad(ProtocolError::new(
-            "binary_not_supported",
+            ErrorCode::BinaryNotSupported,
             "messages are JSON text frames",
         ))),
         Some(Ok(_)) => Ok(Incoming::Noise),
@@ -234,9 +231,9 @@ fn read_error(e: axum::Error) -> End {
 fn parse(text: &str) -> Result<ClientMessage, ProtocolError> {
     serde_json::from_str(text).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
-            ProtocolError::new("invalid_json", format!("invalid JSON: {e}"))
+            ProtocolError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}"))
         } else {
-            ProtocolError::new("invalid_message", e.to_string())
+            ProtocolError::new(ErrorCode::InvalidMessage, e.to_string())
         }
     })
 }
@@ -263,7 +260,9 @@ async fn session_inner(conn: &mut Connection) -> Result<(), End> {
                         Ok(()) => break h,
                         Err(e) => ProtocolError::new(e.code(), e.to_string()),
                     },
-                    Ok(_) => ProtocolError::new("hello_required", "the first message must be a hello"),
+                    Ok(_) => {
+                        ProtocolError::new(ErrorCode::HelloRequired, "the first message must be a hello")
+                    }
                     Err(e) => e,
                 },
             },
@@ -400,7 +399,7 @@ async fn handle(
     match msg {
         ClientMessage::Hello(_) => {
             return Ok(Some(ProtocolError::new(
-                "already_hello",
+                ErrorCode::AlreadyHello,
                 "hello was already received",
             )))
         }
@@ -433,10 +432,10 @@ async fn handle(
                     version: None,
                     seq: None,
                     replayed: false,
-                    error: Some(serde_json::json!({
-                        "code": "too_many_writes",
-                        "message": format!("at most {MAX_INFLIGHT_WRITES} writes may be in flight"),
-                    })),
+                    error: Some(ErrorBody::new(
+                        ErrorCode::TooManyWrites,
+                        format!("at most {MAX_INFLIGHT_WRITES} writes may be in flight"),
+                    )),
                 };
                 conn.send_message(&ServerMessage::Result(refused)).await?;
                 return Ok(None);

@@ -19,6 +19,7 @@ use self::listener::LimitedListener;
 use crate::api::{router, AppState};
 use crate::config::{Config, StoreKind};
 use crate::hub::Hub;
+#[cfg(feature = "mongodb")]
 use crate::store::mongo::{MongoOptions, MongoStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{Store, StoreError};
@@ -104,6 +105,7 @@ async fn open_store(config: &Config, hub: Hub) -> Result<Arc<dyn Store>, ServerE
         max_depth: config.limits.max_json_depth,
     };
     match &config.store {
+        #[cfg(feature = "mongodb")]
         StoreKind::MongoDb { uri } => {
             let opts = MongoOptions {
                 uri: uri.clone(),
@@ -114,6 +116,10 @@ async fn open_store(config: &Config, hub: Hub) -> Result<Arc<dyn Store>, ServerE
                 node_id: config.node_id.clone(),
             };
             Ok(Arc::new(MongoStore::open(opts, hub).await?))
+        }
+        #[cfg(not(feature = "mongodb"))]
+        StoreKind::MongoDb { .. } => {
+            Err(StoreError::backend("this build has no MongoDB store (cargo feature `mongodb`)").into())
         }
         StoreKind::Embedded => {
             let opts = SqliteOptions {
@@ -126,7 +132,7 @@ async fn open_store(config: &Config, hub: Hub) -> Result<Arc<dyn Store>, ServerE
             };
             let store = tokio::task::spawn_blocking(move || SqliteStore::open(opts, hub))
                 .await
-                .map_err(|e| StoreError::Backend(e.to_string()))??;
+                .map_err(|e| StoreError::backend_source("the store's open task", e))??;
             Ok(Arc::new(store))
         }
     }

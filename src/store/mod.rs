@@ -6,13 +6,14 @@
 //! sequence order, which only the backend can guarantee (it is the one that assigns sequence numbers).
 //!
 //! Backends: [`sqlite`] (embedded, the default) and [`mongo`] (MongoDB, for production and for
-//! several nodes). Every backend must pass [`conformance`], which is written once against this trait.
+//! several nodes). Every backend must pass the conformance suite (the dev-only crate
+//! `crates/conformance`), which is written once against this trait.
 //! What a committed change stores — the event, the new document record, whether a snapshot is due —
 //! is decided once, by [`changed`], so the backends differ only in how they persist it.
 //!
 //! [`Hub`]: crate::hub::Hub
 
-pub mod conformance;
+#[cfg(feature = "mongodb")]
 pub mod mongo;
 pub mod sqlite;
 
@@ -22,8 +23,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Document, Event, Op, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
+use crate::protocol::{ServerMessage, SnapshotMessage, StateVector};
 use crate::sync::plan::{self, Step};
-use crate::sync::protocol::{ServerMessage, SnapshotMessage, StateVector};
 use crate::time::Timestamp;
 use crate::write::{Change, Mutation, Write, WriteError};
 
@@ -130,7 +131,59 @@ pub enum StoreError {
     Closed,
     /// The backend failed (I/O, corruption, a bug). Details are for the log, not for clients.
     #[error("storage failure: {0}")]
-    Backend(String),
+    Backend(BackendError),
+}
+
+impl StoreError {
+    /// A backend failure described by `what` alone.
+    pub fn backend(what: impl Into<String>) -> StoreError {
+        StoreError::Backend(BackendError {
+            what: what.into(),
+            source: None,
+        })
+    }
+
+    /// A backend failure: `what` failed because of `source` (kept, for the log).
+    pub fn backend_source(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StoreError {
+        StoreError::Backend(BackendError {
+            what: what.into(),
+            source: Some(Arc::new(source)),
+        })
+    }
+}
+
+/// What failed in a backend, with the error that made it fail.
+#[derive(Debug, Clone)]
+pub struct BackendError {
+    pub what: String,
+    pub source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            Some(source) => write!(f, "{}: {source}", self.what),
+            None => f.write_str(&self.what),
+        }
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Two failures are equal when they read the same (the sources are not comparable otherwise).
+impl PartialEq for BackendError {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
 }
 
 /// The storage API: domain operations, each atomic.

@@ -12,10 +12,28 @@
 //! catch-up from the store — sequence numbers and versions make that lossless.
 
 pub mod plan;
-pub mod protocol;
 pub mod session;
 
+/// The protocol's messages: the wire crate's, under the name the server has always used.
+pub use crate::protocol;
+
 use std::time::Duration;
+
+use crate::protocol::StateVector;
+use crate::store::{Store, StoreError};
+
+pub use crate::store::CatchUp;
+
+/// What brings a client with `vector` current for `collections` (sorted, deduplicated): the
+/// messages in sending order and the resulting vector, read at one consistent position of the log.
+/// Every transport's catch-up and `POST /api/sync` go through here.
+pub async fn catch_up(
+    store: &dyn Store,
+    collections: &[String],
+    vector: &StateVector,
+) -> Result<CatchUp, StoreError> {
+    store.catch_up(collections, vector).await
+}
 
 /// How often the server pings an idle WebSocket.
 pub const PING_INTERVAL: Duration = Duration::from_secs(15);

@@ -3,9 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::error::ErrorCode;
 use crate::model::{validate_collection, validate_id, Event, Op, Seq, Version};
-use crate::store::CatchUp;
 use crate::sync::protocol::{Hello, ServerMessage, StateVector, SyncedMessage};
+use crate::sync::CatchUp;
 use crate::sync::{MAX_SUBSCRIPTIONS, MAX_UNACKED, MAX_VIOLATIONS};
 
 /// Why a `hello` (or a vector) was refused.
@@ -20,11 +21,11 @@ pub enum HelloError {
 }
 
 impl HelloError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            HelloError::ClientId(_) => "invalid_client_id",
-            HelloError::Subscribe(_) => "invalid_subscription",
-            HelloError::Vector(_) => "invalid_state_vector",
+            HelloError::ClientId(_) => ErrorCode::InvalidClientId,
+            HelloError::Subscribe(_) => ErrorCode::InvalidSubscription,
+            HelloError::Vector(_) => ErrorCode::InvalidStateVector,
         }
     }
 }

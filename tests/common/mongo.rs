@@ -108,7 +108,7 @@ fn stand_in() -> SocketAddr {
 fn executable() -> Result<PathBuf, String> {
     let exe = match std::env::var_os("EVENTSYNC_SECANTUSD") {
         Some(path) if !path.is_empty() => PathBuf::from(path),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/secantus/bin/secantusd-py"),
+        _ => workspace_root().join(".tools/secantus/bin/secantusd-py"),
     };
     if exe.is_file() {
         Ok(exe)
@@ -282,4 +282,15 @@ fn tail(path: &Path) -> String {
     } else {
         text
     }
+}
+
+/// The repository's root: this file's crate, or the workspace above a member crate (the
+/// conformance crate includes this file too).
+fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .find(|dir| dir.join("test.sh").exists())
+        .unwrap_or(manifest)
+        .to_path_buf()
 }

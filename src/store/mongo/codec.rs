@@ -70,13 +70,13 @@ pub fn is_transient(e: &Error) -> bool {
 
 pub fn backend(e: Error) -> StoreError {
     tracing::error!(error = %e, "mongodb error");
-    StoreError::Backend(e.to_string())
+    StoreError::backend_source("mongodb", e)
 }
 
 /// A record that does not decode is reported as a backend failure, never a panic.
 pub fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
     tracing::error!(what, %detail, "unreadable record in mongodb");
-    StoreError::Backend(format!("unreadable {what}: {detail}"))
+    StoreError::backend(format!("unreadable {what}: {detail}"))
 }
 
 /// A sequence number, version or count as MongoDB stores it (values above `i64::MAX` are clamped;

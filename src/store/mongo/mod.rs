@@ -39,12 +39,12 @@ use self::codec::{int, CLIENTS, COUNTERS, EVENTS, IDEMPOTENCY, SEQ_COUNTER, SNAP
 use self::writer::{Command, Writer};
 use crate::hub::Hub;
 use crate::model::{Document, Event, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
+use crate::protocol::StateVector;
 use crate::store::{
     CatchUp, CatchUpBuilder, ClientState, Committed, EventFilter, Fetched, MaintenanceStats, Retention,
     Store, StoreError,
 };
 use crate::sync::plan::{self, Step};
-use crate::sync::protocol::StateVector;
 use crate::time::Timestamp;
 use crate::write::{Limits, Write};
 
@@ -87,7 +87,7 @@ pub struct MongoStore {
 pub async fn database_name(uri: &str) -> Result<String, StoreError> {
     let opts = ClientOptions::parse(uri)
         .await
-        .map_err(|e| StoreError::Backend(format!("bad MongoDB URI: {e}")))?;
+        .map_err(|e| StoreError::backend_source("bad MongoDB URI", e))?;
     Ok(opts
         .default_database
         .unwrap_or_else(|| DEFAULT_DATABASE.to_string()))
@@ -99,7 +99,7 @@ impl MongoStore {
     pub async fn open(opts: MongoOptions, hub: Hub) -> Result<MongoStore, StoreError> {
         let mut client_opts = ClientOptions::parse(&opts.uri)
             .await
-            .map_err(|e| StoreError::Backend(format!("bad MongoDB URI: {e}")))?;
+            .map_err(|e| StoreError::backend_source("bad MongoDB URI", e))?;
         client_opts
             .app_name
             .get_or_insert_with(|| "eventsync".to_string());
@@ -114,7 +114,7 @@ impl MongoStore {
         let db = client.database(&name);
         db.run_command(doc! {"ping": 1})
             .await
-            .map_err(|e| StoreError::Backend(format!("cannot reach MongoDB: {e}")))?;
+            .map_err(|e| StoreError::backend_source("cannot reach MongoDB", e))?;
         // First, so that what this node's previous run left open is released before anything waits
         // on it.
         let (appending, other) = sessions::open(&client, &db, opts.node_id.as_deref()).await?;

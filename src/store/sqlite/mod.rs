@@ -24,10 +24,10 @@ use tokio::sync::{mpsc, oneshot};
 use self::writer::{backend, Chunk, Command, DocKey, Writer};
 use crate::hub::Hub;
 use crate::model::{Document, Event, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
+use crate::protocol::StateVector;
 use crate::store::{
     CatchUp, ClientState, Committed, EventFilter, MaintenanceStats, Retention, Store, StoreError,
 };
-use crate::sync::protocol::StateVector;
 use crate::time::Timestamp;
 use crate::write::{Limits, Write};
 
@@ -83,7 +83,7 @@ impl Checkpointer {
                     }
                 }
             })
-            .map_err(|e| StoreError::Backend(format!("spawning the checkpointer: {e}")))?;
+            .map_err(|e| StoreError::backend_source("spawning the checkpointer", e))?;
         Ok(Checkpointer { stop, thread })
     }
 
@@ -99,7 +99,7 @@ impl SqliteStore {
     pub fn open(opts: SqliteOptions, hub: Hub) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
+                .map_err(|e| StoreError::backend_source(dir.display().to_string(), e))?;
         }
         let conn = schema::open_writer(&opts.path, opts.durability).map_err(backend)?;
         let next_seq = rows::last_seq(&conn).map_err(backend)? + 1;
@@ -117,7 +117,7 @@ impl SqliteStore {
         let handle = std::thread::Builder::new()
             .name("eventsync-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::Backend(format!("spawning the writer thread: {e}")))?;
+            .map_err(|e| StoreError::backend_source("spawning the writer thread", e))?;
         Ok(SqliteStore {
             commands: tx,
             readers: Arc::new(Readers {
@@ -188,7 +188,7 @@ impl Readers {
             out
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("reader task: {e}")))?
+        .map_err(|e| StoreError::backend_source("reader task", e))?
         .map_err(backend)
     }
 }
@@ -320,7 +320,7 @@ impl Store for SqliteStore {
         if let Some(c) = checkpointer {
             tokio::task::spawn_blocking(move || c.stop())
                 .await
-                .map_err(|e| StoreError::Backend(e.to_string()))?;
+                .map_err(|e| StoreError::backend_source("closing the store", e))?;
         }
         let (tx, rx) = oneshot::channel();
         // `send` (not `try_send`): closing waits for room behind the queued writes.
@@ -333,8 +333,8 @@ impl Store for SqliteStore {
         if let Some(h) = handle {
             tokio::task::spawn_blocking(move || h.join())
                 .await
-                .map_err(|e| StoreError::Backend(e.to_string()))?
-                .map_err(|_| StoreError::Backend("the writer thread panicked".into()))?;
+                .map_err(|e| StoreError::backend_source("closing the store", e))?
+                .map_err(|_| StoreError::backend("the writer thread panicked"))?;
         }
         self.readers.closed.store(true, Ordering::Release);
         self.readers

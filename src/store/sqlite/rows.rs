@@ -4,9 +4,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::Value;
 
 use crate::model::{Data, Document, Event, Op, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
+use crate::protocol::StateVector;
 use crate::store::{CatchUp, CatchUpBuilder, ClientState, EventFilter, Fetched};
 use crate::sync::plan::{self, DocSummary, Step};
-use crate::sync::protocol::StateVector;
 use crate::time::Timestamp;
 
 pub const DOC_COLUMNS: &str =

@@ -98,7 +98,7 @@ impl DocCache {
 pub struct SaveClient {
     pub client_id: String,
     pub position: Seq,
-    pub entries: crate::sync::protocol::StateVector,
+    pub entries: crate::protocol::StateVector,
     pub replace: bool,
     pub reply: Reply<()>,
 }
@@ -115,7 +115,7 @@ pub struct Writer {
 
 pub fn backend(e: rusqlite::Error) -> StoreError {
     tracing::error!(error = %e, "sqlite error");
-    StoreError::Backend(e.to_string())
+    StoreError::backend_source("sqlite", e)
 }
 
 impl Writer {

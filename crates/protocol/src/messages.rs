@@ -1,6 +1,6 @@
 //! The sync protocol's messages — JSON text, each with a `type`. `docs/PROTOCOL.md` is the
 //! reference with an example exchange per message; this module is its implementation, used by the
-//! server, the Rust client and the tests alike.
+//! server, the Rust client and the tests alike (the server re-exports it as `sync::protocol`).
 //!
 //! Client → server: [`ClientMessage`] (`hello`, `sync`, `write`, `ack`, `ping`).
 //! Server → client: [`ServerMessage`] (`snapshot`, `event`, `synced`, `result`, `error`, `pong`).
@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::error::{ErrorBody, ErrorCode};
 use crate::model::{Data, Event, Seq, Version};
 
 /// What a client has applied: collection → document id → version. A deleted document stays in the
@@ -131,7 +132,7 @@ pub struct ResultMessage {
     pub replayed: bool,
     /// Why the write was refused: `{code, message, ...}` as in the REST API (e.g. `current_version`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<Value>,
+    pub error: Option<ErrorBody>,
 }
 
 /// Messages the server sends.
@@ -144,7 +145,7 @@ pub enum ServerMessage {
     Synced(SyncedMessage),
     Result(ResultMessage),
     Error {
-        code: String,
+        code: ErrorCode,
         message: String,
     },
     Pong {
@@ -154,9 +155,9 @@ pub enum ServerMessage {
 }
 
 impl ServerMessage {
-    pub fn error(code: &str, message: impl Into<String>) -> ServerMessage {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> ServerMessage {
         ServerMessage::Error {
-            code: code.to_string(),
+            code,
             message: message.into(),
         }
     }

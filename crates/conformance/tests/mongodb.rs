@@ -1,15 +1,20 @@
-//! The store conformance suite ([`eventsync::store::conformance`]) run against the MongoDB store:
+//! The store conformance suite ([`eventsync_conformance`]) run against the MongoDB store:
 //! the MongoDB `MONGODB_URI` names, or else the stand-in `common::mongo` starts (once for the
 //! whole file). Every check gets a database of its own.
 
-mod common;
+/// The repository's MongoDB stand-in launcher, shared with the server's integration tests.
+#[path = "../../../tests/common/mongo.rs"]
+pub mod mongo;
+mod common {
+    pub use crate::mongo;
+}
 
 use std::sync::Arc;
 
 use eventsync::hub::Hub;
-use eventsync::store::conformance;
 use eventsync::store::mongo::{MongoOptions, MongoStore};
 use eventsync::store::Store;
+use eventsync_conformance as conformance;
 
 /// A fresh store on a new, empty database.
 async fn fresh() -> (Arc<dyn Store>, Hub) {
@@ -32,4 +37,4 @@ async fn fresh() -> (Arc<dyn Store>, Hub) {
     (Arc::new(store) as Arc<dyn Store>, hub)
 }
 
-eventsync::conformance_tests!(fresh);
+eventsync_conformance::conformance_tests!(fresh);

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::replica::{Applied, Replica};
 use super::{sse, ws, Change, ClientError, Command, Shared, Status, Transport};
-use crate::model::Seq;
-use crate::sync::protocol::{ResultMessage, ServerMessage, WriteMessage};
+use eventsync_protocol::messages::{ResultMessage, ServerMessage, WriteMessage};
+use eventsync_protocol::model::Seq;
 
 /// After a protocol-violation close (4xxx) or garbage, the next delay is drawn from this attempt's
 /// ceiling (the cap, with the default backoff).
@@ -619,7 +619,7 @@ mod tests {
         let w = |op_id: &str| {
             Box::new(WriteMessage {
                 op_id: op_id.into(),
-                op: crate::sync::protocol::WriteOp::Delete,
+                op: eventsync_protocol::messages::WriteOp::Delete,
                 collection: "g".into(),
                 id: Some("x".into()),
                 data: None,

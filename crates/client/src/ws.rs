@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::task::{self, Conn, End, Next, TaskState, SEND_TIMEOUT};
 use super::{endpoint, Command, Shared, Status};
-use crate::sync::protocol::{ClientMessage, Hello};
+use eventsync_protocol::messages::{ClientMessage, Hello};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 

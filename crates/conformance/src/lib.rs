@@ -1,5 +1,8 @@
 //! # The store conformance suite
 //!
+//! A dev-only crate (never published, not part of the server's API): the server's `Store` trait
+//! checked the same way on every backend; its `tests/` run it on SQLite and on MongoDB.
+//!
 //! Every backend of [`Store`] must behave the same: the API, the sync protocol and maintenance are
 //! written against the trait, not against SQLite. This module states that behaviour once, as
 //! `pub async fn` checks that each take a **freshly opened, empty store** and the [`Hub`] it
@@ -14,7 +17,8 @@
 //! ```ignore
 //! use std::sync::Arc;
 //! use eventsync::hub::Hub;
-//! use eventsync::store::{conformance, Store};
+//! use eventsync::store::Store;
+//! use eventsync_conformance as conformance;
 //!
 //! async fn fresh() -> (Arc<dyn Store>, Hub, tempfile::TempDir) {
 //!     let dir = tempfile::tempdir().unwrap();
@@ -23,7 +27,7 @@
 //!     (Arc::new(store), hub, dir)
 //! }
 //!
-//! eventsync::conformance_tests!(fresh);
+//! eventsync_conformance::conformance_tests!(fresh);
 //! ```
 //!
 //! The opener is anything callable with no arguments that returns a future of either
@@ -39,7 +43,7 @@
 //!   smaller queue only makes the concurrent check slower).
 //!
 //! Behaviour that only some backends have — reopening the same database, durability across a
-//! restart, backend limits — is tested beside the backend (for SQLite: `tests/store_conformance.rs`).
+//! restart, backend limits — is tested beside the backend (for SQLite: `tests/sqlite.rs` of this crate).
 //!
 //! ## Adding a check
 //!
@@ -57,11 +61,12 @@ use json_patch::Patch;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
-use crate::hub::Hub;
-use crate::model::{validate_id, Data, Event, Op, Seq, SnapshotInfo, StoredDoc, Version};
-use crate::store::{Committed, EventFilter, MaintenanceStats, Retention, Store, StoreError};
-use crate::time::Timestamp;
-use crate::write::{rebuild, Limits, Mutation, Write, WriteError};
+use eventsync::hub::Hub;
+use eventsync::model::{validate_id, Data, Event, Op, Seq, SnapshotInfo, StoredDoc, Version};
+pub use eventsync::store::Store;
+use eventsync::store::{Committed, EventFilter, MaintenanceStats, Retention, StoreError};
+use eventsync::time::Timestamp;
+use eventsync::write::{rebuild, Limits, Mutation, Write, WriteError};
 
 /// The store under test must snapshot a document every this many versions.
 pub const SNAPSHOT_EVERY: u64 = 3;
@@ -104,10 +109,10 @@ impl<G: Send + 'static> OpenedStore for (Arc<dyn Store>, Hub, G) {
 ///
 /// `$open` is a function or closure with no arguments returning a future of
 /// `(Arc<dyn Store>, Hub)` or `(Arc<dyn Store>, Hub, Guard)`; see [`OpenedStore`] and the
-/// [module documentation](crate::store::conformance).
+/// [module documentation](crate).
 ///
 /// ```ignore
-/// eventsync::conformance_tests!(fresh_store);
+/// eventsync_conformance::conformance_tests!(fresh_store);
 /// ```
 #[macro_export]
 macro_rules! conformance_tests {
@@ -163,10 +168,10 @@ macro_rules! conformance_tests {
             #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
                 let (store, hub, guard) =
-                    $crate::store::conformance::OpenedStore::into_parts(($open)().await);
-                $crate::store::conformance::$name(::std::sync::Arc::clone(&store), hub).await;
+                    $crate::OpenedStore::into_parts(($open)().await);
+                $crate::$name(::std::sync::Arc::clone(&store), hub).await;
                 // The check may have closed the store already; a second close may then fail.
-                let _ = $crate::store::Store::close(&*store).await;
+                let _ = $crate::Store::close(&*store).await;
                 drop(store);
                 drop(guard);
             }
@@ -395,7 +400,7 @@ fn later() -> Timestamp {
     Timestamp(Timestamp::now().0 + 1_000)
 }
 
-async fn recv(rx: &mut broadcast::Receiver<Arc<crate::hub::LiveEvent>>) -> Event {
+async fn recv(rx: &mut broadcast::Receiver<Arc<eventsync::hub::LiveEvent>>) -> Event {
     match tokio::time::timeout(RECV_TIMEOUT, rx.recv()).await {
         Ok(Ok(e)) => Event::clone(e.event()),
         Ok(Err(e)) => panic!("hub subscription failed: {e}"),
@@ -839,7 +844,7 @@ pub async fn list_skips_tombstones(store: Arc<dyn Store>, _hub: Hub) {
     }
     ok(s, delete("items", "b")).await;
     ok(s, delete("items", "d")).await;
-    let ids = |docs: Vec<crate::model::Document>| docs.into_iter().map(|d| d.id).collect::<Vec<_>>();
+    let ids = |docs: Vec<eventsync::model::Document>| docs.into_iter().map(|d| d.id).collect::<Vec<_>>();
     assert_eq!(ids(s.list("items", None, 100).await.unwrap()), ["a", "c", "e"]);
     assert_eq!(ids(s.list("items", Some("a"), 1).await.unwrap()), ["c"]);
     assert_eq!(ids(s.list("items", Some("c"), 1).await.unwrap()), ["e"]);
@@ -2089,7 +2094,7 @@ mod tests {
     #[test]
     fn the_macro_runs_every_conformance_check() {
         let listed: &[&str] = crate::conformance_tests!(@names);
-        let mut declared: Vec<&str> = include_str!("conformance.rs")
+        let mut declared: Vec<&str> = include_str!("lib.rs")
             .lines()
             .filter_map(|l| l.strip_prefix("pub async fn "))
             .map(|rest| rest.split(['(', '<']).next().unwrap_or(rest).trim())

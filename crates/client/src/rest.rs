@@ -17,11 +17,13 @@ use std::time::Duration;
 
 use reqwest::header::{CONTENT_TYPE, IF_MATCH};
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::time::Instant;
 
+use eventsync_protocol::{ErrorBody, ErrorCode};
+
 use super::{endpoint, ClientError, Shared};
-use crate::sync::protocol::{ResultMessage, WriteMessage, WriteOp};
+use eventsync_protocol::messages::{ResultMessage, WriteMessage, WriteOp};
 
 pub(crate) async fn write(
     http: &reqwest::Client,
@@ -171,20 +173,18 @@ fn to_result(w: &WriteMessage, status: StatusCode, replayed: bool, body: &[u8]) 
         result.version = field("version").and_then(Value::as_u64);
         result.seq = event.and_then(|e| e.get("seq")).and_then(Value::as_u64);
     } else {
-        let mut error = match value.get("error") {
-            Some(Value::Object(e)) => e.clone(),
-            _ => {
-                let reason = status.canonical_reason().unwrap_or("error");
-                let Value::Object(e) = json!({"code": "http_error", "message": reason}) else {
-                    unreachable!("a literal object")
-                };
-                e
-            }
-        };
+        let parsed = value
+            .get("error")
+            .and_then(|e| serde_json::from_value::<ErrorBody>(e.clone()).ok());
+        let mut error = parsed.unwrap_or_else(|| {
+            let reason = status.canonical_reason().unwrap_or("error");
+            ErrorBody::new(ErrorCode::HttpError, reason)
+        });
         error
+            .details
             .entry("status")
             .or_insert_with(|| Value::from(status.as_u16()));
-        result.error = Some(Value::Object(error));
+        result.error = Some(error);
     }
     result
 }
@@ -192,6 +192,7 @@ fn to_result(w: &WriteMessage, status: StatusCode, replayed: bool, body: &[u8]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn write(op: WriteOp) -> WriteMessage {
         WriteMessage {

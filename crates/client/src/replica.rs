@@ -29,8 +29,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::model::{Data, Event, Op, Seq, Version};
-use crate::sync::protocol::{ServerMessage, SnapshotMessage, StateVector, SyncedMessage};
+use eventsync_protocol::messages::{ServerMessage, SnapshotMessage, StateVector, SyncedMessage};
+use eventsync_protocol::model::{Data, Event, Op, Seq, Version};
 
 /// What [`Replica::apply`] did with a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -352,8 +352,8 @@ fn remove2<T>(outer: &mut BTreeMap<String, BTreeMap<String, T>>, a: &str, b: &st
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::protocol::ResultMessage;
-    use crate::time::Timestamp;
+    use eventsync_protocol::messages::ResultMessage;
+    use eventsync_protocol::time::Timestamp;
     use serde_json::json;
 
     fn event(seq: Seq, id: &str, version: Version, op: Op, patch: Value) -> ServerMessage {
@@ -754,7 +754,7 @@ mod tests {
         let mut r = Replica::new();
         let before = r.clone();
         for m in [
-            ServerMessage::error("bad_message", "x"),
+            ServerMessage::error(eventsync_protocol::ErrorCode::InvalidMessage, "x"),
             ServerMessage::Pong { id: Some(json!(1)) },
             ServerMessage::Result(ResultMessage {
                 op_id: "o".into(),

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::*;
-use crate::sync::protocol::WriteOp;
+use eventsync_protocol::messages::WriteOp;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -909,7 +909,7 @@ async fn real_server_with(url: &str, transport: Transport) {
         patch: None,
         expected_version: None,
     };
-    let body = |v: Value| serde_json::from_value::<crate::model::Data>(v).unwrap();
+    let body = |v: Value| serde_json::from_value::<eventsync_protocol::model::Data>(v).unwrap();
     let doc =
         |c: &Client, id: &str| c.with_replica(|r| r.document(&collection, id).cloned().map(Value::Object));
 

@@ -1,4 +1,4 @@
-//! The store conformance suite ([`eventsync::store::conformance`]) run against the embedded SQLite
+//! The store conformance suite ([`eventsync_conformance`]) run against the embedded SQLite
 //! store, plus what only this backend can be asked: reopening the same database file.
 
 use std::path::Path;
@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use eventsync::hub::Hub;
 use eventsync::model::{Data, Event};
-use eventsync::store::conformance::{self, HUB_CAPACITY, SNAPSHOT_EVERY, WRITE_QUEUE};
 use eventsync::store::sqlite::{Durability, SqliteOptions, SqliteStore};
 use eventsync::store::{EventFilter, Retention, Store, StoreError};
 use eventsync::time::Timestamp;
 use eventsync::write::{Mutation, Write};
+use eventsync_conformance::{self as conformance, HUB_CAPACITY, SNAPSHOT_EVERY, WRITE_QUEUE};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -43,7 +43,7 @@ async fn fresh() -> (Arc<dyn Store>, Hub, TempDir) {
     (store, hub, dir)
 }
 
-eventsync::conformance_tests!(fresh);
+eventsync_conformance::conformance_tests!(fresh);
 
 // ---------------------------------------------------------------------------------------------
 // SQLite only: reopening the database file.

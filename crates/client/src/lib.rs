@@ -1,4 +1,6 @@
-//! The Rust sync client: a [`Replica`] of the subscribed collections, kept current over WebSocket or
+//! # EventSync's Rust client
+//!
+//! A [`Replica`] of the subscribed collections, kept current over WebSocket or
 //! SSE by a background task that reconnects on its own.
 //!
 //! [`Client::connect`] spawns the task and returns at once. The task connects, says `hello` with the
@@ -18,11 +20,11 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use eventsync::client::{Client, ClientOptions, Transport};
-//! use eventsync::client::{new_op_id, Change};
-//! use eventsync::sync::protocol::{WriteMessage, WriteOp};
+//! use eventsync_client::{Client, ClientOptions, Transport};
+//! use eventsync_client::{new_op_id, Change};
+//! use eventsync_client::protocol::messages::{WriteMessage, WriteOp};
 //!
-//! # async fn demo() -> Result<(), eventsync::client::ClientError> {
+//! # async fn demo() -> Result<(), eventsync_client::ClientError> {
 //! let mut options = ClientOptions::new("http://127.0.0.1:8080", "player-1", ["games"]);
 //! options.transport = Transport::WebSocket; // or Transport::Sse
 //! let client = Client::connect(options).await?;
@@ -58,6 +60,12 @@
 //! # }
 //! ```
 
+//!
+//! It depends on the wire types ([`protocol`], re-exported) and its transports (tokio-tungstenite,
+//! reqwest) only — not on the server, SQLite, MongoDB or axum.
+
+pub use eventsync_protocol as protocol;
+
 mod replica;
 mod rest;
 mod sse;
@@ -78,8 +86,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use replica::{Applied, Counters, Replica};
 
-use crate::model::{Event, Seq};
-use crate::sync::protocol::{ResultMessage, SnapshotMessage, SyncedMessage, WriteMessage, WriteOp};
+use eventsync_protocol::messages::{ResultMessage, SnapshotMessage, SyncedMessage, WriteMessage, WriteOp};
+use eventsync_protocol::model::{Event, Seq};
 
 /// How the client receives: a WebSocket (`/sync/ws`, writes over it too) or Server-Sent Events
 /// (`/sync/sse`, receive-only; writes go over the REST API).
@@ -408,7 +416,7 @@ impl Client {
         mut options: ClientOptions,
     ) -> Result<(Client, broadcast::Receiver<Change>), ClientError> {
         let base = base_url(&options.url)?;
-        crate::model::validate_id(&options.client_id)
+        eventsync_protocol::model::validate_id(&options.client_id)
             .map_err(|e| ClientError::InvalidOptions(format!("client_id: {e}")))?;
         if options.max_message_bytes < 1024
             || options.changes_capacity == 0
