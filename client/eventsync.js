@@ -307,13 +307,15 @@ function newOpId() {
   return randomHex(16);
 }
 
-function defaultStorage() {
+/** globalThis[name] ('sessionStorage' / 'localStorage') if it is there and usable, else null. */
+function webStorage(name) {
   try {
-    if (globalThis.localStorage) return globalThis.localStorage;
+    const s = globalThis[name];
+    if (s && typeof s.getItem === 'function') return s;
   } catch {
-    // localStorage access can throw (e.g. disabled cookies)
+    // storage access can throw (e.g. disabled cookies)
   }
-  return new MemoryStorage();
+  return null;
 }
 
 // Write results that mean "try again later, same op_id".
@@ -321,29 +323,162 @@ const RETRY_CODES = new Set(['overloaded', 'shutting_down', 'too_many_writes', '
 
 const CLIENT_ID_KEY = 'eventsync:clientId';
 
+// ---------------------------------------------------------------------------------------------
+// One client id per browser tab. The id lives in sessionStorage (per tab, kept across reloads of the
+// tab). A browser copies sessionStorage into a duplicated tab (and into a window.open() popup), so
+// each page also "claims" its id in localStorage (shared by the tabs of an origin) under
+// `eventsync:<clientId>:owner` = {token, at}: a page that finds its id claimed by another live page
+// (a different token, refreshed less than CLAIM_TTL_MS ago) is a copy and takes a new id. A page
+// releases its claims on `pagehide` (so a reload keeps the id) and refreshes them every
+// CLAIM_BEAT_MS (background tabs may run timers only once a minute, hence the long TTL).
+
+export const CLAIM_TTL_MS = 3 * 60_000;
+const CLAIM_BEAT_MS = 30_000;
+const PAGE_TOKEN = randomHex(8); // one per page (JS realm): clients re-created in a page share it
+const pageClaims = new Map(); // clientId -> shared storage, the ids this page claims
+let claimTimer = null;
+
+const ownerKey = (clientId) => `eventsync:${clientId}:owner`;
+const stateKey = (clientId) => `eventsync:${clientId}:state`;
+const queueKey = (clientId) => `eventsync:${clientId}:queue`;
+
+function tryGet(storage, key) {
+  try {
+    return storage ? storage.getItem(key) : null;
+  } catch {
+    return null;
+  }
+}
+function trySet(storage, key, value) {
+  try {
+    if (storage) storage.setItem(key, value);
+    return true;
+  } catch {
+    return false;
+  }
+}
+function tryRemove(storage, key) {
+  try {
+    if (storage) storage.removeItem(key);
+  } catch {
+    // ignore
+  }
+}
+
+/**
+ * Picks this tab's client id (pure apart from the two storages; exported for tests).
+ * `session`: the tab's storage (the id, documents, vector and queue live there); `shared`: storage
+ * common to all tabs (the claims), or null; `token`: this page's claim token. Returns
+ * {clientId, reason: 'stored' | 'new' | 'copied' | 'migrated'}; 'copied' means the stored id
+ * belonged to another live tab (a duplicated tab), so the copy got a new id and the copied
+ * documents, vector and queue were dropped from `session` (the original tab owns them).
+ */
+export function tabClientId({ session, shared = null, token, now = Date.now(), ttlMs = CLAIM_TTL_MS,
+  newId = () => 'web-' + randomHex(8) }) {
+  let clientId = tryGet(session, CLIENT_ID_KEY);
+  let reason = 'stored';
+  if (clientId) {
+    let owner = null;
+    try {
+      owner = JSON.parse(tryGet(shared, ownerKey(clientId)) || 'null');
+    } catch {
+      owner = null;
+    }
+    if (isObject(owner) && owner.token !== token && typeof owner.at === 'number' && now - owner.at < ttlMs) {
+      tryRemove(session, stateKey(clientId));
+      tryRemove(session, queueKey(clientId));
+      clientId = null;
+      reason = 'copied';
+    }
+  } else {
+    // Before per-tab ids the id (and its state and queue) lived in localStorage: the first tab
+    // adopts it, so writes queued offline before the upgrade are still sent.
+    const legacy = shared && shared !== session ? tryGet(shared, CLIENT_ID_KEY) : null;
+    if (legacy) {
+      for (const key of [stateKey(legacy), queueKey(legacy)]) {
+        const v = tryGet(shared, key);
+        if (v !== null) trySet(session, key, v);
+        tryRemove(shared, key);
+      }
+      tryRemove(shared, CLIENT_ID_KEY);
+      clientId = legacy;
+      reason = 'migrated';
+    }
+  }
+  if (!clientId) {
+    clientId = newId();
+    if (reason !== 'copied') reason = 'new';
+  }
+  trySet(session, CLIENT_ID_KEY, clientId);
+  trySet(shared, ownerKey(clientId), JSON.stringify({ token, at: now }));
+  return { clientId, reason };
+}
+
+function refreshClaims() {
+  const at = Date.now();
+  for (const [clientId, shared] of pageClaims) trySet(shared, ownerKey(clientId), JSON.stringify({ token: PAGE_TOKEN, at }));
+}
+
+function releaseClaims() {
+  for (const [clientId, shared] of pageClaims) {
+    try {
+      const owner = JSON.parse(tryGet(shared, ownerKey(clientId)) || 'null');
+      if (isObject(owner) && owner.token === PAGE_TOKEN) tryRemove(shared, ownerKey(clientId));
+    } catch {
+      // ignore
+    }
+  }
+}
+
+function holdClaim(clientId, shared) {
+  if (!shared || pageClaims.has(clientId)) return;
+  pageClaims.set(clientId, shared);
+  if (claimTimer === null) {
+    claimTimer = setInterval(refreshClaims, CLAIM_BEAT_MS);
+    if (typeof claimTimer === 'object' && typeof claimTimer.unref === 'function') claimTimer.unref(); // Node
+    globalThis.addEventListener('pagehide', releaseClaims);
+    globalThis.addEventListener('pageshow', (e) => {
+      if (e && e.persisted) refreshClaims(); // back from the back/forward cache
+    });
+  }
+}
+
 export class EventSyncClient {
   constructor(options = {}) {
     const o = options;
     this.url = String(o.url || (globalThis.location ? globalThis.location.origin : 'http://127.0.0.1:8080')).replace(/\/+$/, '');
     this.transport = o.transport === 'sse' ? 'sse' : 'ws';
     this.subscribe = Array.isArray(o.subscribe) ? [...o.subscribe] : [];
-    this.storage = o.storage || defaultStorage();
     this._WebSocket = o.WebSocket || globalThis.WebSocket;
     this._fetch = o.fetch || (globalThis.fetch ? globalThis.fetch.bind(globalThis) : undefined);
     this.backoff = { initialMs: 100, maxMs: 5000, ...(o.backoff || {}) };
+    this._listeners = new Map();
     let clientId = o.clientId;
-    if (!clientId) {
-      clientId = this._load(CLIENT_ID_KEY);
+    if (o.storage) {
+      // An explicit storage keeps everything, the id included, in it (whoever shares it shares the id).
+      this.storage = o.storage;
       if (!clientId) {
-        clientId = 'web-' + randomHex(8);
-        this._save(CLIENT_ID_KEY, clientId);
+        clientId = this._load(CLIENT_ID_KEY);
+        if (!clientId) {
+          clientId = 'web-' + randomHex(8);
+          this._save(CLIENT_ID_KEY, clientId);
+        }
+      }
+    } else {
+      // Browser default: one client per tab, everything in the tab's sessionStorage.
+      const session = webStorage('sessionStorage');
+      this.storage = session || new MemoryStorage();
+      if (!clientId) {
+        const inPage = !!session && typeof globalThis.addEventListener === 'function';
+        const shared = inPage ? webStorage('localStorage') : null;
+        ({ clientId } = tabClientId({ session: this.storage, shared, token: PAGE_TOKEN }));
+        if (inPage) holdClaim(clientId, shared);
       }
     }
     this.clientId = clientId;
     this.status = 'offline';
-    this._listeners = new Map();
-    this._stateKey = `eventsync:${clientId}:state`;
-    this._queueKey = `eventsync:${clientId}:queue`;
+    this._stateKey = stateKey(clientId);
+    this._queueKey = queueKey(clientId);
     this._state = emptyState();
     try {
       const s = JSON.parse(this._load(this._stateKey) || 'null');

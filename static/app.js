@@ -13,7 +13,9 @@
  *     client-id            text = client.clientId.
  *   Games
  *     create-name, create-gold, create-level, create-experience, create-id (optional id), create-submit
- *                          (Enter in any field submits). Numbers are sent as integers; empty → 0.
+ *                          (Enter in any field submits). Numbers are sent as integers; empty → 0. After a
+ *                          successful create the form is back to its defaults (name "", gold 0, level 1,
+ *                          experience 0, id ""), except fields edited while the create was pending.
  *     games-list           <ul role=listbox>; rows: data-testid="game-row" data-id=<id> data-version=<v>,
  *                          tabindex=0, select with click / Enter / Space (ArrowUp/Down move between rows).
  *                          Cells inside a row: data-field="name" | "gold" | "level" | "experience" | "version".
@@ -41,17 +43,20 @@
  *                          data-collection, data-id, data-version; attribute data-json = JSON of vector().
  *   Event log
  *     event-log            <ol>, newest (highest seq) first; entries data-testid="log-entry" data-seq=<seq>
- *                          data-id data-op data-client-id; text: time, #seq, client id, op, collection/id vN,
- *                          patch (compact JSON). Deduplicated by seq; keeps the newest 500.
+ *                          data-id data-op data-client-id; cells (class): ts, seq, op, doc ("collection/id vN",
+ *                          full text in its title), who (client id, "(you)" for this client's writes;
+ *                          class "mine" on the entry), patch (compact JSON). On page load it shows the last
+ *                          HISTORY events of the collection from GET /api/events, then the live ones.
+ *                          Deduplicated by seq; keeps the newest 500.
  *     log-count            number of entries.
  *   Messages
  *     notice               last write result / error message (data-kind="ok" | "error").
  *     fatal                shown if /client/eventsync.js cannot be loaded.
  *   window.eventsyncUI = { client, select(id) } for debugging/tests.
  *
- * The JS client keeps its client id (and its documents/vector) in localStorage, so pages of one browser
- * context share a client id. Open the page as /?client=<id> to use a specific client id (e.g. two pages of
- * one context acting as two clients). Writes made while offline are queued by the client and sent on
+ * The JS client keeps one client id per tab (in sessionStorage: a reload keeps it, another tab or a
+ * duplicated tab gets its own), and its documents, vector and offline queue with it. Open the page as
+ * /?client=<id> to use a specific client id. Writes made while offline are queued by the client and sent on
  * reconnect (the notice says "queued"); their result arrives only then.
  */
 
@@ -59,6 +64,7 @@ const COLLECTION = 'games';
 const FIELDS = ['name', 'gold', 'level', 'experience'];
 const NUMERIC = new Set(['gold', 'level', 'experience']);
 const LOG_MAX = 500;
+const HISTORY = 50; // events loaded from the REST API on page load
 const STORE_KEY = 'eventsync.transport';
 
 const $ = (id) => document.getElementById(id);
@@ -431,6 +437,8 @@ async function onCreate(ev) {
   const data = { name: v.name };
   for (const f of ['gold', 'level', 'experience']) data[f] = v[f] === null ? 0 : v[f];
   const id = $('create-id').value.trim();
+  const form = $('create-form');
+  const submitted = new Map([...form.querySelectorAll('input')].map((i) => [i, i.value]));
   queuedNotice();
   const btn = $('create-submit');
   btn.disabled = true;
@@ -439,8 +447,8 @@ async function onCreate(ev) {
   btn.disabled = false;
   if (r.ok) {
     notify(`Created game ${r.id ?? id} (v${r.version ?? 1}${r.seq ? `, seq ${r.seq}` : ''}).`);
-    $('create-name').value = '';
-    $('create-id').value = '';
+    // back to the defaults; a field edited while the create was pending (e.g. queued offline) is kept
+    for (const [input, value] of submitted) if (input.value === value) input.value = input.defaultValue;
     $('create-name').focus();
   } else {
     notify(`Create failed: ${errorText(r.error)}`, 'error');
@@ -554,6 +562,29 @@ function timeOf(ts) {
   return `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}.${p(d.getMilliseconds(), 3)}`;
 }
 
+/** A text as two spans: the head (cut with an ellipsis when the cell is too narrow) and the tail (kept). */
+function clipped(text, tail = 6) {
+  const cut = text.length > tail * 2 ? text.length - tail : text.length;
+  return [el('span', { class: 'clip-head' }, text.slice(0, cut)), el('span', { class: 'clip-tail' }, text.slice(cut))];
+}
+
+/** The last HISTORY events of the collection, so that the log is not empty after a (re)load. */
+async function loadHistory() {
+  try {
+    const health = await fetch('/api/health');
+    if (!health.ok) throw new Error(`GET /api/health: HTTP ${health.status}`);
+    const last = Number((await health.json()).last_seq) || 0;
+    if (last <= 0) return;
+    const after = Math.max(0, last - HISTORY);
+    const res = await fetch(`/api/events?collection=${encodeURIComponent(COLLECTION)}&after=${after}&limit=${HISTORY}`);
+    if (!res.ok) throw new Error(`GET /api/events: HTTP ${res.status}`);
+    const body = await res.json();
+    for (const ev of Array.isArray(body.items) ? body.items : []) logEvent(ev);
+  } catch (e) {
+    notify(`Could not load the recent events: ${errorText(e)}`, 'error');
+  }
+}
+
 function logEvent(ev) {
   if (!ev || ev.seq === undefined || loggedSeqs.has(ev.seq)) return;
   loggedSeqs.add(ev.seq);
@@ -563,12 +594,16 @@ function logEvent(ev) {
   li.dataset.id = String(ev.id);
   li.dataset.op = String(ev.op);
   li.dataset.clientId = String(ev.client_id);
+  const docText = `${ev.collection}/${ev.id}`;
+  const who = String(ev.client_id);
   li.append(
     el('time', { class: 'ts', datetime: ev.ts, title: ev.ts }, timeOf(ev.ts)),
-    el('span', { class: 'seq' }, `#${ev.seq}`),
-    el('span', { class: 'who', title: 'client id' }, `${ev.client_id}${mine ? ' (you)' : ''}`),
+    el('span', { class: 'seq', title: `seq ${ev.seq}` }, `#${ev.seq}`),
     el('span', { class: `op op-${ev.op}` }, String(ev.op)),
-    el('span', { class: 'doc' }, `${ev.collection}/${ev.id} v${ev.version}`),
+    // a long id is shortened in the middle (its start, "…", its last characters), so that ids sharing a
+    // prefix (UUIDv7: a timestamp) stay distinguishable; the full text is in the title
+    el('span', { class: 'doc', title: `${docText} v${ev.version}` }, ...clipped(docText), el('span', { class: 'ver' }, ` v${ev.version}`)),
+    el('span', { class: 'who', title: `client ${who}${mine ? ' (this tab)' : ''}` }, ...clipped(who), mine ? el('span', { class: 'you' }, ' (you)') : null),
     el('code', { class: 'patch' }, compact(ev.patch ?? [])),
   );
   // newest (highest seq) first; catch-up events may arrive out of global order
@@ -621,6 +656,7 @@ async function boot() {
     return;
   }
   connect();
+  loadHistory();
 }
 
 if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', boot);
