@@ -32,8 +32,10 @@
 //!  client/ ──────────────────────── the Rust client: WebSocket or SSE, reconnects, keeps a replica
 //! ```
 //!
-//! The library is what tests drive: [`server::Server::start`] on a `127.0.0.1:0` listener; the
-//! binary in `main.rs` only parses [`config::Config`] and calls [`server::run`].
+//! The library is what behaviour tests drive: [`server::Server::start`] on a `127.0.0.1:0`
+//! listener, inside the test process (what only a process shows, such as kill -9, restarts or
+//! several nodes, runs the binary); the binary in `main.rs` only parses [`config::Config`] and
+//! calls [`server::run`].
 
 mod api;
 pub mod config;

@@ -1,5 +1,5 @@
-//! Documents and their history over real HTTP: the `eventsync` binary on `127.0.0.1:0`, driven with
-//! reqwest. CRUD, both PATCH formats, If-Match, X-Client-Id, Idempotency-Key, pagination of listings
+//! Documents and their history over real HTTP: the server (in-process) on `127.0.0.1:0`, driven
+//! with reqwest. CRUD, both PATCH formats, If-Match, X-Client-Id, Idempotency-Key, pagination of listings
 //! and of the event log, history and past versions, snapshots and compaction, health and the UI.
 //!
 //! Event patches are checked against the documents throughout: replaying every event of a document

@@ -1,8 +1,8 @@
 //! Concurrency: conditional writes race to exactly one winner, unconditional writes never lose an
 //! update, sequence numbers are dense and unique, and the hub publishes in sequence order.
 //!
-//! Every test runs real HTTP requests concurrently against a real server (the binary, except for the
-//! hub test, which needs the in-process `Server` to subscribe to its hub).
+//! Every test runs real HTTP requests concurrently against a real server in the test process (the
+//! hub test starts its `Server` itself, to subscribe to its hub).
 
 mod common;
 

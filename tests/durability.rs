@@ -243,7 +243,7 @@ async fn send_with_headers(req: RequestBuilder) -> (StatusCode, Option<String>, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restart_keeps_documents_events_history_and_idempotency_records() {
-    let mut s = TestServer::start(&[]);
+    let mut s = TestServer::process(&[]);
     let dir = s.keep_data().expect("a fresh data dir");
 
     // A mix: creates (named and server-chosen), JSON Patch, merge patch, replace, If-Match,
@@ -345,7 +345,7 @@ async fn a_restart_keeps_documents_events_history_and_idempotency_records() {
 
     terminate(&mut s);
     drop(s);
-    let mut s = TestServer::start_in(dir.path(), &[]);
+    let mut s = TestServer::process_in(dir.path(), &[]);
 
     let after = observe(&s, &collections, &paths).await;
     assert_eq!(after.docs, before.docs, "documents after the restart");
@@ -559,7 +559,7 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
     let seed = seed();
     println!("kill -9 test seed: {seed} (repeat with EVENTSYNC_TEST_SEED={seed})");
     let mut rng = Rng::new(seed);
-    let mut s = TestServer::start(&[]); // default durability: full
+    let mut s = TestServer::process(&[]); // default durability: full
     let dir = s.keep_data().expect("a fresh data dir");
     let known = Arc::new(Mutex::new(Vec::new()));
     let mut all_acks: Vec<Ack> = Vec::new();
@@ -599,7 +599,7 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
         assert!(acks.len() >= before_kill);
         all_acks.extend(acks);
 
-        s = TestServer::start_in(dir.path(), &[]);
+        s = TestServer::process_in(dir.path(), &[]);
         let t = Instant::now();
         check_acks(&s, &all_acks).await;
         println!(
@@ -628,7 +628,7 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
     const WRITES: usize = 200;
-    let mut s = TestServer::start(&[]);
+    let mut s = TestServer::process(&[]);
     let dir = s.keep_data().expect("a fresh data dir");
     let (http, url) = (s.http.clone(), s.url.clone());
     let answered = Arc::new(AtomicUsize::new(0));
@@ -711,7 +711,7 @@ async fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
     );
     assert!(!acks.is_empty());
 
-    let mut s = TestServer::start_in(dir.path(), &[]);
+    let mut s = TestServer::process_in(dir.path(), &[]);
     check_acks(&s, &acks).await;
     // Whatever is stored beyond the acknowledged writes is whole: each order is its create event.
     let (status, body) = s.get("/api/orders?limit=1000").await;

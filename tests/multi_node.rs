@@ -19,8 +19,8 @@ use serde_json::{json, Value};
 fn two_nodes() -> (TestServer, TestServer) {
     let database = common::mongo::fresh_database();
     (
-        TestServer::start_on_database(&database, &[]),
-        TestServer::start_on_database(&database, &[]),
+        TestServer::process_on_database(&database, &[]),
+        TestServer::process_on_database(&database, &[]),
     )
 }
 
@@ -222,8 +222,8 @@ async fn a_client_that_comes_back_on_the_other_node_catches_up_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_node_serves_the_shared_log_and_follows_it_again() {
     let database = common::mongo::fresh_database();
-    let a = TestServer::start_on_database(&database, &[]);
-    let mut b = TestServer::start_on_database(&database, &[]);
+    let a = TestServer::process_on_database(&database, &[]);
+    let mut b = TestServer::process_on_database(&database, &[]);
     common::rest_create(&a, "games", "g", json!({"n": 0})).await;
     let data = b.keep_data().expect("a fresh data dir");
     let addr = b.addr();
@@ -235,7 +235,7 @@ async fn a_restarted_node_serves_the_shared_log_and_follows_it_again() {
         let (status, body) = a.merge_patch("/api/games/g", &json!({ "n": n })).await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
-    let b = TestServer::start_at(data.path(), addr, &args);
+    let b = TestServer::process_at(data.path(), addr, &args);
     let (status, doc) = b.get("/api/games/g").await;
     assert_eq!(
         (status, doc["version"].clone()),
@@ -266,8 +266,8 @@ async fn a_restarted_node_serves_the_shared_log_and_follows_it_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_killed_mid_commit_frees_the_log_when_it_restarts() {
     let database = common::mongo::fresh_database();
-    let a = TestServer::start_on_database(&database, &[]);
-    let mut b = TestServer::start_on_database(&database, &[]);
+    let a = TestServer::process_on_database(&database, &[]);
+    let mut b = TestServer::process_on_database(&database, &[]);
     common::rest_create(&a, "games", "via-a", json!({"n": 0})).await;
     common::rest_create(&a, "games", "via-b", json!({})).await;
     // Writers keep B committing (each on a field of its own of one document).
@@ -340,7 +340,7 @@ async fn a_node_killed_mid_commit_frees_the_log_when_it_restarts() {
         w.await.expect("writer");
     }
     // Restarted (the same data dir: the same node id), B ends it, and A's writes go through.
-    let b = TestServer::start_at(data.path(), addr, &["--store", store.as_str()]);
+    let b = TestServer::process_at(data.path(), addr, &["--store", store.as_str()]);
     let (status, body) = a.merge_patch("/api/games/via-a", &json!({"n": "after"})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = b.merge_patch("/api/games/via-b", &json!({"n": "after"})).await;

@@ -1,5 +1,5 @@
-//! Bad input on the sync WebSocket, sent by a raw `tokio-tungstenite` client to the real `eventsync`
-//! binary: every bad message is answered with an `error` (or, for a write, a refused `result`) and
+//! Bad input on the sync WebSocket, sent by a raw `tokio-tungstenite` client to the real server
+//! (in-process): every bad message is answered with an `error` (or, for a write, a refused `result`) and
 //! the connection stays usable; too many bad messages, an oversized frame, or no hello in time close
 //! it with the documented code; and the server stays up throughout.
 

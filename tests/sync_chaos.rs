@@ -496,7 +496,7 @@ async fn chaos(nodes: usize) {
     );
     let started = Instant::now();
 
-    let mut servers: Vec<TestServer> = (0..nodes).map(|_| TestServer::start(&args)).collect();
+    let mut servers: Vec<TestServer> = (0..nodes).map(|_| TestServer::process(&args)).collect();
     let mut restarted = servers.pop().expect("at least one node");
     let data = restarted.keep_data().expect("a fresh data dir");
     let addr = restarted.addr();
@@ -661,7 +661,7 @@ async fn chaos(nodes: usize) {
         assert!(status.success(), "the server exited with {status} after SIGTERM");
     }
     tokio::time::sleep(down_for).await;
-    restarted = tokio::task::block_in_place(|| TestServer::start_at(data.path(), addr, &args));
+    restarted = tokio::task::block_in_place(|| TestServer::process_at(data.path(), addr, &args));
     let restarted_at = started.elapsed();
     assert!(
         common::health_seq(&restarted).await >= seq_before_restart,

@@ -373,7 +373,7 @@ async fn stalled_client_is_resynced(transport: Transport) {
         Transport::WebSocket => "ws",
         Transport::Sse => "sse",
     };
-    let server = TestServer::start(&["--hub-capacity", HUB_CAPACITY, "--durability", "normal"]);
+    let server = TestServer::process(&["--hub-capacity", HUB_CAPACITY, "--durability", "normal"]);
     for i in 0..DOCS {
         common::rest_create(
             &server,

@@ -1,5 +1,5 @@
 //! Sync over Server-Sent Events (`GET /sync/sse`, read with reqwest's `bytes_stream` and parsed
-//! here frame by frame) and over plain HTTP (`POST /api/sync`), against the real `eventsync` binary:
+//! here frame by frame) and over plain HTTP (`POST /api/sync`), against the real server (in-process):
 //! catch-up, `id:`s, live events, resume with `Last-Event-ID` or a `state_vector` parameter, and
 //! refusals of bad parameters.
 

@@ -1,5 +1,5 @@
 //! Sync over the WebSocket transport, spoken by a raw `tokio-tungstenite` client against the real
-//! `eventsync` binary: hello and catch-up (snapshots, events, resets, deletes, compaction), live
+//! server (in-process; the SIGTERM test, the `eventsync` binary): hello and catch-up (snapshots, events, resets, deletes, compaction), live
 //! events, writes over the socket (results, idempotent retries, conflicts), acknowledgements and
 //! resume from the remembered vector, manual `sync`, `ping`, and shutdown.
 //!
@@ -918,7 +918,7 @@ async fn ping_is_answered_by_pong_with_the_same_id() {
 
 #[tokio::test]
 async fn sigterm_closes_websockets_with_1001_ends_sse_streams_and_exits_0() {
-    let mut s = TestServer::start(&[]);
+    let mut s = TestServer::process(&[]);
     rest_create(&s, "games", "g", json!({"n": 1})).await;
     let (mut ws, _, _) = WsClient::open(&s, "bye", &["games"], Some(json!({}))).await;
     let mut sse = SseClient::open(&s, "client_id=bye-sse&subscribe=games", None).await;

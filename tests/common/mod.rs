@@ -1,110 +1,121 @@
-//! One way for every integration test to get a real server: the `eventsync` binary started on
-//! `127.0.0.1:0` with its own data directory, found through the `listening on` line it prints.
+//! One way for every integration test to get a real server on `127.0.0.1:0` with its own data
+//! directory, in one of two tiers:
+//!
+//! - **In-process** ([`TestServer::start`], [`TestServer::start_in`]): the library's server
+//!   ([`eventsync::server::Server::start`]) inside the test process, on a thread with its own
+//!   runtime ([`in_process`]). The default for behaviour tests: no process to spawn, and the server
+//!   stops gracefully when the test drops it (a failed shutdown fails the test).
+//! - **Process** ([`TestServer::process`], [`TestServer::process_in`], [`TestServer::process_at`],
+//!   [`TestServer::process_on_database`]): the `eventsync` binary as a black box ([`process`]), for
+//!   what only a process shows: `kill -9`, SIGTERM, restarts on the same data (and address), chaos
+//!   with restarts, several nodes on one database, and the server's `/proc/<pid>` (CPU, RSS).
+//!   Only these have [`TestServer::pid`], [`TestServer::kill`] and [`TestServer::terminate`].
+//!
+//! Both take the flags the binary takes and get the same ones from here ([`flags`]); in-process
+//! they go through the binary's own parser ([`in_process::config_from_flags`]), so a test reads
+//! the same either way, and moving a test between tiers changes only its constructor.
 //!
 //! With `EVENTSYNC_TEST_STORE=mongodb` the servers store on MongoDB ([`mongo`]): each data
 //! directory gets a database of its own, so a server restarted on the same directory finds its data.
 #![allow(dead_code)]
 
+pub mod in_process;
 pub mod mongo;
+pub mod process;
 
-use std::io::{BufRead, BufReader};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::Value;
 
-/// Longest a server may take to print its address.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+use self::in_process::InProcess;
+use self::process::Process;
+
+/// Where test servers listen unless a restart needs its old address: any free port.
+const ANY_PORT: &str = "127.0.0.1:0";
 
 pub struct TestServer {
     /// `http://127.0.0.1:PORT`
     pub url: String,
     pub data_dir: PathBuf,
-    child: Option<Child>,
+    /// Declared before `_tmp`: the server stops before its data directory is removed.
+    running: Running,
     _tmp: Option<tempfile::TempDir>,
     pub http: reqwest::Client,
 }
 
+/// The server behind a [`TestServer`]; each stops when dropped (gracefully in-process, SIGKILL for
+/// a process).
+enum Running {
+    InProcess(InProcess),
+    Process(Process),
+}
+
 impl TestServer {
-    /// A server on a fresh, empty data directory.
+    /// An in-process server on a fresh, empty data directory.
     pub fn start(args: &[&str]) -> TestServer {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let mut s = TestServer::start_in(tmp.path(), args);
-        s._tmp = Some(tmp);
-        s
+        TestServer::on_fresh_dir(args, TestServer::start_in)
     }
 
-    /// A server on `data_dir` (e.g. to restart on the same data).
+    /// An in-process server on `data_dir`.
     pub fn start_in(data_dir: &Path, args: &[&str]) -> TestServer {
-        TestServer::spawn(data_dir, "127.0.0.1:0", args)
+        let config = in_process::config_from_flags(flags(data_dir, ANY_PORT, args));
+        let (addr, server) = InProcess::start(config);
+        TestServer::new(format!("http://{addr}"), data_dir, Running::InProcess(server))
     }
 
-    /// A server (on a fresh data directory) storing in the MongoDB database `database`, whatever
-    /// `EVENTSYNC_TEST_STORE` says: several servers started on one database share their data.
-    pub fn start_on_database(database: &str, args: &[&str]) -> TestServer {
+    /// A server process on a fresh, empty data directory.
+    pub fn process(args: &[&str]) -> TestServer {
+        TestServer::on_fresh_dir(args, TestServer::process_in)
+    }
+
+    /// A server process on `data_dir` (e.g. to restart on the same data).
+    pub fn process_in(data_dir: &Path, args: &[&str]) -> TestServer {
+        let (url, child) = Process::spawn(flags(data_dir, ANY_PORT, args));
+        TestServer::new(url, data_dir, Running::Process(child))
+    }
+
+    /// A server process on `data_dir` listening on a fixed `addr` (e.g. the address of a server that
+    /// was just stopped, so that clients reconnect to the same URL after a restart). Like
+    /// [`TestServer::process_in`] otherwise; fails the test if the server does not print its address
+    /// (e.g. the port is taken).
+    pub fn process_at(data_dir: &Path, addr: std::net::SocketAddr, args: &[&str]) -> TestServer {
+        let (url, child) = Process::spawn(flags(data_dir, &addr.to_string(), args));
+        assert_eq!(
+            url,
+            format!("http://{addr}"),
+            "the server listens where it was told"
+        );
+        TestServer::new(url, data_dir, Running::Process(child))
+    }
+
+    /// A server process (on a fresh data directory) storing in the MongoDB database `database`,
+    /// whatever `EVENTSYNC_TEST_STORE` says: several servers started on one database share their data.
+    pub fn process_on_database(database: &str, args: &[&str]) -> TestServer {
         let store = mongo::uri(database);
         let args: Vec<&str> = ["--store", store.as_str()]
             .into_iter()
             .chain(args.iter().copied())
             .collect();
-        TestServer::start(&args)
+        TestServer::process(&args)
     }
 
-    /// Starts the binary listening on `listen` and waits for its `listening on` line. On MongoDB
-    /// (and unless `args` choose a store), the database is derived from `data_dir`; so is the node
-    /// id (unless `args` give one), so that a server restarted on its data is the same node.
-    fn spawn(data_dir: &Path, listen: &str, args: &[&str]) -> TestServer {
-        let chooses_store = args.iter().any(|a| *a == "--store" || a.starts_with("--store="));
-        let store = (mongo::testing_mongodb() && !chooses_store).then(|| {
-            let dir = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
-            mongo::uri(&mongo::database_for(&dir.to_string_lossy()))
-        });
-        let names_node = args
-            .iter()
-            .any(|a| *a == "--node-id" || a.starts_with("--node-id="));
-        let node_id = (!names_node).then(|| format!("test-{}", data_dir.display()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_eventsync"))
-            .arg("--listen")
-            .arg(listen)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(store.iter().flat_map(|uri| ["--store", uri.as_str()]))
-            .args(node_id.iter().flat_map(|id| ["--node-id", id.as_str()]))
-            .args(args)
-            .env(
-                "EVENTSYNC_LOG",
-                std::env::var("EVENTSYNC_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the eventsync binary");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep draining so the server never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("server on {listen} printed no address within {START_TIMEOUT:?} (port taken?)")
-        });
-        let url = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-            .to_string();
+    fn on_fresh_dir(args: &[&str], start: fn(&Path, &[&str]) -> TestServer) -> TestServer {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut s = start(tmp.path(), args);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    fn new(url: String, data_dir: &Path, running: Running) -> TestServer {
         TestServer {
             url,
             data_dir: data_dir.to_path_buf(),
-            child: Some(child),
+            running,
             _tmp: None,
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(64)
@@ -114,38 +125,41 @@ impl TestServer {
         }
     }
 
+    /// The server process's id (process servers only).
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// SIGKILL: no chance to flush or close anything.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        match &self.running {
+            Running::Process(p) => p.pid(),
+            Running::InProcess(_) => panic!("{}", not_a_process("pid()")),
         }
     }
 
-    /// SIGTERM, then wait for the process to exit (at most `within`).
+    /// SIGKILL: no chance to flush or close anything (process servers only).
+    pub fn kill(&mut self) {
+        match &mut self.running {
+            Running::Process(p) => p.kill(),
+            Running::InProcess(_) => panic!("{}", not_a_process("kill()")),
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit (at most `within`; process servers only).
     pub fn terminate(&mut self, within: Duration) -> ExitStatus {
-        let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = c.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                panic!("server did not exit within {within:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match &mut self.running {
+            Running::Process(p) => p.terminate(within),
+            Running::InProcess(_) => panic!("{}", not_a_process("terminate()")),
         }
     }
 
     /// Keeps the data directory when the server is dropped (for a restart on it).
     pub fn keep_data(&mut self) -> Option<tempfile::TempDir> {
         self._tmp.take()
+    }
+
+    /// The address the server listens on (from its URL).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.url
+            .strip_prefix("http://")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("not an http://IP:PORT url: {}", self.url))
     }
 
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
@@ -195,10 +209,37 @@ impl TestServer {
     }
 }
 
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.kill();
+fn not_a_process(what: &str) -> String {
+    format!(
+        "{what} needs a server process (TestServer::process…); this server runs inside the test \
+         process and stops when dropped"
+    )
+}
+
+/// The flags of a test server on `data_dir` listening on `listen`, then `args`. On MongoDB (and
+/// unless `args` choose a store), the database is derived from `data_dir`; so is the node id (unless
+/// `args` give one), so that a server restarted on its data is the same node.
+fn flags(data_dir: &Path, listen: &str, args: &[&str]) -> Vec<OsString> {
+    let given = |flag: &str| {
+        args.iter()
+            .any(|a| *a == flag || a.strip_prefix(flag).is_some_and(|rest| rest.starts_with('=')))
+    };
+    let mut out: Vec<OsString> = vec![
+        "--listen".into(),
+        listen.into(),
+        "--data-dir".into(),
+        data_dir.into(),
+    ];
+    if mongo::testing_mongodb() && !given("--store") {
+        let dir = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
+        let uri = mongo::uri(&mongo::database_for(&dir.to_string_lossy()));
+        out.extend(["--store".into(), uri.into()]);
     }
+    if !given("--node-id") {
+        out.extend(["--node-id".into(), format!("test-{}", data_dir.display()).into()]);
+    }
+    out.extend(args.iter().map(OsString::from));
+    out
 }
 
 /// Sends a request and returns its status and JSON body (`Value::Null` for an empty body).
@@ -883,29 +924,6 @@ pub fn assert_docs_eq(
         versions(want),
         differing.join("\n  ")
     );
-}
-
-impl TestServer {
-    /// A server on `data_dir` listening on a fixed `addr` (e.g. the address of a server that was just
-    /// stopped, so that clients reconnect to the same URL after a restart). Like [`TestServer::start_in`]
-    /// otherwise; fails the test if the server does not print its address (e.g. the port is taken).
-    pub fn start_at(data_dir: &Path, addr: std::net::SocketAddr, args: &[&str]) -> TestServer {
-        let server = TestServer::spawn(data_dir, &addr.to_string(), args);
-        assert_eq!(
-            server.url,
-            format!("http://{addr}"),
-            "the server listens where it was told"
-        );
-        server
-    }
-
-    /// The address the server listens on (from its URL).
-    pub fn addr(&self) -> std::net::SocketAddr {
-        self.url
-            .strip_prefix("http://")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("not an http://IP:PORT url: {}", self.url))
-    }
 }
 
 /// A tiny seeded xorshift64*, so a failing run can be repeated from its printed seed.
