@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use eventsync::config::Config;
+use eventsync::config::{Config, ConfigError};
 
 /// mimalloc: the server allocates many small, short-lived buffers per request (JSON values, patches,
 /// responses); glibc's malloc cost ~10% of CPU in the write benchmark's profile.
@@ -20,6 +20,8 @@ async fn main() -> ExitCode {
         .init();
     let config = match Config::from_env_and_args() {
         Ok(c) => c,
+        // `--help`, `--version` or a malformed command line: clap prints it and picks the exit code.
+        Err(ConfigError::Usage(e)) => e.exit(),
         Err(e) => {
             eprintln!("eventsync: configuration error: {e}");
             return ExitCode::from(2);

@@ -48,6 +48,7 @@ impl Server {
     /// Starts serving on `listener`; returns once the store is open and the socket accepts.
     pub async fn start(listener: TcpListener, config: Config) -> Result<Server, ServerError> {
         let addr = listener.local_addr()?;
+        warn_of_missing_directories(&config).await;
         let hub = Hub::new(config.limits.hub_capacity);
         let store = open_store(&config, hub.clone()).await?;
         let config = Arc::new(config);
@@ -96,6 +97,22 @@ impl Server {
         self.task
             .await
             .unwrap_or_else(|e| Err(ServerError::Io(std::io::Error::other(e.to_string()))))
+    }
+}
+
+/// The UI and the JavaScript client are served from directories that default to paths relative to
+/// the working directory; started elsewhere, the server would answer 404 there without a word.
+async fn warn_of_missing_directories(config: &Config) {
+    for (dir, meaning) in [
+        (&config.static_dir, "no UI will be served at /"),
+        (
+            &config.client_dir,
+            "no JavaScript client will be served at /client/",
+        ),
+    ] {
+        if !tokio::fs::metadata(dir).await.is_ok_and(|m| m.is_dir()) {
+            tracing::warn!(path = %dir.display(), "not a directory: {meaning}");
+        }
     }
 }
 
