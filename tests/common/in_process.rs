@@ -16,8 +16,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use clap::Parser;
-use eventsync::config::{Args, Config};
+use eventsync::config::Config;
 use eventsync::server::Server;
 use tokio::sync::oneshot;
 
@@ -32,9 +31,7 @@ const RUNTIME_TEARDOWN: Duration = Duration::from_secs(1);
 /// The server's configuration from command-line `flags`, read by the binary's own parser (with
 /// the `EVENTSYNC_*` environment, as a spawned binary would read it). The one call into it.
 pub fn config_from_flags(flags: Vec<std::ffi::OsString>) -> Config {
-    let argv = std::iter::once("eventsync".into()).chain(flags);
-    let args = Args::try_parse_from(argv).unwrap_or_else(|e| panic!("bad test server flags: {e}"));
-    Config::from_args(args).unwrap_or_else(|e| panic!("bad test server configuration: {e}"))
+    Config::from_args_iter(flags).unwrap_or_else(|e| panic!("bad test server configuration: {e}"))
 }
 
 /// A server running on its own thread; stopped when dropped.
