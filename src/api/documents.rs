@@ -1,6 +1,8 @@
 //! `/api/{collection}` and `/api/{collection}/{id}`: create, list, read, replace, patch, delete.
-//! Handlers only translate HTTP to a [`Write`] and back; the meaning of a write lives in
-//! [`crate::write`], its atomicity in the store.
+//! Handlers only translate HTTP to a [`WriteSpec`] (path, headers, content type and the body's JSON
+//! kind) and the committed write back; [`crate::write::wire`] turns the spec into the store's write
+//! (as it does a protocol `write` message), [`crate::write`] decides what it means, the store makes it
+//! atomic.
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -13,17 +15,23 @@ use serde_json::{json, Value};
 use super::extract::{BodyKind, JsonBody, Path, Query, WriteHeaders};
 use super::AppState;
 use crate::error::{ApiError, ErrorCode};
-use crate::model::{validate_collection, validate_id, Data, Document};
+use crate::model::{Data, Document};
+use crate::protocol::WriteOp;
 use crate::store::Committed;
-use crate::write::{kind_of, Mutation, Write};
+use crate::write::kind_of;
+use crate::write::wire::{self, Named, Target, WireError, WriteSpec};
 
 pub fn check_collection(c: &str) -> Result<(), ApiError> {
-    validate_collection(c).map_err(|e| ApiError::bad_request(ErrorCode::InvalidCollection, e.to_string()))
+    wire::check_names(c, None).map_err(refused)
 }
 
 pub fn check_names(c: &str, id: &str) -> Result<(), ApiError> {
-    check_collection(c)?;
-    validate_id(id).map_err(|e| ApiError::bad_request(ErrorCode::InvalidId, e.to_string()))
+    wire::check_names(c, Some(id)).map_err(refused)
+}
+
+/// A write refused before the store: always 400, whatever its code's usual status.
+fn refused(e: WireError) -> ApiError {
+    ApiError::bad_request(e.code, e.message)
 }
 
 /// `"3"`: a document's ETag is its version.
@@ -76,37 +84,34 @@ fn object(body: JsonBody) -> Result<Data, ApiError> {
     }
 }
 
-/// Takes a top-level `"id"` out of a body: it names the document and lives in the envelope.
-fn take_id(data: &mut Data) -> Result<Option<String>, ApiError> {
-    match data.shift_remove("id") {
-        None => Ok(None),
-        Some(Value::String(id)) => {
-            validate_id(&id).map_err(|e| ApiError::bad_request(ErrorCode::InvalidId, e.to_string()))?;
-            Ok(Some(id))
-        }
-        Some(_) => Err(ApiError::bad_request(
-            ErrorCode::InvalidId,
-            "\"id\" must be a string",
-        )),
+/// A REST write: the target from the path, the op and its payload from the method and body, the
+/// rest from the headers.
+fn spec(target: Target, op: WriteOp, payload: Payload, headers: WriteHeaders) -> WriteSpec {
+    let (data, patch) = match payload {
+        Payload::None => (None, None),
+        Payload::Document(d) => (Some(d), None),
+        Payload::Patch(p) => (None, Some(p)),
+    };
+    WriteSpec {
+        op,
+        target,
+        data,
+        patch,
+        expected_version: headers.expected_version,
+        client_id: headers.client_id,
+        idempotency_key: headers.idempotency_key,
     }
 }
 
-struct WriteRequest {
-    collection: String,
-    id: Option<String>,
-    mutation: Mutation,
-    headers: WriteHeaders,
+/// What a request's body brings to its write.
+enum Payload {
+    None,
+    Document(Data),
+    Patch(Value),
 }
 
-async fn commit(state: &AppState, req: WriteRequest) -> Result<Response, ApiError> {
-    let write = Write::new(
-        req.collection,
-        req.id,
-        req.mutation,
-        req.headers.expected_version,
-        req.headers.client_id,
-        req.headers.idempotency_key,
-    );
+async fn commit(state: &AppState, spec: WriteSpec) -> Result<Response, ApiError> {
+    let write = spec.into_write().map_err(refused)?;
     let committed = state.store.commit(write).await?;
     Ok(write_response(committed))
 }
@@ -144,16 +149,13 @@ pub async fn create(
     headers: WriteHeaders,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    check_collection(&collection)?;
-    let mut data = object(body)?;
-    let id = take_id(&mut data)?;
-    let req = WriteRequest {
-        collection,
-        id,
-        mutation: Mutation::Create(data),
-        headers,
-    };
-    commit(&state, req).await
+    let target = Target::new(collection, None, Named::Url).map_err(refused)?;
+    let data = object(body)?;
+    commit(
+        &state,
+        spec(target, WriteOp::Create, Payload::Document(data), headers),
+    )
+    .await
 }
 
 pub async fn replace(
@@ -162,21 +164,13 @@ pub async fn replace(
     headers: WriteHeaders,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    check_names(&collection, &id)?;
-    let mut data = object(body)?;
-    if take_id(&mut data)?.is_some_and(|body_id| body_id != id) {
-        return Err(ApiError::bad_request(
-            ErrorCode::IdMismatch,
-            "the body's \"id\" differs from the URL's",
-        ));
-    }
-    let req = WriteRequest {
-        collection,
-        id: Some(id),
-        mutation: Mutation::Replace(data),
-        headers,
-    };
-    commit(&state, req).await
+    let target = Target::new(collection, Some(id), Named::Url).map_err(refused)?;
+    let data = object(body)?;
+    commit(
+        &state,
+        spec(target, WriteOp::Replace, Payload::Document(data), headers),
+    )
+    .await
 }
 
 /// PATCH takes RFC 6902 (`application/json-patch+json`) or RFC 7396 (`application/merge-patch+json`).
@@ -187,15 +181,10 @@ pub async fn patch(
     headers: WriteHeaders,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    check_names(&collection, &id)?;
-    let mutation = match (body.kind, &body.value) {
-        (BodyKind::JsonPatch, _) | (BodyKind::Json, Value::Array(_)) => {
-            let patch = serde_json::from_value(body.value.clone()).map_err(|e| {
-                ApiError::bad_request(ErrorCode::InvalidPatch, format!("invalid JSON Patch: {e}"))
-            })?;
-            Mutation::Patch(patch)
-        }
-        (BodyKind::MergePatch, _) | (BodyKind::Json, Value::Object(_)) => Mutation::Merge(body.value.clone()),
+    let target = Target::new(collection, Some(id), Named::Url).map_err(refused)?;
+    let op = match (body.kind, &body.value) {
+        (BodyKind::JsonPatch, _) | (BodyKind::Json, Value::Array(_)) => WriteOp::Patch,
+        (BodyKind::MergePatch, _) | (BodyKind::Json, Value::Object(_)) => WriteOp::Merge,
         (BodyKind::Json, other) => {
             return Err(ApiError::bad_request(
                 ErrorCode::InvalidPatch,
@@ -206,13 +195,7 @@ pub async fn patch(
             ))
         }
     };
-    let req = WriteRequest {
-        collection,
-        id: Some(id),
-        mutation,
-        headers,
-    };
-    commit(&state, req).await
+    commit(&state, spec(target, op, Payload::Patch(body.value), headers)).await
 }
 
 pub async fn delete(
@@ -220,14 +203,8 @@ pub async fn delete(
     Path((collection, id)): Path<(String, String)>,
     headers: WriteHeaders,
 ) -> Result<Response, ApiError> {
-    check_names(&collection, &id)?;
-    let req = WriteRequest {
-        collection,
-        id: Some(id),
-        mutation: Mutation::Delete,
-        headers,
-    };
-    commit(&state, req).await
+    let target = Target::new(collection, Some(id), Named::Url).map_err(refused)?;
+    commit(&state, spec(target, WriteOp::Delete, Payload::None, headers)).await
 }
 
 pub async fn get(

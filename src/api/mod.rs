@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
 use crate::hub::Hub;
 use crate::store::Store;
+use crate::sync::SyncContext;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -40,6 +41,18 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The sync sessions, so that shutdown can wait for them to finish.
     pub sessions: TaskTracker,
+}
+
+impl AppState {
+    /// What the sync sessions need of it.
+    pub fn sync(&self) -> SyncContext {
+        SyncContext {
+            store: Arc::clone(&self.store),
+            hub: self.hub.clone(),
+            shutdown: self.shutdown.clone(),
+            page: self.config.limits.max_page,
+        }
+    }
 }
 
 /// The whole HTTP surface: the API under `/api`, the UI at `/`.

@@ -3,7 +3,11 @@
 //! - [`protocol`]: the messages (`docs/PROTOCOL.md` is their reference).
 //! - [`plan`]: what a client with state vector V needs — nothing, events, or a snapshot. Pure.
 //! - [`session`]: one connection's state — what it has been sent, what it acknowledged, which live
-//!   events to forward. Pure (sans-IO); the transports in `api/ws.rs` and `api/sse.rs` drive it.
+//!   events to forward. Pure (sans-IO).
+//! - [`open`]: the opening step every sync path shares (accept the hello, subscribe, starting
+//!   vector, catch-up), over a small [`SyncContext`]; [`resume`]: an SSE `Last-Event-ID`'s vector.
+//! - [`driver`]: the one session loop, over a [`driver::Transport`] — `api/ws.rs` and `api/sse.rs`
+//!   only frame, parse and keep their own timers; [`writes`]: protocol writes in flight.
 //!
 //! The order of a session's life is fixed by one rule — **subscribe before you read**: a session
 //! subscribes to the hub, *then* reads its catch-up from the store at position P, then forwards live
@@ -11,8 +15,12 @@
 //! duplicate. When it falls behind the hub (a slow client), it drops what was queued and re-plans its
 //! catch-up from the store — sequence numbers and versions make that lossless.
 
+pub mod driver;
+pub mod open;
 pub mod plan;
+pub mod resume;
 pub mod session;
+pub mod writes;
 
 /// The protocol's messages: the wire crate's, under the name the server has always used.
 pub use crate::protocol;
@@ -23,6 +31,7 @@ use crate::protocol::StateVector;
 use crate::store::{Store, StoreError};
 
 pub use crate::store::CatchUp;
+pub use open::SyncContext;
 
 /// What brings a client with `vector` current for `collections` (sorted, deduplicated): the
 /// messages in sending order and the resulting vector, read at one consistent position of the log.

@@ -30,6 +30,37 @@ impl HelloError {
     }
 }
 
+/// A refused protocol message: answered with an `error` message (over HTTP, an error body),
+/// counted as a violation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ProtocolError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ProtocolError {
+        ProtocolError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The `error` message that answers it.
+    pub fn into_message(self) -> ServerMessage {
+        ServerMessage::Error {
+            code: self.code,
+            message: self.message,
+        }
+    }
+}
+
+impl From<HelloError> for ProtocolError {
+    fn from(e: HelloError) -> ProtocolError {
+        ProtocolError::new(e.code(), e.to_string())
+    }
+}
+
 /// What to do with a live event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Live {
@@ -411,14 +442,17 @@ mod tests {
             client_id: "a b".into(),
             ..ok.clone()
         };
-        assert_eq!(validate_hello(&bad_id).unwrap_err().code(), "invalid_client_id");
+        assert_eq!(
+            validate_hello(&bad_id).unwrap_err().code(),
+            ErrorCode::InvalidClientId
+        );
         let bad_sub = Hello {
             subscribe: vec!["2x".into()],
             ..ok.clone()
         };
         assert_eq!(
             validate_hello(&bad_sub).unwrap_err().code(),
-            "invalid_subscription"
+            ErrorCode::InvalidSubscription
         );
         let too_many = Hello {
             subscribe: (0..=MAX_SUBSCRIPTIONS).map(|i| format!("c{i}")).collect(),
@@ -426,7 +460,7 @@ mod tests {
         };
         assert_eq!(
             validate_hello(&too_many).unwrap_err().code(),
-            "invalid_subscription"
+            ErrorCode::InvalidSubscription
         );
         let mut v = vector(&[]);
         v.get_mut("games").unwrap().insert("bad id".into(), 1);
@@ -436,7 +470,7 @@ mod tests {
         };
         assert_eq!(
             validate_hello(&bad_vec).unwrap_err().code(),
-            "invalid_state_vector"
+            ErrorCode::InvalidStateVector
         );
     }
 }

@@ -12,6 +12,7 @@
 //! nothing.
 
 mod history;
+pub mod wire;
 
 pub use history::{rebuild, RebuildError};
 

@@ -1,0 +1,362 @@
+//! The session driver: one loop that runs a sync session over any transport —
+//! **hello → subscribe → catch-up → live → re-sync → acknowledgement flush**.
+//!
+//! A transport ([`Transport`]: the WebSocket in `api/ws.rs`, SSE in `api/sse.rs`) only frames and
+//! parses, and keeps its own timers (how long a write may block, what its heartbeat does); the
+//! driver decides everything else, with the sans-IO [`Session`] keeping the state. It is generic
+//! over the transport, not `dyn`: fan-out to thousands of sockets runs this loop once per live
+//! batch per connection, with no boxing or dynamic dispatch per event.
+//!
+//! Three places see everything, and are where authorization belongs: [`super::open::accept`] every
+//! hello, [`forward`] every live event (through [`Session::live`]), [`Writes::start`] every write.
+//!
+//! One task per connection, one `biased` `select!`: the shutdown token, the client's messages, the
+//! hub, finished writes, the heartbeat and the acknowledgement flush. Live events are fed in batches
+//! of up to [`SEND_BATCH`] with one flush. A session that falls behind the hub (`Lagged`) or finds a
+//! gap drops what was queued and re-plans its catch-up from the store: lossless, since the log and
+//! not the hub is the source of truth.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::broadcast::Receiver;
+
+use super::open::{accept, open, read_catch_up, Accepted, Opened, Start, SyncContext};
+use super::protocol::{ClientMessage, ServerMessage};
+use super::session::{validate_vector, Live, ProtocolError, Session};
+use super::writes::Writes;
+use super::{
+    CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TIMEOUT, HELLO_TIMEOUT, MAX_VIOLATIONS, SEND_BATCH,
+    VECTOR_FLUSH_INTERVAL,
+};
+use crate::error::ErrorCode;
+use crate::hub::LiveEvent;
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client closed or vanished (or a write to it did not finish in time).
+    Gone,
+    /// The server ends it, with this close code and reason (a transport without close frames just
+    /// ends).
+    Close(u16, &'static str),
+}
+
+/// What a transport read from its client.
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "moved once, from the transport to the driver; boxing would allocate per message"
+)]
+pub enum Incoming {
+    Message(ClientMessage),
+    /// Not a message (bad JSON, a binary frame, ...): answered with `error`, counted as a violation.
+    Refused(ProtocolError),
+    /// A sign of life and nothing else (a WebSocket ping or pong).
+    Noise,
+}
+
+/// One connection's way to its client. Writes are bounded by the transport (a client that stops
+/// reading must not hold its session forever): `Err(End::Gone)` when one does not finish in time.
+pub trait Transport: Send {
+    /// How often [`Transport::heartbeat`] runs once the session is live.
+    const HEARTBEAT: Duration;
+    /// Whether what was written counts as acknowledged — a transport with no back channel (SSE).
+    const ACKS_WHAT_IT_SENDS: bool;
+
+    /// Queues a server message; [`Transport::flush`] makes sure it is written.
+    fn feed(&mut self, msg: &ServerMessage) -> impl Future<Output = Result<(), End>> + Send;
+    /// Queues a live event, in its pre-serialized wire form.
+    fn feed_live(&mut self, event: &LiveEvent) -> impl Future<Output = Result<(), End>> + Send;
+    fn flush(&mut self) -> impl Future<Output = Result<(), End>> + Send;
+    /// The client's next message. Must be cancel-safe: the loop drops it whenever another branch
+    /// wins.
+    fn receive(&mut self) -> impl Future<Output = Result<Incoming, End>> + Send;
+    /// The transport's own heartbeat; `idle` is how long since the last sign of life (a message
+    /// received, or live events the client's socket took).
+    fn heartbeat(&mut self, idle: Duration) -> impl Future<Output = Result<(), End>> + Send;
+}
+
+async fn send<T: Transport>(t: &mut T, msg: &ServerMessage) -> Result<(), End> {
+    t.feed(msg).await?;
+    t.flush().await
+}
+
+/// A whole session over a transport whose client says `hello` first (the WebSocket).
+pub async fn serve<T: Transport>(ctx: &SyncContext, t: &mut T) -> End {
+    let accepted = match await_hello(t).await {
+        Ok(accepted) => accepted,
+        Err(end) => return end,
+    };
+    match open(ctx, accepted, Start::Hello).await {
+        Ok(opened) => run(ctx, t, opened).await,
+        Err(_) => End::Close(CLOSE_INTERNAL, "store unavailable"),
+    }
+}
+
+/// Waits up to [`HELLO_TIMEOUT`] for a valid `hello`; anything else before it is a violation.
+async fn await_hello<T: Transport>(t: &mut T) -> Result<Accepted, End> {
+    let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+    let mut strikes = 0;
+    loop {
+        let refusal = match tokio::time::timeout_at(deadline, t.receive()).await {
+            Err(_) => return Err(End::Close(CLOSE_TIMEOUT, "no hello in time")),
+            Ok(incoming) => match incoming? {
+                Incoming::Noise => continue,
+                Incoming::Refused(e) => e,
+                Incoming::Message(ClientMessage::Hello(h)) => match accept(h) {
+                    Ok(accepted) => return Ok(accepted),
+                    Err(e) => e,
+                },
+                Incoming::Message(_) => {
+                    ProtocolError::new(ErrorCode::HelloRequired, "the first message must be a hello")
+                }
+            },
+        };
+        send(t, &refusal.into_message()).await?;
+        strikes += 1;
+        if strikes >= MAX_VIOLATIONS {
+            return Err(End::Close(CLOSE_POLICY, "too many bad messages"));
+        }
+    }
+}
+
+/// An opened session: its catch-up, then live until it ends; what the client acknowledged is
+/// flushed to the store either way.
+pub async fn run<T: Transport>(ctx: &SyncContext, t: &mut T, opened: Opened) -> End {
+    let Opened {
+        mut session,
+        mut live,
+    } = opened;
+    let end = match catch_up(ctx, t, &mut session).await {
+        Ok(()) => live_loop(ctx, t, &mut session, &mut live).await,
+        Err(end) => end,
+    };
+    flush_acks(ctx, &mut session).await;
+    end
+}
+
+/// Sends what brings the client from its session vector to current, then `synced`.
+async fn catch_up<T: Transport>(ctx: &SyncContext, t: &mut T, session: &mut Session) -> Result<(), End> {
+    let c = read_catch_up(ctx, session).await.map_err(|e| {
+        tracing::warn!(error = %e, "catch-up failed");
+        End::Close(CLOSE_INTERNAL, "catch-up failed")
+    })?;
+    for m in &c.messages {
+        t.feed(m).await?;
+    }
+    t.flush().await?;
+    session.caught_up(&c);
+    send(t, &session.synced(&c)).await?;
+    if T::ACKS_WHAT_IT_SENDS {
+        // A stream that dies with frames in flight is corrected on reconnect (see `resume`).
+        session.ack(c.position);
+    }
+    Ok(())
+}
+
+async fn live_loop<T: Transport>(
+    ctx: &SyncContext,
+    t: &mut T,
+    session: &mut Session,
+    live: &mut Receiver<Arc<LiveEvent>>,
+) -> End {
+    let mut writes: Option<Writes> = None;
+    let start = tokio::time::Instant::now();
+    let mut heartbeat = tokio::time::interval_at(start + T::HEARTBEAT, T::HEARTBEAT);
+    let mut flush = tokio::time::interval_at(start + VECTOR_FLUSH_INTERVAL, VECTOR_FLUSH_INTERVAL);
+    let mut last_seen = Instant::now();
+    let cancelled = ctx.shutdown.cancelled();
+    tokio::pin!(cancelled);
+    loop {
+        // `biased`: no random branch order per wake-up (this loop wakes once per live event).
+        tokio::select! {
+            biased;
+            _ = &mut cancelled => return End::Close(CLOSE_GOING_AWAY, "server shutting down"),
+            incoming = t.receive() => {
+                last_seen = Instant::now();
+                if let Err(end) = on_incoming(ctx, t, session, incoming, &mut writes).await {
+                    return end;
+                }
+            }
+            received = live.recv() => match on_live(ctx, t, session, received, live).await {
+                // The client's socket took the data: it is reading, so it is alive (its pong may be
+                // queued behind what we sent).
+                Ok(sent) => if sent {
+                    last_seen = Instant::now();
+                },
+                Err(end) => return end,
+            },
+            Some(result) = Writes::next(&mut writes) => {
+                if let Err(end) = send(t, &ServerMessage::Result(result)).await {
+                    return end;
+                }
+            }
+            _ = heartbeat.tick() => {
+                if let Err(end) = t.heartbeat(last_seen.elapsed()).await {
+                    return end;
+                }
+            }
+            _ = flush.tick(), if session.has_acked() => flush_acks(ctx, session).await,
+        }
+    }
+}
+
+/// What the client sent: handled, or refused and counted as a violation.
+async fn on_incoming<T: Transport>(
+    ctx: &SyncContext,
+    t: &mut T,
+    session: &mut Session,
+    incoming: Result<Incoming, End>,
+    writes: &mut Option<Writes>,
+) -> Result<(), End> {
+    let refusal = match incoming? {
+        Incoming::Message(msg) => Box::pin(handle(ctx, t, session, msg, writes)).await?,
+        Incoming::Refused(e) => Some(e),
+        Incoming::Noise => None,
+    };
+    if let Some(refusal) = refusal {
+        send(t, &refusal.into_message()).await?;
+        if session.violation() {
+            return Err(End::Close(CLOSE_POLICY, "too many bad messages"));
+        }
+    }
+    Ok(())
+}
+
+/// What the hub delivered: forwarded, and re-planned from the store when the session fell behind
+/// or found a gap. `Ok(true)`: something reached the client.
+async fn on_live<T: Transport>(
+    ctx: &SyncContext,
+    t: &mut T,
+    session: &mut Session,
+    received: Result<Arc<LiveEvent>, RecvError>,
+    live: &mut Receiver<Arc<LiveEvent>>,
+) -> Result<bool, End> {
+    let Forwarded { sent, resync } = match received {
+        Ok(first) => forward(t, session, first, live).await?,
+        Err(RecvError::Lagged(_)) => Forwarded {
+            sent: false,
+            resync: true,
+        },
+        Err(RecvError::Closed) => return Err(End::Gone),
+    };
+    if resync {
+        Box::pin(catch_up(ctx, t, session)).await?;
+    }
+    Ok(sent)
+}
+
+/// What [`forward`] did.
+struct Forwarded {
+    /// Something was written to the client.
+    sent: bool,
+    /// The session fell behind or found a gap: re-plan its catch-up.
+    resync: bool,
+}
+
+/// Every live event passes here: `first` and whatever else is already waiting (up to a batch),
+/// each decided by the session, then one flush.
+async fn forward<T: Transport>(
+    t: &mut T,
+    session: &mut Session,
+    first: Arc<LiveEvent>,
+    live: &mut Receiver<Arc<LiveEvent>>,
+) -> Result<Forwarded, End> {
+    let mut batch = vec![first];
+    let mut lagged = false;
+    while batch.len() < SEND_BATCH {
+        match live.try_recv() {
+            Ok(e) => batch.push(e),
+            Err(TryRecvError::Lagged(_)) => {
+                lagged = true;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    let mut gap = false;
+    let mut sent = false;
+    for e in &batch {
+        match session.live(e) {
+            Live::Send => {
+                sent = true;
+                t.feed_live(e).await?;
+                if T::ACKS_WHAT_IT_SENDS {
+                    session.ack(e.seq);
+                }
+            }
+            Live::Skip => {}
+            Live::Gap => {
+                gap = true;
+                break;
+            }
+        }
+    }
+    if sent {
+        t.flush().await?;
+    }
+    Ok(Forwarded {
+        sent,
+        resync: lagged || gap,
+    })
+}
+
+/// Handles one message after the hello; `Ok(Some(refusal))` is a bad message to answer with `error`.
+async fn handle<T: Transport>(
+    ctx: &SyncContext,
+    t: &mut T,
+    session: &mut Session,
+    msg: ClientMessage,
+    writes: &mut Option<Writes>,
+) -> Result<Option<ProtocolError>, End> {
+    match msg {
+        ClientMessage::Hello(_) => {
+            return Ok(Some(ProtocolError::new(
+                ErrorCode::AlreadyHello,
+                "hello was already received",
+            )))
+        }
+        ClientMessage::Sync { state_vector } => {
+            if let Some(v) = state_vector {
+                if let Err(e) = validate_vector(&v) {
+                    return Ok(Some(e.into()));
+                }
+                session.reset_vector(v);
+                // The client's own word for what it has: remembered as acknowledged, like a hello's.
+                if let Err(e) = ctx
+                    .store
+                    .save_client(session.client_id(), 0, session.vector(), true)
+                    .await
+                {
+                    tracing::warn!(error = %e, "saving a sync's vector failed");
+                }
+            }
+            catch_up(ctx, t, session).await?;
+        }
+        ClientMessage::Ack { seq } => session.ack(seq),
+        ClientMessage::Ping { id } => send(t, &ServerMessage::Pong { id }).await?,
+        ClientMessage::Write(w) => {
+            if let Some(refused) = Writes::start(writes, &ctx.store, session.client_id(), w) {
+                send(t, &ServerMessage::Result(refused)).await?;
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Records what the client acknowledged since the last flush (at most every
+/// [`VECTOR_FLUSH_INTERVAL`], and once more when the session ends).
+async fn flush_acks(ctx: &SyncContext, session: &mut Session) {
+    if let Some((position, entries)) = session.take_acked() {
+        if let Err(e) = ctx
+            .store
+            .save_client(session.client_id(), position, &entries, false)
+            .await
+        {
+            tracing::warn!(error = %e, client = session.client_id(), "saving the acknowledged vector failed");
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Writes over the protocol: every `write` message a session receives passes through
+//! [`Writes::start`] — the point where what a connection may write will be checked — and is then
+//! committed on its own task, so a slow write never holds up the connection's live events.
+//!
+//! At most [`MAX_INFLIGHT_WRITES`] run per connection; one more is answered at once with
+//! `too_many_writes` (retryable). Results come back on a channel made with the first write: most
+//! sessions never write, and the channel costs ~5 KiB.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Semaphore};
+
+use super::protocol::{ResultMessage, WriteMessage};
+use super::MAX_INFLIGHT_WRITES;
+use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::store::Store;
+use crate::write::wire;
+
+/// One connection's writes in flight, and the channel their results come back on.
+pub struct Writes {
+    inflight: Arc<Semaphore>,
+    results_tx: mpsc::Sender<ResultMessage>,
+    results: mpsc::Receiver<ResultMessage>,
+}
+
+impl Writes {
+    fn new() -> Writes {
+        let (results_tx, results) = mpsc::channel(MAX_INFLIGHT_WRITES);
+        Writes {
+            inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_WRITES)),
+            results_tx,
+            results,
+        }
+    }
+
+    /// Starts committing `w` for `client_id` (creating `writes` on the first write). Too many writes
+    /// in flight: the `result` to answer at once instead.
+    pub fn start(
+        writes: &mut Option<Writes>,
+        store: &Arc<dyn Store>,
+        client_id: &str,
+        w: WriteMessage,
+    ) -> Option<ResultMessage> {
+        let writes = writes.get_or_insert_with(Writes::new);
+        let Ok(permit) = Arc::clone(&writes.inflight).try_acquire_owned() else {
+            let error = ErrorBody::new(
+                ErrorCode::TooManyWrites,
+                format!("at most {MAX_INFLIGHT_WRITES} writes may be in flight"),
+            );
+            return Some(refused(w.op_id, w.id, error));
+        };
+        let (store, client_id, results) = (
+            Arc::clone(store),
+            client_id.to_string(),
+            writes.results_tx.clone(),
+        );
+        tokio::spawn(async move {
+            let result = commit(&*store, &client_id, w).await;
+            let _ = results.send(result).await;
+            drop(permit);
+        });
+        None
+    }
+
+    /// The next finished write, or never if none was ever made.
+    pub async fn next(writes: &mut Option<Writes>) -> Option<ResultMessage> {
+        match writes {
+            Some(w) => w.results.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Commits a protocol write; its `op_id` is its idempotency key, so a retry is applied at most once.
+async fn commit(store: &dyn Store, client_id: &str, w: WriteMessage) -> ResultMessage {
+    let (op_id, id) = (w.op_id.clone(), w.id.clone());
+    let write = match wire::from_message(client_id, w) {
+        Ok(write) => write,
+        Err(e) => return refused(op_id, id, e.body()),
+    };
+    match store.commit(write).await {
+        Ok(c) => {
+            let (id, version) = match (&c.document, &c.event) {
+                (Some(d), _) => (Some(d.id.clone()), Some(d.version)),
+                (None, Some(e)) => (Some(e.id.clone()), Some(e.version)),
+                (None, None) => (id, None),
+            };
+            ResultMessage {
+                op_id,
+                ok: true,
+                id,
+                version,
+                seq: c.event.as_ref().map(|e| e.seq),
+                replayed: c.replayed,
+                error: None,
+            }
+        }
+        Err(e) => refused(op_id, id, ApiError::from(e).body()),
+    }
+}
+
+fn refused(op_id: String, id: Option<String>, error: ErrorBody) -> ResultMessage {
+    ResultMessage {
+        op_id,
+        ok: false,
+        id,
+        version: None,
+        seq: None,
+        replayed: false,
+        error: Some(error),
+    }
+}
