@@ -442,17 +442,14 @@ mod tests {
             client_id: "a b".into(),
             ..ok.clone()
         };
-        assert_eq!(
-            validate_hello(&bad_id).unwrap_err().code(),
-            ErrorCode::InvalidClientId
-        );
+        assert_eq!(validate_hello(&bad_id).unwrap_err().code(), "invalid_client_id");
         let bad_sub = Hello {
             subscribe: vec!["2x".into()],
             ..ok.clone()
         };
         assert_eq!(
             validate_hello(&bad_sub).unwrap_err().code(),
-            ErrorCode::InvalidSubscription
+            "invalid_subscription"
         );
         let too_many = Hello {
             subscribe: (0..=MAX_SUBSCRIPTIONS).map(|i| format!("c{i}")).collect(),
@@ -460,7 +457,7 @@ mod tests {
         };
         assert_eq!(
             validate_hello(&too_many).unwrap_err().code(),
-            ErrorCode::InvalidSubscription
+            "invalid_subscription"
         );
         let mut v = vector(&[]);
         v.get_mut("games").unwrap().insert("bad id".into(), 1);
@@ -470,7 +467,7 @@ mod tests {
         };
         assert_eq!(
             validate_hello(&bad_vec).unwrap_err().code(),
-            ErrorCode::InvalidStateVector
+            "invalid_state_vector"
         );
     }
 }
