@@ -1,7 +1,8 @@
 //! Sync — keeping every connected client exactly current: **sync plan → session → WebSocket/SSE**.
 //!
 //! - [`protocol`]: the messages (`docs/PROTOCOL.md` is their reference).
-//! - [`plan`]: what a client with state vector V needs — nothing, events, or a snapshot. Pure.
+//! - [`catch_up()`]: what a client with state vector V needs — planned by [`crate::plan`], read by
+//!   the store, assembled into messages here.
 //! - [`session`]: one connection's state — what it has been sent, what it acknowledged, which live
 //!   events to forward. Pure (sans-IO); the transports in `api/ws.rs` and `api/sse.rs` drive it.
 //!
@@ -11,7 +12,7 @@
 //! duplicate. When it falls behind the hub (a slow client), it drops what was queued and re-plans its
 //! catch-up from the store — sequence numbers and versions make that lossless.
 
-pub mod plan;
+mod catch_up;
 pub mod session;
 
 /// The protocol's messages: the wire crate's, under the name the server has always used.
@@ -22,7 +23,7 @@ use std::time::Duration;
 use crate::protocol::StateVector;
 use crate::store::{Store, StoreError};
 
-pub use crate::store::CatchUp;
+pub use catch_up::CatchUp;
 
 /// What brings a client with `vector` current for `collections` (sorted, deduplicated): the
 /// messages in sending order and the resulting vector, read at one consistent position of the log.
@@ -32,7 +33,8 @@ pub async fn catch_up(
     collections: &[String],
     vector: &StateVector,
 ) -> Result<CatchUp, StoreError> {
-    store.catch_up(collections, vector).await
+    let rows = store.catch_up(collections, vector).await?;
+    Ok(CatchUp::assemble(rows, vector))
 }
 
 /// How often the server pings an idle WebSocket.
