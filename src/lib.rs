@@ -11,6 +11,7 @@
 //!        │
 //!        ▼
 //!  write/ ───────────────────────── plan(): version check → apply → diff      (pure, no I/O)
+//!        │                          decide(): replay, refuse, unchanged or apply + event (pure)
 //!        │
 //!        ▼
 //!  store/ (trait Store) ─────────── commit(): one transaction: document + event + snapshot-if-due
@@ -21,7 +22,9 @@
 //!  hub.rs ───────────────────────── publish in sequence order; each event serialized once
 //!        │
 //!        ▼
-//!  sync/plan.rs ─────────────────── what a client with state vector V needs  (pure)
+//!  plan/ ────────────────────────── what a client with state vector V needs, and the reads
+//!        │                          that takes (pure); the store answers them in one read
+//!  sync/catch_up.rs ─────────────── the catch-up's messages and resulting vector, from those rows
 //!  sync/session.rs ──────────────── one connection: sent vector, acks, which live events to forward
 //!        │
 //!        ▼
@@ -44,6 +47,7 @@ pub mod hub;
 mod json;
 mod maintenance;
 pub mod model;
+pub mod plan;
 pub mod server;
 pub mod store;
 pub mod sync;

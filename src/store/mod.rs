@@ -1,15 +1,19 @@
 //! Storage, as a trait of domain operations — **commit → append → publish**.
 //!
 //! A backend owns atomicity: [`Store::commit`] runs the version check, the document write, the event
-//! append, a due snapshot and the idempotency record in one transaction, using the pure rules of
-//! [`crate::write::plan`]. After the commit is durable it publishes the event to the [`Hub`] — in
-//! sequence order, which only the backend can guarantee (it is the one that assigns sequence numbers).
+//! append, a due snapshot and the idempotency record in one transaction. What the write does is not
+//! the backend's to decide: it reads what [`crate::write::decide`] needs, calls it, and persists the
+//! decision, so the backends differ only in how they read and write. After the commit is durable it
+//! publishes the event to the [`Hub`] — in sequence order, which only the backend can guarantee (it
+//! is the one that assigns sequence numbers).
+//!
+//! A catch-up is read the same way: [`crate::plan::Planner`] says which reads it needs, the backend
+//! answers them inside one consistent read transaction and returns the rows; building messages
+//! from them is `sync`'s business, not the store's.
 //!
 //! Backends: [`sqlite`] (embedded, the default) and [`mongo`] (MongoDB, for production and for
 //! several nodes). Every backend must pass the conformance suite (the dev-only crate
 //! `crates/conformance`), which is written once against this trait.
-//! What a committed change stores — the event, the new document record, whether a snapshot is due —
-//! is decided once, by [`changed`], so the backends differ only in how they persist it.
 //!
 //! [`Hub`]: crate::hub::Hub
 
@@ -20,27 +24,16 @@ pub mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::model::{Document, Event, Op, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
-use crate::protocol::{ServerMessage, SnapshotMessage, StateVector};
-use crate::sync::plan::{self, Step};
+use crate::plan::CatchUpRows;
+use crate::protocol::StateVector;
 use crate::time::Timestamp;
-use crate::write::{Change, Mutation, Write, WriteError};
+use crate::write::{Refusal, Write, WriteError};
 
-/// The outcome of a successful [`Store::commit`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Committed {
-    /// The document after the write (`None` after a delete).
-    pub document: Option<Document>,
-    /// The appended event (`None` when the write changed nothing).
-    pub event: Option<Arc<Event>>,
-    /// Whether the write created the document (the API answers 201).
-    pub created: bool,
-    /// True when this is the stored result of an earlier request with the same idempotency key.
-    #[serde(skip)]
-    pub replayed: bool,
-}
+/// The outcome of a successful [`Store::commit`] (decided by [`crate::write::decide`]).
+pub use crate::write::Committed;
 
 /// Which events to read. Every field narrows the selection; results are in sequence order.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -87,19 +80,6 @@ impl std::ops::AddAssign for MaintenanceStats {
     }
 }
 
-/// What brings a client current, read at one consistent position of the log.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CatchUp {
-    /// The log position the messages bring the client to.
-    pub position: Seq,
-    /// `snapshot` and `event` messages, per document in version order.
-    pub messages: Vec<ServerMessage>,
-    /// The client's vector after applying them (for the requested collections).
-    pub vector: StateVector,
-    pub snapshots: u64,
-    pub events: u64,
-}
-
 /// What the server remembers of a client: its last acknowledged vector.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClientState {
@@ -132,6 +112,15 @@ pub enum StoreError {
     /// The backend failed (I/O, corruption, a bug). Details are for the log, not for clients.
     #[error("storage failure: {0}")]
     Backend(BackendError),
+}
+
+impl From<Refusal> for StoreError {
+    fn from(r: Refusal) -> StoreError {
+        match r {
+            Refusal::Write(e) => StoreError::Write(e),
+            Refusal::IdempotencyKeyReused => StoreError::IdempotencyKeyReused,
+        }
+    }
 }
 
 impl StoreError {
@@ -240,9 +229,10 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<MaintenanceStats, StoreError>;
 
-    /// Plans and reads a client's catch-up for `collections` (see [`crate::sync::plan`]), all at one
-    /// consistent position of the log.
-    async fn catch_up(&self, collections: &[String], vector: &StateVector) -> Result<CatchUp, StoreError>;
+    /// Reads what a client with `vector` needs to catch up on `collections` — the reads a
+    /// [`crate::plan::Planner`] asks for — all at one consistent position of the log.
+    async fn catch_up(&self, collections: &[String], vector: &StateVector)
+        -> Result<CatchUpRows, StoreError>;
 
     /// The client's last acknowledged vector, if it ever acknowledged one.
     async fn load_client(&self, client_id: &str) -> Result<Option<ClientState>, StoreError>;
@@ -271,172 +261,4 @@ pub trait Store: Send + Sync + 'static {
     /// Finishes queued writes, makes everything durable and releases the store. Later calls fail
     /// with [`StoreError::Closed`].
     async fn close(&self) -> Result<(), StoreError>;
-}
-
-/// What a committed change stores, decided the same way by every backend.
-#[derive(Debug)]
-pub struct Changed {
-    /// The document record after the write (a tombstone after a delete).
-    pub stored: StoredDoc,
-    /// The body serialized (empty for a delete).
-    pub data_json: String,
-    /// Whether a snapshot of the new version is due (every `snapshot_every` versions).
-    pub snapshot_due: bool,
-    /// The result to return (and record under the idempotency key); it holds the event.
-    pub committed: Committed,
-}
-
-impl Changed {
-    pub fn event(&self) -> &Arc<Event> {
-        self.committed
-            .event
-            .as_ref()
-            .expect("a change always has an event")
-    }
-}
-
-/// Turns a planned [`Change`] of the document `previous` (`None`: the id was never used) into the
-/// event with sequence number `seq` and the new document record.
-pub fn changed(
-    previous: Option<&StoredDoc>,
-    w: &Write,
-    id: String,
-    change: Change,
-    seq: Seq,
-    now: Timestamp,
-    snapshot_every: u64,
-) -> Changed {
-    let deleting = matches!(w.mutation, Mutation::Delete);
-    let (compacted_through, mut snapshot_version) =
-        previous.map_or((0, 0), |s| (s.compacted_through, s.snapshot_version));
-    let snapshot_due = !deleting && change.version >= snapshot_version + snapshot_every.max(1);
-    if snapshot_due {
-        snapshot_version = change.version;
-    }
-    let event = Event {
-        seq,
-        collection: w.collection.clone(),
-        id: id.clone(),
-        version: change.version,
-        op: change.op,
-        patch: change.patch,
-        client_id: w.client_id.clone(),
-        op_id: w
-            .idempotency_key
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-        ts: now,
-    };
-    let doc = Document {
-        collection: w.collection.clone(),
-        id,
-        version: change.version,
-        created_at: match previous {
-            Some(s) if !s.deleted => s.doc.created_at,
-            _ => now,
-        },
-        updated_at: now,
-        data: change.data,
-    };
-    Changed {
-        committed: Committed {
-            document: (!deleting).then(|| doc.clone()),
-            event: Some(Arc::new(event)),
-            created: previous.is_none_or(|s| s.deleted),
-            replayed: false,
-        },
-        stored: StoredDoc {
-            doc,
-            deleted: deleting,
-            compacted_through,
-            snapshot_version,
-        },
-        data_json: change.data_json,
-        snapshot_due,
-    }
-}
-
-/// Builds a [`CatchUp`] from the steps a backend planned and the pieces it read for them, so every
-/// backend produces the same messages and vector.
-pub struct CatchUpBuilder {
-    out: CatchUp,
-}
-
-impl CatchUpBuilder {
-    pub fn new(position: Seq) -> CatchUpBuilder {
-        CatchUpBuilder {
-            out: CatchUp {
-                position,
-                messages: Vec::new(),
-                vector: StateVector::new(),
-                snapshots: 0,
-                events: 0,
-            },
-        }
-    }
-
-    /// Adds one collection. `steps` are its final steps (event sizes already weighed, see
-    /// [`plan::events_or_snapshot`]); `fetch` reads what a step needs: the events `from..=to` of a
-    /// document, or its live body at a version (`None` if it changed since — then nothing is sent).
-    pub fn collection(
-        &mut self,
-        collection: &str,
-        client: Option<&std::collections::BTreeMap<String, Version>>,
-        steps: Vec<(String, Step, Fetched)>,
-    ) {
-        let mut resulting = client.cloned().unwrap_or_default();
-        for (id, step, fetched) in steps {
-            match (step, fetched) {
-                (Step::Events { to, .. }, Fetched::Events(events)) => {
-                    self.out.events += events.len() as u64;
-                    self.out
-                        .messages
-                        .extend(events.into_iter().map(ServerMessage::Event));
-                    resulting.insert(id, to);
-                }
-                (Step::Snapshot { version }, Fetched::Body(Some(data))) => {
-                    self.out.snapshots += 1;
-                    self.out.messages.push(ServerMessage::Snapshot(SnapshotMessage {
-                        collection: collection.to_string(),
-                        id: id.clone(),
-                        version,
-                        data: Some(data),
-                        deleted: false,
-                    }));
-                    resulting.insert(id, version);
-                }
-                (Step::Delete { version }, _) => {
-                    self.out.snapshots += 1;
-                    self.out.messages.push(ServerMessage::Snapshot(SnapshotMessage {
-                        collection: collection.to_string(),
-                        id: id.clone(),
-                        version,
-                        data: None,
-                        deleted: true,
-                    }));
-                    if version == 0 {
-                        resulting.remove(&id);
-                    } else {
-                        resulting.insert(id, version);
-                    }
-                }
-                _ => {}
-            }
-        }
-        self.out.vector.insert(collection.to_string(), resulting);
-    }
-
-    pub fn finish(mut self) -> CatchUp {
-        plan::order_messages(&mut self.out.messages);
-        self.out
-    }
-}
-
-/// What a backend read for one catch-up step.
-#[derive(Debug)]
-pub enum Fetched {
-    Nothing,
-    Events(Vec<Event>),
-    /// The live body at the planned version, or `None` when it is not there any more.
-    Body(Option<crate::model::Data>),
 }

@@ -1,7 +1,8 @@
 //! Sync — keeping every connected client exactly current: **sync plan → session → WebSocket/SSE**.
 //!
 //! - [`protocol`]: the messages (`docs/PROTOCOL.md` is their reference).
-//! - [`plan`]: what a client with state vector V needs — nothing, events, or a snapshot. Pure.
+//! - [`catch_up()`]: what a client with state vector V needs — planned by [`crate::plan`], read by
+//!   the store, assembled into messages here.
 //! - [`session`]: one connection's state — what it has been sent, what it acknowledged, which live
 //!   events to forward. Pure (sans-IO).
 //! - [`open`]: the opening step every sync path shares (accept the hello, subscribe, starting
@@ -15,9 +16,9 @@
 //! duplicate. When it falls behind the hub (a slow client), it drops what was queued and re-plans its
 //! catch-up from the store — sequence numbers and versions make that lossless.
 
+mod catch_up;
 pub mod driver;
 pub mod open;
-pub mod plan;
 pub mod resume;
 pub mod session;
 pub mod writes;
@@ -30,7 +31,7 @@ use std::time::Duration;
 use crate::protocol::StateVector;
 use crate::store::{Store, StoreError};
 
-pub use crate::store::CatchUp;
+pub use catch_up::CatchUp;
 pub use open::SyncContext;
 
 /// What brings a client with `vector` current for `collections` (sorted, deduplicated): the
@@ -41,7 +42,8 @@ pub async fn catch_up(
     collections: &[String],
     vector: &StateVector,
 ) -> Result<CatchUp, StoreError> {
-    store.catch_up(collections, vector).await
+    let rows = store.catch_up(collections, vector).await?;
+    Ok(CatchUp::assemble(rows, vector))
 }
 
 /// How often the server pings an idle WebSocket.

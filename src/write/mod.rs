@@ -2,18 +2,21 @@
 //!
 //! A [`Write`] says what a client asked for; [`plan`] decides, from the document's current state and
 //! nothing else, what that means: a new version with its RFC 6902 diff, no change at all, or a typed
-//! refusal. It does no I/O, so every backend runs the very same rules inside its own transaction
-//! (habit 3 of STYLE.md: the backend owns atomicity, this module owns meaning), and the rules are
-//! unit-tested here densely.
+//! refusal. [`decide`] wraps it with the rest of a commit's rules — idempotent replay, the event, the
+//! new document record, a snapshot when one is due. Neither does I/O, so every backend runs the very
+//! same rules inside its own transaction: the backend owns atomicity (one transaction per write, or
+//! per batch of writes), this module owns meaning, and the rules are unit-tested here densely.
 //!
 //! The event's patch is always the *computed* diff between the stored versions, never the client's
 //! patch as sent: a merge patch, a replace and a JSON Patch that moves things around all become the
 //! same canonical RFC 6902 operations, and a write whose result equals the current body appends
 //! nothing.
 
+mod commit;
 mod history;
 pub mod wire;
 
+pub use commit::{decide, target_id, Applied, Committed, Decision, Policy, Recorded, Refusal};
 pub use history::{rebuild, RebuildError};
 
 use json_patch::{Patch, PatchOperation};

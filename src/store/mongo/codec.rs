@@ -227,8 +227,8 @@ pub fn snapshot_info(d: &BsonDoc) -> Result<crate::model::SnapshotInfo, StoreErr
 }
 
 /// The planner's view of a document record (read with [`SUMMARY_FIELDS`]).
-pub fn summary(d: &BsonDoc) -> Result<crate::sync::plan::DocSummary, StoreError> {
-    Ok(crate::sync::plan::DocSummary {
+pub fn summary(d: &BsonDoc) -> Result<crate::plan::DocSummary, StoreError> {
+    Ok(crate::plan::DocSummary {
         id: str_field(d, "_id")?.to_string(),
         version: u64_field(d, "version")?,
         deleted: bool_field(d, "deleted")?,

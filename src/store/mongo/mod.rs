@@ -19,12 +19,13 @@
 mod codec;
 mod follower;
 mod sessions;
+mod transaction;
 mod writer;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bson::{doc, Document as BsonDoc};
@@ -36,24 +37,20 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use self::codec::{int, CLIENTS, COUNTERS, EVENTS, IDEMPOTENCY, SEQ_COUNTER, SNAPSHOTS, STATE_VECTORS};
+use self::transaction::{transaction, Abort, READ};
 use self::writer::{Command, Writer};
 use crate::hub::Hub;
 use crate::model::{Document, Event, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
+use crate::plan::{Answer, CatchUpRows, DocSummary, Need, Planner};
 use crate::protocol::StateVector;
-use crate::store::{
-    CatchUp, CatchUpBuilder, ClientState, Committed, EventFilter, Fetched, MaintenanceStats, Retention,
-    Store, StoreError,
-};
-use crate::sync::plan::{self, Step};
+use crate::store::{ClientState, Committed, EventFilter, MaintenanceStats, Retention, Store, StoreError};
 use crate::time::Timestamp;
-use crate::write::{Limits, Write};
+use crate::write::{Limits, Policy, Write};
 
 /// The database used when the URI names none.
 pub const DEFAULT_DATABASE: &str = "eventsync";
 /// Documents a maintenance pass reads per query.
 const MAINTENANCE_CHUNK: i64 = 256;
-/// How long a read transaction (catch-up, client vector) or a maintenance step is retried.
-const READ_RETRY_FOR: Duration = Duration::from_secs(10);
 
 /// How to open the MongoDB store.
 #[derive(Debug, Clone)]
@@ -144,8 +141,10 @@ impl MongoStore {
         let writer = Writer {
             shared: Arc::new(writer::Shared {
                 db: db.clone(),
-                limits: opts.limits,
-                snapshot_every: opts.snapshot_every,
+                policy: Policy {
+                    limits: opts.limits,
+                    snapshot_every: opts.snapshot_every,
+                },
                 sessions: appending,
             }),
             max_batch: opts.max_batch.max(1),
@@ -183,45 +182,6 @@ impl MongoStore {
         self.db.collection(SNAPSHOTS)
     }
 }
-
-/// Runs `$body` (a future using the session `$s`) in a snapshot transaction on one of `$sessions`,
-/// retrying the whole transaction on transient errors for up to [`READ_RETRY_FOR`]. (A macro, not a
-/// function taking a closure: the body borrows both the session and its arguments.)
-macro_rules! transaction {
-    ($sessions:expr, |$s:ident| $body:expr) => {{
-        let started = Instant::now();
-        let mut attempt = 0u32;
-        loop {
-            let outcome: Result<_, TxError> = async {
-                let mut session = $sessions.begin().await?;
-                let out = {
-                    let $s: &mut ClientSession = &mut session;
-                    $body
-                }
-                .await?;
-                writer::commit(&mut session).await?;
-                Ok(out)
-            }
-            .await;
-            match outcome {
-                Ok(out) => break Ok(out),
-                Err(TxError::Retry(why) | TxError::Stuck(_, why)) if started.elapsed() < READ_RETRY_FOR => {
-                    attempt += 1;
-                    tracing::debug!(attempt, %why, "retrying a transaction");
-                    writer::backoff(attempt).await;
-                }
-                Err(TxError::Retry(why) | TxError::Stuck(_, why)) => {
-                    tracing::warn!(%why, "a transaction kept conflicting");
-                    break Err(StoreError::Overloaded);
-                }
-                Err(TxError::Fail(e)) => break Err(e),
-            }
-        }
-    }};
-}
-
-/// Why a transaction body failed (retry it, or give up): the writer's [`Abort`].
-type TxError = writer::Abort;
 
 async fn read_counter(db: &Database, s: Option<&mut ClientSession>) -> Result<Seq, StoreError> {
     let counters = db.collection::<BsonDoc>(COUNTERS);
@@ -561,14 +521,25 @@ impl Store for MongoStore {
         Ok(stats)
     }
 
-    async fn catch_up(&self, collections: &[String], vector: &StateVector) -> Result<CatchUp, StoreError> {
+    async fn catch_up(
+        &self,
+        collections: &[String],
+        vector: &StateVector,
+    ) -> Result<CatchUpRows, StoreError> {
         self.check_open()?;
-        transaction!(&self.sessions, |s| catch_up(&self.db, s, collections, vector))
+        Ok(transaction!(&self.sessions, READ, |s| catch_up(
+            &self.db,
+            s,
+            collections,
+            vector
+        ))?)
     }
 
     async fn load_client(&self, client_id: &str) -> Result<Option<ClientState>, StoreError> {
         self.check_open()?;
-        transaction!(&self.sessions, |s| load_client(&self.db, s, client_id))
+        Ok(transaction!(&self.sessions, READ, |s| load_client(
+            &self.db, s, client_id
+        ))?)
     }
 
     async fn save_client(
@@ -579,9 +550,9 @@ impl Store for MongoStore {
         replace: bool,
     ) -> Result<(), StoreError> {
         self.check_open()?;
-        transaction!(&self.sessions, |s| save_client(
+        Ok(transaction!(&self.sessions, READ, |s| save_client(
             &self.db, s, client_id, position, entries, replace
-        ))
+        ))?)
     }
 
     async fn last_seq(&self) -> Result<Seq, StoreError> {
@@ -629,7 +600,9 @@ impl MongoStore {
 
     /// Snapshots one document at its current version, if it still needs it. Returns whether it did.
     async fn snapshot_one(&self, collection: &str, id: &str) -> Result<bool, StoreError> {
-        transaction!(&self.sessions, |s| snapshot_one(&self.db, s, collection, id))
+        Ok(transaction!(&self.sessions, READ, |s| snapshot_one(
+            &self.db, s, collection, id
+        ))?)
     }
 
     /// Compacts one document's history as far as `retention` allows.
@@ -640,9 +613,9 @@ impl MongoStore {
         retention: Retention,
         now: Timestamp,
     ) -> Result<MaintenanceStats, StoreError> {
-        transaction!(&self.sessions, |s| compact_one(
+        Ok(transaction!(&self.sessions, READ, |s| compact_one(
             &self.db, s, collection, id, retention, now
-        ))
+        ))?)
     }
 }
 
@@ -652,7 +625,7 @@ async fn snapshot_one(
     s: &mut ClientSession,
     collection: &str,
     id: &str,
-) -> Result<bool, TxError> {
+) -> Result<bool, Abort> {
     {
         let docs = db.collection::<BsonDoc>(collection);
         let Some(record) = docs.find_one(doc! {"_id": id}).session(&mut *s).await? else {
@@ -684,7 +657,7 @@ async fn compact_one(
     id: &str,
     retention: Retention,
     now: Timestamp,
-) -> Result<MaintenanceStats, TxError> {
+) -> Result<MaintenanceStats, Abort> {
     {
         let mut stats = MaintenanceStats::default();
         let docs = db.collection::<BsonDoc>(collection);
@@ -743,83 +716,92 @@ async fn compact_one(
     }
 }
 
-/// A client's catch-up, planned and read inside the session's snapshot transaction.
+/// Answers a catch-up's reads inside the session's snapshot transaction (one consistent position).
 async fn catch_up(
     db: &Database,
     s: &mut ClientSession,
     collections: &[String],
     vector: &StateVector,
-) -> Result<CatchUp, TxError> {
-    let mut out = CatchUpBuilder::new(read_counter(db, Some(&mut *s)).await?);
-    let events = db.collection::<BsonDoc>(EVENTS);
-    for collection in collections {
-        let docs = db.collection::<BsonDoc>(collection);
-        let cursor = docs
-            .find(doc! {})
-            .projection(codec::summary_fields())
-            .sort(doc! {"_id": 1})
-            .session(&mut *s)
-            .await?;
-        let summaries = collect(cursor, s)
-            .await?
-            .iter()
-            .map(codec::summary)
-            .collect::<Result<Vec<_>, _>>()?;
-        let client = vector.get(collection);
-        let mut steps = Vec::new();
-        for (id, first) in plan::plan_collection(client, &summaries) {
-            let summary = plan::summary_of(&summaries, &id);
-            let sizes = match plan::sizes_needed(&first, summary) {
-                Some((from, to)) => {
-                    let cursor = events
-                        .find(doc_events_filter(collection, &id, from, to))
-                        .projection(doc! {"bytes": 1})
-                        .sort(doc! {"version": 1})
-                        .session(&mut *s)
-                        .await?;
-                    collect(cursor, s)
-                        .await?
+) -> Result<CatchUpRows, Abort> {
+    let mut planner = Planner::new(read_counter(db, Some(&mut *s)).await?, collections, vector);
+    while let Some(need) = planner.need() {
+        let answer = match need {
+            Need::Summaries { collection } => Answer::Summaries(summaries(db, s, collection).await?),
+            Need::PatchSizes {
+                collection,
+                id,
+                from,
+                to,
+            } => {
+                let sizes = find_events(db, s, collection, id, from, to, Some(doc! {"bytes": 1})).await?;
+                Answer::PatchSizes(
+                    sizes
                         .iter()
                         .map(|d| codec::u64_field(d, "bytes"))
-                        .collect::<Result<Vec<_>, _>>()?
-                }
-                None => Vec::new(),
-            };
-            let step = plan::refine(first, summary, &sizes);
-            let fetched = match step {
-                Step::Nothing => continue,
-                Step::Events { from, to } => {
-                    let cursor = events
-                        .find(doc_events_filter(collection, &id, from, to))
-                        .sort(doc! {"version": 1})
-                        .session(&mut *s)
-                        .await?;
-                    let records = collect(cursor, s).await?;
-                    Fetched::Events(records.iter().map(codec::event).collect::<Result<_, _>>()?)
-                }
-                Step::Snapshot { version } => {
-                    let found = docs.find_one(doc! {"_id": &id}).session(&mut *s).await?;
-                    let stored = found.map(|d| codec::stored_doc(collection, &d)).transpose()?;
-                    Fetched::Body(
-                        stored
-                            .filter(|d| !d.deleted && d.doc.version == version)
-                            .map(|d| d.doc.data),
-                    )
-                }
-                Step::Delete { .. } => Fetched::Nothing,
-            };
-            steps.push((id, step, fetched));
-        }
-        out.collection(collection, client, steps);
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            Need::Events {
+                collection,
+                id,
+                from,
+                to,
+            } => {
+                let records = find_events(db, s, collection, id, from, to, None).await?;
+                Answer::Events(records.iter().map(codec::event).collect::<Result<_, _>>()?)
+            }
+            Need::Document { collection, id } => {
+                let docs = db.collection::<BsonDoc>(collection);
+                let found = docs.find_one(doc! {"_id": id}).session(&mut *s).await?;
+                Answer::Document(found.map(|d| codec::stored_doc(collection, &d)).transpose()?)
+            }
+        };
+        planner.answer(answer);
     }
-    Ok(out.finish())
+    Ok(planner.finish())
+}
+
+/// Every document of `collection`, summarized, in id order.
+async fn summaries(db: &Database, s: &mut ClientSession, collection: &str) -> Result<Vec<DocSummary>, Abort> {
+    let cursor = db
+        .collection::<BsonDoc>(collection)
+        .find(doc! {})
+        .projection(codec::summary_fields())
+        .sort(doc! {"_id": 1})
+        .session(&mut *s)
+        .await?;
+    let records = collect(cursor, s).await?;
+    Ok(records.iter().map(codec::summary).collect::<Result<_, _>>()?)
+}
+
+/// One document's event records with versions `from..=to`, in version order (only the fields
+/// of `projection`, when given).
+async fn find_events(
+    db: &Database,
+    s: &mut ClientSession,
+    collection: &str,
+    id: &str,
+    from: Version,
+    to: Version,
+    projection: Option<BsonDoc>,
+) -> Result<Vec<BsonDoc>, Abort> {
+    let events = db.collection::<BsonDoc>(EVENTS);
+    let find = events
+        .find(doc_events_filter(collection, id, from, to))
+        .sort(doc! {"version": 1});
+    let find = match projection {
+        Some(fields) => find.projection(fields),
+        None => find,
+    };
+    let cursor = find.session(&mut *s).await?;
+    Ok(collect(cursor, s).await?)
 }
 
 async fn load_client(
     db: &Database,
     s: &mut ClientSession,
     client_id: &str,
-) -> Result<Option<ClientState>, TxError> {
+) -> Result<Option<ClientState>, Abort> {
     let head = db
         .collection::<BsonDoc>(CLIENTS)
         .find_one(doc! {"_id": client_id})
@@ -856,7 +838,7 @@ async fn save_client(
     position: Seq,
     entries: &StateVector,
     replace: bool,
-) -> Result<(), TxError> {
+) -> Result<(), Abort> {
     let vectors = db.collection::<BsonDoc>(STATE_VECTORS);
     for (collection, docs) in entries {
         // Replaced whole, or just the entries named: either way they are deleted, then the ones

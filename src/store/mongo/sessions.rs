@@ -33,7 +33,7 @@ use mongodb::{ClientSession, Database};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::codec;
-use super::writer::durable;
+use super::transaction::durable;
 use crate::store::StoreError;
 use crate::time::Timestamp;
 
@@ -112,7 +112,7 @@ impl Sessions {
         // What a failed attempt left open (an error, or a cancelled future) is aborted first; on a
         // session with no open transaction this is a local no-op.
         let _ = lease.abort_transaction().await;
-        super::writer::start(&mut lease).await?;
+        super::transaction::start(&mut lease).await?;
         Ok(lease)
     }
 }

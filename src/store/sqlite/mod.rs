@@ -24,12 +24,11 @@ use tokio::sync::{mpsc, oneshot};
 use self::writer::{backend, Chunk, Command, DocKey, Writer};
 use crate::hub::Hub;
 use crate::model::{Document, Event, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
+use crate::plan::CatchUpRows;
 use crate::protocol::StateVector;
-use crate::store::{
-    CatchUp, ClientState, Committed, EventFilter, MaintenanceStats, Retention, Store, StoreError,
-};
+use crate::store::{ClientState, Committed, EventFilter, MaintenanceStats, Retention, Store, StoreError};
 use crate::time::Timestamp;
-use crate::write::{Limits, Write};
+use crate::write::{Limits, Policy, Write};
 
 /// Idle read connections kept open; more are opened on demand and closed after use.
 const MAX_IDLE_READERS: usize = 8;
@@ -109,8 +108,10 @@ impl SqliteStore {
             cache: Default::default(),
             hub,
             next_seq,
-            limits: opts.limits,
-            snapshot_every: opts.snapshot_every,
+            policy: Policy {
+                limits: opts.limits,
+                snapshot_every: opts.snapshot_every,
+            },
             max_batch: opts.max_batch.max(1),
         };
         let checkpointer = Checkpointer::start(&opts.path)?;
@@ -282,7 +283,11 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn catch_up(&self, collections: &[String], vector: &StateVector) -> Result<CatchUp, StoreError> {
+    async fn catch_up(
+        &self,
+        collections: &[String],
+        vector: &StateVector,
+    ) -> Result<CatchUpRows, StoreError> {
         let (c, v) = (collections.to_vec(), vector.clone());
         self.readers.run(move |conn| rows::catch_up(conn, &c, &v)).await
     }

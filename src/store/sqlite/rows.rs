@@ -4,9 +4,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::Value;
 
 use crate::model::{Data, Document, Event, Op, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
+use crate::plan::{Answer, CatchUpRows, DocSummary, Need, Planner};
 use crate::protocol::StateVector;
-use crate::store::{CatchUp, CatchUpBuilder, ClientState, EventFilter, Fetched};
-use crate::sync::plan::{self, DocSummary, Step};
+use crate::store::{ClientState, EventFilter};
 use crate::time::Timestamp;
 
 pub const DOC_COLUMNS: &str =
@@ -189,43 +189,35 @@ pub fn last_seq(conn: &Connection) -> rusqlite::Result<Seq> {
     Ok(mark.max(newest).unwrap_or(0).max(0) as u64)
 }
 
-/// A client's catch-up, planned and read inside one read transaction (one consistent position).
+/// Answers a catch-up's reads inside one read transaction (one consistent position of the log).
 pub fn catch_up(
     conn: &Connection,
     collections: &[String],
     vector: &StateVector,
-) -> rusqlite::Result<CatchUp> {
+) -> rusqlite::Result<CatchUpRows> {
     let tx = conn.unchecked_transaction()?;
-    let mut out = CatchUpBuilder::new(last_seq(&tx)?);
-    for collection in collections {
-        let summaries = doc_summaries(&tx, collection)?;
-        let client = vector.get(collection);
-        let mut steps = Vec::new();
-        for (id, first) in plan::plan_collection(client, &summaries) {
-            let summary = plan::summary_of(&summaries, &id);
-            let sizes = match plan::sizes_needed(&first, summary) {
-                Some((from, to)) => patch_sizes(&tx, collection, &id, from, to)?,
-                None => Vec::new(),
-            };
-            let step = plan::refine(first, summary, &sizes);
-            let fetched = match step {
-                Step::Nothing => continue,
-                Step::Events { from, to } => {
-                    Fetched::Events(document_events(&tx, collection, &id, from, to)?)
-                }
-                Step::Snapshot { version } => Fetched::Body(
-                    get_doc(&tx, collection, &id)?
-                        .filter(|d| !d.deleted && d.doc.version == version)
-                        .map(|d| d.doc.data),
-                ),
-                Step::Delete { .. } => Fetched::Nothing,
-            };
-            steps.push((id, step, fetched));
-        }
-        out.collection(collection, client, steps);
+    let mut planner = Planner::new(last_seq(&tx)?, collections, vector);
+    while let Some(need) = planner.need() {
+        let answer = match need {
+            Need::Summaries { collection } => Answer::Summaries(doc_summaries(&tx, collection)?),
+            Need::PatchSizes {
+                collection,
+                id,
+                from,
+                to,
+            } => Answer::PatchSizes(patch_sizes(&tx, collection, id, from, to)?),
+            Need::Events {
+                collection,
+                id,
+                from,
+                to,
+            } => Answer::Events(document_events(&tx, collection, id, from, to)?),
+            Need::Document { collection, id } => Answer::Document(get_doc(&tx, collection, id)?),
+        };
+        planner.answer(answer);
     }
     tx.finish()?;
-    Ok(out.finish())
+    Ok(planner.finish())
 }
 
 fn doc_summaries(conn: &Connection, collection: &str) -> rusqlite::Result<Vec<DocSummary>> {

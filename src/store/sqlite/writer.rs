@@ -17,10 +17,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::rows;
 use crate::hub::Hub;
-use crate::model::{new_id, Seq, StoredDoc};
-use crate::store::{changed, Committed, MaintenanceStats, Retention, StoreError};
+use crate::model::{Event, Seq, StoredDoc};
+use crate::store::{Committed, MaintenanceStats, Retention, StoreError};
 use crate::time::Timestamp;
-use crate::write::{plan, Current, Limits, Plan, Write};
+use crate::write::{decide, target_id, Applied, Decision, Policy, Recorded, Write};
 
 /// A key into the documents table, for resumable maintenance passes.
 pub type DocKey = (String, String);
@@ -88,6 +88,13 @@ impl DocCache {
         }
     }
 
+    /// Puts back what [`DocCache::take`] (or a read) gave, unchanged.
+    fn restore(&mut self, key: DocKey, doc: Option<StoredDoc>, size: usize) {
+        if let Some(doc) = doc {
+            self.put(key, doc, size);
+        }
+    }
+
     fn clear(&mut self) {
         self.docs.clear();
         self.bytes = 0;
@@ -108,8 +115,7 @@ pub struct Writer {
     pub cache: DocCache,
     pub hub: Hub,
     pub next_seq: Seq,
-    pub limits: Limits,
-    pub snapshot_every: u64,
+    pub policy: Policy,
     pub max_batch: usize,
 }
 
@@ -164,7 +170,7 @@ impl Writer {
         let now = Timestamp::now();
         let first_seq = self.next_seq;
         let mut next_seq = first_seq;
-        let (limits, every) = (self.limits, self.snapshot_every);
+        let policy = self.policy;
         let mut results = Vec::with_capacity(writes.len());
         let cache = &mut self.cache;
         let committed = (|| -> rusqlite::Result<()> {
@@ -172,7 +178,7 @@ impl Writer {
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             for (w, _) in &writes {
-                match apply(&tx, cache, w, next_seq, now, limits, every) {
+                match apply(&tx, cache, w, next_seq, now, policy) {
                     Ok(c) => {
                         if c.event.is_some() && !c.replayed {
                             next_seq += 1;
@@ -275,12 +281,6 @@ impl From<rusqlite::Error> for Failure {
     }
 }
 
-impl From<crate::write::WriteError> for Failure {
-    fn from(e: crate::write::WriteError) -> Self {
-        Failure::Refused(e.into())
-    }
-}
-
 /// One write inside the batch's transaction. `seq` is the sequence number to use if it appends.
 fn apply(
     conn: &Connection,
@@ -288,19 +288,13 @@ fn apply(
     w: &Write,
     seq: Seq,
     now: Timestamp,
-    limits: Limits,
-    snapshot_every: u64,
+    policy: Policy,
 ) -> Result<Committed, Failure> {
-    if let Some(key) = &w.idempotency_key {
-        if let Some(previous) = replay(conn, &w.client_id, key, w.fingerprint)? {
-            return Ok(previous);
-        }
-    }
-    let id = match &w.id {
-        Some(id) => id.clone(),
-        None => new_id(),
+    let recorded = match &w.idempotency_key {
+        Some(key) => recorded(conn, &w.client_id, key)?,
+        None => None,
     };
-    let key = (w.collection.clone(), id);
+    let key = (w.collection.clone(), target_id(w));
     let (stored, size) = match cache.take(&key) {
         Some((doc, size)) => (Some(doc), size),
         None => {
@@ -309,48 +303,62 @@ fn apply(
             (doc, size)
         }
     };
-    let current = stored.as_ref().map(|s| Current {
-        version: s.doc.version,
-        data: &s.doc.data,
-        deleted: s.deleted,
-    });
-    let planned = plan(current, &w.mutation, w.expected_version, limits);
-    let change = match planned {
-        Ok(Plan::Change(change)) => change,
-        Ok(Plan::Unchanged) => {
-            let document = stored.as_ref().filter(|s| !s.deleted).map(|s| s.doc.clone());
-            if let Some(s) = stored {
-                cache.put(key, s, size);
+    let decision = decide(w, &key.1, recorded.as_ref(), stored.as_ref(), policy, seq, now)
+        .map_err(|e| Failure::Sql(unreadable_result(e)))?;
+    let (committed, record) = match decision {
+        Decision::Apply(applied) => {
+            let Applied {
+                stored,
+                data_json,
+                event,
+                snapshot_due,
+                committed,
+                record,
+            } = *applied;
+            write_change(conn, &stored, &event, &data_json)?;
+            if snapshot_due {
+                write_snapshot(conn, &key.0, &key.1, event.version, seq, now, &data_json)?;
             }
-            return record(
-                conn,
-                w,
-                now,
-                Committed {
-                    document,
-                    event: None,
-                    created: false,
-                    replayed: false,
-                },
-            );
+            cache.put(key, stored, data_json.len());
+            (committed, record)
         }
-        Err(e) => {
-            if let Some(s) = stored {
-                cache.put(key, s, size);
-            }
-            return Err(e.into());
+        Decision::Unchanged { committed, record } => {
+            cache.restore(key, stored, size);
+            (committed, record)
+        }
+        Decision::Replay(previous) => {
+            cache.restore(key, stored, size);
+            return Ok(previous);
+        }
+        Decision::Refuse(refusal) => {
+            cache.restore(key, stored, size);
+            return Err(Failure::Refused(refusal.into()));
         }
     };
-    let (collection, id) = key;
-    let out = changed(stored.as_ref(), w, id, change, seq, now, snapshot_every);
-    let event = out.event();
-    let (c, i, v) = (&collection, &event.id, event.version as i64);
-    if out.stored.deleted {
+    save_record(conn, w, now, record)?;
+    Ok(committed)
+}
+
+/// Writes the document record and appends the event of an applied write.
+fn write_change(
+    conn: &Connection,
+    stored: &StoredDoc,
+    event: &Event,
+    data_json: &str,
+) -> rusqlite::Result<()> {
+    let (c, i, v, seq, ts) = (
+        &event.collection,
+        &event.id,
+        event.version as i64,
+        event.seq as i64,
+        event.ts.0,
+    );
+    if stored.deleted {
         conn.prepare_cached(
             "UPDATE documents SET version = ?3, seq = ?4, data = '', updated_at = ?5, deleted = 1 \
              WHERE collection = ?1 AND id = ?2",
         )?
-        .execute(params![c, i, v, seq as i64, now.0])?;
+        .execute(params![c, i, v, seq, ts])?;
     } else {
         conn.prepare_cached(
             "INSERT INTO documents (collection, id, version, seq, data, created_at, updated_at) \
@@ -359,7 +367,7 @@ fn apply(
              data = excluded.data, updated_at = excluded.updated_at, deleted = 0, \
              created_at = CASE WHEN documents.deleted = 1 THEN excluded.created_at ELSE documents.created_at END",
         )?
-        .execute(params![c, i, v, seq as i64, out.data_json, now.0])?;
+        .execute(params![c, i, v, seq, data_json, ts])?;
     }
     let patch_json = serde_json::to_string(&event.patch).expect("a patch always serializes");
     conn.prepare_cached(
@@ -367,7 +375,7 @@ fn apply(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
-        seq as i64,
+        seq,
         c,
         i,
         v,
@@ -375,54 +383,42 @@ fn apply(
         patch_json,
         event.client_id,
         event.op_id,
-        now.0
+        ts
     ])?;
-    if out.snapshot_due {
-        write_snapshot(conn, c, i, event.version, seq, now, &out.data_json)?;
-    }
-    let size = out.data_json.len();
-    cache.put((collection, out.stored.doc.id.clone()), out.stored, size);
-    record(conn, w, now, out.committed)
+    Ok(())
 }
 
-/// The stored result of an earlier request with this key, if any.
-fn replay(
+/// The idempotency record stored under this client's key, if any.
+fn recorded(conn: &Connection, client_id: &str, key: &str) -> rusqlite::Result<Option<Recorded>> {
+    conn.prepare_cached("SELECT fingerprint, result FROM idempotency WHERE client_id = ?1 AND key = ?2")?
+        .query_row(params![client_id, key], |r| {
+            Ok(Recorded {
+                fingerprint: r.get::<_, i64>(0)? as u64,
+                result: r.get(1)?,
+            })
+        })
+        .optional()
+}
+
+/// A recorded result that does not parse, reported like any unreadable column.
+fn unreadable_result(e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
+}
+
+/// Stores the idempotency record a decision made (there is one when the write has a key).
+fn save_record(
     conn: &Connection,
-    client_id: &str,
-    key: &str,
-    fingerprint: u64,
-) -> Result<Option<Committed>, Failure> {
-    let row: Option<(i64, String)> = conn
-        .prepare_cached("SELECT fingerprint, result FROM idempotency WHERE client_id = ?1 AND key = ?2")?
-        .query_row(params![client_id, key], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let Some((stored_fp, result)) = row else {
-        return Ok(None);
-    };
-    if stored_fp != fingerprint as i64 {
-        return Err(Failure::Refused(StoreError::IdempotencyKeyReused));
-    }
-    let mut previous: Committed = serde_json::from_str(&result).map_err(|e| {
-        Failure::Sql(rusqlite::Error::FromSqlConversionFailure(
-            1,
-            rusqlite::types::Type::Text,
-            Box::new(e),
-        ))
-    })?;
-    previous.replayed = true;
-    Ok(Some(previous))
-}
-
-/// Records the result under the request's idempotency key (if it has one) and returns it.
-fn record(conn: &Connection, w: &Write, now: Timestamp, c: Committed) -> Result<Committed, Failure> {
-    if let Some(key) = &w.idempotency_key {
-        let json = serde_json::to_string(&c).expect("a commit result always serializes");
+    w: &Write,
+    now: Timestamp,
+    record: Option<Recorded>,
+) -> rusqlite::Result<()> {
+    if let (Some(key), Some(record)) = (&w.idempotency_key, record) {
         conn.prepare_cached(
             "INSERT INTO idempotency (client_id, key, fingerprint, result, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
-        .execute(params![w.client_id, key, w.fingerprint as i64, json, now.0])?;
+        .execute(params![w.client_id, key, record.fingerprint as i64, record.result, now.0])?;
     }
-    Ok(c)
+    Ok(())
 }
 
 fn write_snapshot(

@@ -1,5 +1,9 @@
 //! The catch-up plan — what a client with state vector V needs, document by document. Pure: the
-//! store gathers the facts (one consistent read), this module decides, the store fetches the pieces.
+//! rules are here, the [`Planner`] turns them into the reads a backend must answer (inside one
+//! consistent read transaction), and `sync` builds the messages from the rows it is given.
+//!
+//! A leaf of the crate: it knows documents and events (the model), nothing of the store, the
+//! protocol's messages or the sync session, so both the store and `sync` can use it.
 //!
 //! For each document of a subscribed collection, comparing the client's version `c` with the
 //! server's `s`:
@@ -19,10 +23,13 @@
 //! outweigh ([`event_budget`]), so the decision costs O(document size), not O(history length): a
 //! client 10,000 events behind gets its snapshot without the 10,000 events being looked at.
 
+mod planner;
+
+pub use planner::{Answer, CatchUpRows, CollectionRows, DocRows, Need, Planner};
+
 use std::collections::BTreeMap;
 
 use crate::model::Version;
-use crate::sync::protocol::ServerMessage;
 
 /// Bytes an `event` message adds around its patch (type, seq, ids, op, client, op_id, ts).
 pub const EVENT_OVERHEAD: u64 = 160;
@@ -161,17 +168,6 @@ pub fn plan_collection(
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
-}
-
-/// Puts a catch-up's messages in sending order: every snapshot first, then every event in sequence
-/// order. Per-document order holds (a document gets either a snapshot or its events), and the event
-/// ids a client sees only grow — which is what lets an SSE client's `Last-Event-ID` mean "I have every
-/// message up to here".
-pub fn order_messages(messages: &mut [ServerMessage]) {
-    messages.sort_by_key(|m| match m {
-        ServerMessage::Event(e) => (1, e.seq),
-        _ => (0, 0),
-    });
 }
 
 #[cfg(test)]
@@ -343,45 +339,5 @@ mod tests {
                 ("b".to_string(), Step::Snapshot { version: 1 }),
             ]
         );
-    }
-
-    #[test]
-    fn catch_up_messages_go_snapshots_first_then_events_by_seq() {
-        use crate::model::{Event, Op};
-        use crate::sync::protocol::SnapshotMessage;
-        use crate::time::Timestamp;
-        let ev = |seq, id: &str| {
-            ServerMessage::Event(Event {
-                seq,
-                collection: "c".into(),
-                id: id.into(),
-                version: seq,
-                op: Op::Update,
-                patch: json_patch::Patch(vec![]),
-                client_id: "x".into(),
-                op_id: "o".into(),
-                ts: Timestamp(0),
-            })
-        };
-        let snap = |id: &str| {
-            ServerMessage::Snapshot(SnapshotMessage {
-                collection: "c".into(),
-                id: id.into(),
-                version: 1,
-                data: None,
-                deleted: true,
-            })
-        };
-        let mut m = vec![ev(9, "a"), ev(12, "a"), snap("b"), ev(10, "c"), snap("d")];
-        order_messages(&mut m);
-        let keys: Vec<String> = m
-            .iter()
-            .map(|m| match m {
-                ServerMessage::Event(e) => format!("e{}", e.seq),
-                ServerMessage::Snapshot(s) => format!("s{}", s.id),
-                _ => unreachable!(),
-            })
-            .collect();
-        assert_eq!(keys, ["sb", "sd", "e9", "e10", "e12"]);
     }
 }

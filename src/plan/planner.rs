@@ -1,0 +1,500 @@
+//! The catch-up's orchestration, written once and sans-IO: a [`Planner`] tells the backend the next
+//! read it needs ([`Need`]) and is fed the answer ([`Answer`]), until it has the rows of every
+//! document to send ([`CatchUpRows`]).
+//!
+//! The order of the reads is the plan's: a collection's summaries, then per document that needs
+//! something, the patch sizes that decide between its events and a snapshot (only when a snapshot
+//! could be the cheaper), then its events or its body. A backend answers every read inside one
+//! consistent read transaction, so the rows describe one position of the log:
+//!
+//! ```text
+//! let mut planner = Planner::new(position, collections, vector);
+//! while let Some(need) = planner.need() {
+//!     let answer = match need { /* read it */ };
+//!     planner.answer(answer);
+//! }
+//! let rows = planner.finish();
+//! ```
+
+use crate::model::{Data, Event, Seq, StoredDoc, Version};
+use crate::protocol::StateVector;
+
+use super::{plan_collection, refine, sizes_needed, summary_of, DocSummary, Step};
+
+/// A read the planner needs answered next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need<'p> {
+    /// Every document of `collection` (tombstones included), summarized, in id order:
+    /// [`Answer::Summaries`].
+    Summaries { collection: &'p str },
+    /// The patch sizes in bytes of one document's retained events with versions `from..=to`, in
+    /// version order: [`Answer::PatchSizes`].
+    PatchSizes {
+        collection: &'p str,
+        id: &'p str,
+        from: Version,
+        to: Version,
+    },
+    /// One document's retained events with versions `from..=to`, in version order:
+    /// [`Answer::Events`].
+    Events {
+        collection: &'p str,
+        id: &'p str,
+        from: Version,
+        to: Version,
+    },
+    /// One document as stored (live or a tombstone), for its body: [`Answer::Document`].
+    Document { collection: &'p str, id: &'p str },
+}
+
+/// The answer to a [`Need`], in the same variant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Summaries(Vec<DocSummary>),
+    PatchSizes(Vec<u64>),
+    Events(Vec<Event>),
+    Document(Option<StoredDoc>),
+}
+
+/// What a catch-up sends, read at one position of the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatchUpRows {
+    /// The log position the rows were read at.
+    pub position: Seq,
+    /// One entry per requested collection, in the order requested.
+    pub collections: Vec<CollectionRows>,
+}
+
+/// One collection's documents to send, in id order (documents needing nothing are left out).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectionRows {
+    pub collection: String,
+    pub documents: Vec<(String, DocRows)>,
+}
+
+/// What to send for one document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DocRows {
+    /// Its events with versions up to `to`, in version order.
+    Events { to: Version, events: Vec<Event> },
+    /// Its live body at `version`.
+    Body { version: Version, data: Data },
+    /// That it is deleted at `version` (0: the server never had it).
+    Deleted { version: Version },
+}
+
+/// Plans a catch-up by asking for reads; see the module docs.
+pub struct Planner<'a> {
+    vector: &'a StateVector,
+    pending: std::slice::Iter<'a, String>,
+    /// The collection being planned (`None` once every collection is done).
+    current: Option<Collection<'a>>,
+    waiting: Waiting,
+    out: CatchUpRows,
+}
+
+/// The collection being planned and what is known of it so far.
+struct Collection<'a> {
+    name: &'a str,
+    summaries: Vec<DocSummary>,
+    steps: std::vec::IntoIter<(String, Step)>,
+    documents: Vec<(String, DocRows)>,
+}
+
+/// Which answer the planner waits for.
+enum Waiting {
+    Summaries,
+    PatchSizes { id: String, from: Version, to: Version },
+    Events { id: String, from: Version, to: Version },
+    Document { id: String, version: Version },
+    Nothing,
+}
+
+impl<'a> Planner<'a> {
+    /// A plan for bringing a client with `vector` current on `collections`, read at `position`.
+    pub fn new(position: Seq, collections: &'a [String], vector: &'a StateVector) -> Planner<'a> {
+        let mut planner = Planner {
+            vector,
+            pending: collections.iter(),
+            current: None,
+            waiting: Waiting::Nothing,
+            out: CatchUpRows {
+                position,
+                collections: Vec::with_capacity(collections.len()),
+            },
+        };
+        planner.next_collection();
+        planner
+    }
+
+    /// The read to answer next; `None` when the plan is complete (then [`Planner::finish`]).
+    pub fn need(&self) -> Option<Need<'_>> {
+        let collection = self.current.as_ref()?.name;
+        Some(match &self.waiting {
+            Waiting::Summaries => Need::Summaries { collection },
+            Waiting::PatchSizes { id, from, to } => Need::PatchSizes {
+                collection,
+                id,
+                from: *from,
+                to: *to,
+            },
+            Waiting::Events { id, from, to } => Need::Events {
+                collection,
+                id,
+                from: *from,
+                to: *to,
+            },
+            Waiting::Document { id, .. } => Need::Document { collection, id },
+            Waiting::Nothing => return None,
+        })
+    }
+
+    /// Feeds the answer to the last [`Planner::need`].
+    ///
+    /// # Panics
+    /// If the answer is not of the kind asked for (a bug in the backend).
+    pub fn answer(&mut self, answer: Answer) {
+        let waiting = std::mem::replace(&mut self.waiting, Waiting::Nothing);
+        let c = self
+            .current
+            .as_mut()
+            .expect("answered after the plan was complete");
+        match (waiting, answer) {
+            (Waiting::Summaries, Answer::Summaries(summaries)) => {
+                let steps = plan_collection(self.vector.get(c.name), &summaries);
+                c.summaries = summaries;
+                c.steps = steps.into_iter();
+            }
+            (Waiting::PatchSizes { id, from, to }, Answer::PatchSizes(sizes)) => {
+                let first = Step::Events { from, to };
+                let step = refine(first, summary_of(&c.summaries, &id), &sizes);
+                if self.take(id, step) {
+                    return;
+                }
+            }
+            (Waiting::Events { id, to, .. }, Answer::Events(events)) => {
+                c.documents.push((id, DocRows::Events { to, events }));
+            }
+            (Waiting::Document { id, version }, Answer::Document(stored)) => {
+                // Not there any more at the planned version: nothing is sent for it.
+                if let Some(s) = stored.filter(|s| !s.deleted && s.doc.version == version) {
+                    c.documents.push((
+                        id,
+                        DocRows::Body {
+                            version,
+                            data: s.doc.data,
+                        },
+                    ));
+                }
+            }
+            (_, answer) => panic!("a catch-up read answered with {answer:?} out of turn"),
+        }
+        self.next_document();
+    }
+
+    /// The rows, once [`Planner::need`] is `None`.
+    pub fn finish(self) -> CatchUpRows {
+        debug_assert!(self.current.is_none(), "finished before the plan was complete");
+        self.out
+    }
+
+    /// Moves on to the next document that needs a read, finishing collections on the way.
+    fn next_document(&mut self) {
+        loop {
+            let Some(c) = self.current.as_mut() else {
+                return;
+            };
+            let Some((id, first)) = c.steps.next() else {
+                // The next collection's summaries are the next read.
+                self.next_collection();
+                return;
+            };
+            let summary = summary_of(&c.summaries, &id);
+            if let Some((from, to)) = sizes_needed(&first, summary) {
+                self.waiting = Waiting::PatchSizes { id, from, to };
+                return;
+            }
+            let step = refine(first, summary, &[]);
+            if self.take(id, step) {
+                return;
+            }
+        }
+    }
+
+    /// Takes the final step for document `id`: waits for the read it needs (returns true), or
+    /// records it right away.
+    fn take(&mut self, id: String, step: Step) -> bool {
+        let c = self.current.as_mut().expect("a step belongs to a collection");
+        self.waiting = match step {
+            Step::Nothing => return false,
+            Step::Delete { version } => {
+                c.documents.push((id, DocRows::Deleted { version }));
+                return false;
+            }
+            Step::Events { from, to } => Waiting::Events { id, from, to },
+            Step::Snapshot { version } => Waiting::Document { id, version },
+        };
+        true
+    }
+
+    /// Closes the current collection (if any) and asks for the next one's summaries.
+    fn next_collection(&mut self) {
+        if let Some(done) = self.current.take() {
+            self.out.collections.push(CollectionRows {
+                collection: done.name.to_string(),
+                documents: done.documents,
+            });
+        }
+        if let Some(name) = self.pending.next() {
+            self.current = Some(Collection {
+                name,
+                summaries: Vec::new(),
+                steps: Vec::new().into_iter(),
+                documents: Vec::new(),
+            });
+            self.waiting = Waiting::Summaries;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::model::{Document, Op};
+    use crate::time::Timestamp;
+
+    /// One document of the in-memory log: its record and its retained events' patch sizes.
+    struct Doc {
+        version: Version,
+        deleted: bool,
+        compacted_through: Version,
+        data_bytes: u64,
+        patch_bytes: u64,
+    }
+
+    fn doc(version: Version, deleted: bool, compacted_through: Version, data_bytes: u64) -> Doc {
+        Doc {
+            version,
+            deleted,
+            compacted_through,
+            data_bytes,
+            patch_bytes: 10,
+        }
+    }
+
+    /// Answers every read from `db` (collection → id → document); returns the rows and the reads.
+    fn run(
+        db: &BTreeMap<&str, BTreeMap<&str, Doc>>,
+        collections: &[&str],
+        vector: &StateVector,
+    ) -> (CatchUpRows, Vec<String>) {
+        let collections: Vec<String> = collections.iter().map(|c| c.to_string()).collect();
+        let mut planner = Planner::new(99, &collections, vector);
+        let mut reads = Vec::new();
+        while let Some(need) = planner.need() {
+            reads.push(format!("{need:?}"));
+            let answer = match need {
+                Need::Summaries { collection } => Answer::Summaries(
+                    db.get(collection)
+                        .into_iter()
+                        .flatten()
+                        .map(|(id, d)| DocSummary {
+                            id: id.to_string(),
+                            version: d.version,
+                            deleted: d.deleted,
+                            compacted_through: d.compacted_through,
+                            data_bytes: d.data_bytes,
+                        })
+                        .collect(),
+                ),
+                Need::PatchSizes {
+                    collection,
+                    id,
+                    from,
+                    to,
+                } => {
+                    let d = &db[collection][id];
+                    Answer::PatchSizes((from..=to).map(|_| d.patch_bytes).collect())
+                }
+                Need::Events {
+                    collection,
+                    id,
+                    from,
+                    to,
+                } => Answer::Events((from..=to).map(|v| event(collection, id, v)).collect()),
+                Need::Document { collection, id } => {
+                    Answer::Document(db.get(collection).and_then(|c| c.get(id)).map(|d| StoredDoc {
+                        doc: Document {
+                            collection: collection.into(),
+                            id: id.into(),
+                            version: d.version,
+                            created_at: Timestamp(0),
+                            updated_at: Timestamp(0),
+                            data: body(),
+                        },
+                        deleted: d.deleted,
+                        compacted_through: d.compacted_through,
+                        snapshot_version: 0,
+                    }))
+                }
+            };
+            planner.answer(answer);
+        }
+        (planner.finish(), reads)
+    }
+
+    fn event(collection: &str, id: &str, version: Version) -> Event {
+        Event {
+            seq: version,
+            collection: collection.into(),
+            id: id.into(),
+            version,
+            op: Op::Update,
+            patch: json_patch::Patch(vec![]),
+            client_id: "x".into(),
+            op_id: "o".into(),
+            ts: Timestamp(0),
+        }
+    }
+
+    fn body() -> Data {
+        match json!({"n": 1}) {
+            serde_json::Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    fn vector(entries: &[(&str, &str, Version)]) -> StateVector {
+        let mut v = StateVector::new();
+        for (c, id, version) in entries {
+            v.entry(c.to_string())
+                .or_default()
+                .insert(id.to_string(), *version);
+        }
+        v
+    }
+
+    #[test]
+    fn a_current_client_costs_one_read_per_collection() {
+        let db = BTreeMap::from([("a", BTreeMap::from([("x", doc(3, false, 0, 10))]))]);
+        let (rows, reads) = run(&db, &["a", "b"], &vector(&[("a", "x", 3)]));
+        assert_eq!(
+            reads,
+            [
+                r#"Summaries { collection: "a" }"#,
+                r#"Summaries { collection: "b" }"#
+            ]
+        );
+        assert_eq!(rows.position, 99);
+        let names: Vec<&str> = rows.collections.iter().map(|c| c.collection.as_str()).collect();
+        assert_eq!(
+            names,
+            ["a", "b"],
+            "every requested collection, even with nothing to send"
+        );
+        assert!(rows.collections.iter().all(|c| c.documents.is_empty()));
+    }
+
+    #[test]
+    fn a_client_a_few_versions_behind_gets_events_after_weighing_them() {
+        let db = BTreeMap::from([("a", BTreeMap::from([("x", doc(5, false, 0, 1000))]))]);
+        let (rows, reads) = run(&db, &["a"], &vector(&[("a", "x", 3)]));
+        assert_eq!(
+            &reads[1..],
+            [
+                r#"PatchSizes { collection: "a", id: "x", from: 4, to: 5 }"#,
+                r#"Events { collection: "a", id: "x", from: 4, to: 5 }"#,
+            ]
+        );
+        let events = vec![event("a", "x", 4), event("a", "x", 5)];
+        assert_eq!(
+            rows.collections[0].documents,
+            [("x".to_string(), DocRows::Events { to: 5, events })]
+        );
+    }
+
+    #[test]
+    fn events_larger_than_the_body_become_the_body() {
+        let mut x = doc(5, false, 0, 100);
+        x.patch_bytes = 500;
+        let db = BTreeMap::from([("a", BTreeMap::from([("x", x)]))]);
+        let (rows, reads) = run(&db, &["a"], &vector(&[("a", "x", 3)]));
+        assert_eq!(reads[2], r#"Document { collection: "a", id: "x" }"#);
+        assert_eq!(
+            rows.collections[0].documents,
+            [(
+                "x".to_string(),
+                DocRows::Body {
+                    version: 5,
+                    data: body()
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn far_behind_reads_the_body_without_weighing_events() {
+        let db = BTreeMap::from([("a", BTreeMap::from([("x", doc(10_000, false, 0, 10))]))]);
+        let (rows, reads) = run(&db, &["a"], &vector(&[("a", "x", 1)]));
+        assert_eq!(&reads[1..], [r#"Document { collection: "a", id: "x" }"#]);
+        assert!(matches!(
+            rows.collections[0].documents[0].1,
+            DocRows::Body { version: 10_000, .. }
+        ));
+    }
+
+    #[test]
+    fn deletes_and_resets_need_no_reads() {
+        let db = BTreeMap::from([(
+            "a",
+            BTreeMap::from([("gone", doc(4, true, 4, 0)), ("live", doc(2, false, 0, 10))]),
+        )]);
+        let v = vector(&[("a", "gone", 1), ("a", "live", 2), ("a", "never", 7)]);
+        let (rows, reads) = run(&db, &["a"], &v);
+        assert_eq!(reads.len(), 1);
+        assert_eq!(
+            rows.collections[0].documents,
+            [
+                ("gone".to_string(), DocRows::Deleted { version: 4 }),
+                ("never".to_string(), DocRows::Deleted { version: 0 }),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_body_no_longer_at_the_planned_version_is_not_sent() {
+        let collections = vec!["a".to_string()];
+        let v = StateVector::new();
+        let mut planner = Planner::new(1, &collections, &v);
+        planner.answer(Answer::Summaries(vec![DocSummary {
+            id: "x".into(),
+            version: 2,
+            deleted: false,
+            compacted_through: 0,
+            data_bytes: 10,
+        }]));
+        assert_eq!(
+            planner.need(),
+            Some(Need::Document {
+                collection: "a",
+                id: "x"
+            })
+        );
+        planner.answer(Answer::Document(None));
+        assert_eq!(planner.need(), None);
+        assert!(planner.finish().collections[0].documents.is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "out of turn")]
+    fn an_answer_out_of_turn_is_a_bug() {
+        let collections = vec!["a".to_string()];
+        let v = StateVector::new();
+        let mut planner = Planner::new(1, &collections, &v);
+        planner.answer(Answer::Events(Vec::new()));
+    }
+}
