@@ -8,32 +8,42 @@
 //!
 //! ```text
 //!  HTTP request ── api/ ─────────── extract and validate (names, content type, size, depth, headers)
-//!        │
+//!        │        api/documents.rs  REST bodies ─┐
+//!        │        sync/driver.rs    protocol `write`s ─┴─ write/wire.rs: one conversion to a Write
 //!        ▼
 //!  write/ ───────────────────────── plan(): version check → apply → diff      (pure, no I/O)
-//!        │                          decide(): replay, refuse, unchanged or apply + event (pure)
-//!        │
+//!        │                          commit::decide(): replay, refuse, unchanged, or apply: the
+//!        │                          document record, the event, snapshot-if-due, idempotency (pure)
 //!        ▼
-//!  store/ (trait Store) ─────────── commit(): one transaction: document + event + snapshot-if-due
+//!  store/ (trait Store) ─────────── read what decide() needs, call it, persist it in one transaction
 //!        │   ├─ sqlite/ ─────────── one writer thread, group commit (one fsync per batch)
-//!        │   └─ mongo/ ──────────── batched transactions; a change stream follows the shared log,
-//!        │                          so every node publishes every node's writes
+//!        │   └─ mongo/ ──────────── batched transactions, one retry loop; a change stream follows
+//!        │                          the shared log, so every node publishes every node's writes
 //!        ▼
 //!  hub.rs ───────────────────────── publish in sequence order; each event serialized once
 //!        │
 //!        ▼
-//!  plan/ ────────────────────────── what a client with state vector V needs, and the reads
-//!        │                          that takes (pure); the store answers them in one read
-//!  sync/catch_up.rs ─────────────── the catch-up's messages and resulting vector, from those rows
-//!  sync/session.rs ──────────────── one connection: sent vector, acks, which live events to forward
-//!        │
+//!  sync/open.rs ─────────────────── every session's opening: accept the hello, subscribe, start vector
+//!  plan/ ────────────────────────── what a client with state vector V needs, and the reads that
+//!        │                          takes (pure, sans-IO); the store answers them in one read
+//!  sync/catch_up.rs ─────────────── those rows as messages and the client's resulting vector
+//!  sync/driver.rs ───────────────── the one session loop: catch-up → live → re-sync → acks, over a
+//!        │                          Transport; sync/session.rs keeps its state (sans-IO)
 //!        ▼
-//!  api/ws.rs, api/sse.rs ────────── the transports; api/sync.rs: POST /api/sync, client vectors
+//!  api/ws.rs, api/sse.rs ────────── the transports: framing, parsing, their own timers only
+//!  api/sync.rs ──────────────────── POST /api/sync (the same opening, once), client vectors
 //!
+//!  error.rs ─────────────────────── ApiError over the protocol crate's ErrorCode (one enum)
+//!  config/ ──────────────────────── every option declared once: flag, EVENTSYNC_* variable, file key
 //!  maintenance.rs ───────────────── timed snapshots and compaction keep the log bounded
 //!  server/ ──────────────────────── wiring, connection limit, graceful shutdown
-//!  client/ ──────────────────────── the Rust client: WebSocket or SSE, reconnects, keeps a replica
 //! ```
+//!
+//! Beside this crate, in the same workspace: `crates/protocol` (the wire types — documents,
+//! events, every message, the error codes — with serde and nothing async; `model`, `protocol`
+//! and `time` here are its modules), `crates/client` (the Rust client, which depends on the wire
+//! crate and its transports only) and `crates/conformance` (dev-only: the suite every store
+//! backend must pass). The MongoDB store is the cargo feature `mongodb`, on by default.
 //!
 //! The library is what behaviour tests drive: [`server::Server::start`] on a `127.0.0.1:0`
 //! listener, inside the test process (what only a process shows, such as kill -9, restarts or
