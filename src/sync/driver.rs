@@ -181,14 +181,32 @@ async fn live_loop<T: Transport>(
                     return end;
                 }
             }
-            received = live.recv() => match on_live(ctx, t, session, received, live).await {
-                // The client's socket took the data: it is reading, so it is alive (its pong may be
-                // queued behind what we sent).
-                Ok(sent) => if sent {
-                    last_seen = Instant::now();
-                },
-                Err(end) => return end,
-            },
+            // Handled inline, not in a function of its own: this branch runs once per live batch
+            // on every connection, and each `async fn` layer is one more state machine polled and
+            // dropped per batch (measured under callgrind: 0.8 % of a fan-out run's instructions).
+            received = live.recv() => {
+                let forwarded = match received {
+                    Ok(first) => forward(t, session, first, live).await,
+                    Err(RecvError::Lagged(_)) => Ok(Forwarded { sent: false, resync: true }),
+                    Err(RecvError::Closed) => Err(End::Gone),
+                };
+                match forwarded {
+                    Ok(Forwarded { sent, resync }) => {
+                        if sent {
+                            // The client's socket took the data: it is reading, so it is alive
+                            // (its pong may be queued behind what we sent).
+                            last_seen = Instant::now();
+                        }
+                        if resync {
+                            // Behind the hub, or a gap: re-plan from the store.
+                            if let Err(end) = Box::pin(catch_up(ctx, t, session)).await {
+                                return end;
+                            }
+                        }
+                    }
+                    Err(end) => return end,
+                }
+            }
             Some(result) = Writes::next(&mut writes) => {
                 if let Err(end) = send(t, &ServerMessage::Result(result)).await {
                     return end;
@@ -224,29 +242,6 @@ async fn on_incoming<T: Transport>(
         }
     }
     Ok(())
-}
-
-/// What the hub delivered: forwarded, and re-planned from the store when the session fell behind
-/// or found a gap. `Ok(true)`: something reached the client.
-async fn on_live<T: Transport>(
-    ctx: &SyncContext,
-    t: &mut T,
-    session: &mut Session,
-    received: Result<Arc<LiveEvent>, RecvError>,
-    live: &mut Receiver<Arc<LiveEvent>>,
-) -> Result<bool, End> {
-    let Forwarded { sent, resync } = match received {
-        Ok(first) => forward(t, session, first, live).await?,
-        Err(RecvError::Lagged(_)) => Forwarded {
-            sent: false,
-            resync: true,
-        },
-        Err(RecvError::Closed) => return Err(End::Gone),
-    };
-    if resync {
-        Box::pin(catch_up(ctx, t, session)).await?;
-    }
-    Ok(sent)
 }
 
 /// What [`forward`] did.
