@@ -84,8 +84,8 @@ pub struct WriteHeaders {
     pub idempotency_key: Option<String>,
 }
 
-/// Longest `Idempotency-Key` accepted.
-pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// Longest `Idempotency-Key` accepted (the `op_id` bound: both are idempotency keys).
+pub const MAX_IDEMPOTENCY_KEY: usize = crate::write::wire::MAX_OP_ID;
 
 impl<S: Send + Sync> FromRequestParts<S> for WriteHeaders {
     type Rejection = ApiError;
@@ -123,7 +123,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WriteHeaders {
         })?;
         let idempotency_key = text("idempotency-key", ErrorCode::InvalidIdempotencyKey)?;
         if let Some(k) = &idempotency_key {
-            if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY || !k.bytes().all(|b| b.is_ascii_graphic()) {
+            if !crate::write::wire::is_idempotency_key(k) {
                 return Err(ApiError::bad_request(
                     ErrorCode::InvalidIdempotencyKey,
                     format!("Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters"),

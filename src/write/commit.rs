@@ -97,7 +97,8 @@ pub fn target_id(w: &Write) -> String {
 
 /// Decides what `w` does to the document `id`, given the idempotency record stored under its key
 /// (`None` when it has no key or the key is new) and the document as stored (`None`: the id was
-/// never used). `seq` and `now` are the event's, if there is one.
+/// never used). With a record the decision is a replay or a refusal from the record alone, so a
+/// backend need not read the document then. `seq` and `now` are the event's, if there is one.
 ///
 /// Fails only when the recorded result does not parse: the store is corrupt.
 pub fn decide(

@@ -25,6 +25,12 @@ use crate::protocol::{WriteMessage, WriteOp};
 /// Longest `op_id` (and `Idempotency-Key`) accepted.
 pub const MAX_OP_ID: usize = 255;
 
+/// Whether `key` may be an idempotency key — a protocol `op_id` or a REST `Idempotency-Key`:
+/// 1 to [`MAX_OP_ID`] visible ASCII characters. The one rule for both transports.
+pub fn is_idempotency_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= MAX_OP_ID && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// A write refused before it reached the store (always a 400 over REST).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
@@ -213,7 +219,7 @@ fn check_body_id(body: &mut Data, id: &str, named: Named) -> Result<(), WireErro
 /// most once.
 pub fn from_message(client_id: &str, w: WriteMessage) -> Result<Write, WireError> {
     let op_id = w.op_id;
-    if op_id.is_empty() || op_id.len() > MAX_OP_ID || !op_id.bytes().all(|b| b.is_ascii_graphic()) {
+    if !is_idempotency_key(&op_id) {
         return Err(WireError::new(
             ErrorCode::InvalidOpId,
             format!("op_id must be 1-{MAX_OP_ID} visible ASCII characters"),

@@ -210,10 +210,12 @@ impl Shared {
         };
         let id = target_id(w);
         let docs: Collection<BsonDoc> = self.db.collection(&w.collection);
-        let stored = match docs.find_one(doc! {"_id": &id}).session(&mut *s).await? {
-            Some(d) => Some(codec::stored_doc(&w.collection, &d)?),
-            None => None,
+        // A replay decides from the record alone: the document is not read for it.
+        let found = match recorded {
+            Some(_) => None,
+            None => docs.find_one(doc! {"_id": &id}).session(&mut *s).await?,
         };
+        let stored = found.map(|d| codec::stored_doc(&w.collection, &d)).transpose()?;
         let decision = decide(w, &id, recorded.as_ref(), stored.as_ref(), self.policy, seq, now)
             .map_err(|e| codec::corrupt("idempotency result", e))?;
         let (committed, record) = match decision {

@@ -295,13 +295,15 @@ fn apply(
         None => None,
     };
     let key = (w.collection.clone(), target_id(w));
-    let (stored, size) = match cache.take(&key) {
-        Some((doc, size)) => (Some(doc), size),
-        None => {
-            let doc = rows::get_doc(conn, &key.0, &key.1)?;
-            let size = doc.as_ref().map_or(0, |d| crate::json::measure_data(&d.doc.data));
-            (doc, size)
-        }
+    let (stored, size) = if recorded.is_some() {
+        // A replay decides from the record alone: the document is not read for it.
+        (None, 0)
+    } else if let Some((doc, size)) = cache.take(&key) {
+        (Some(doc), size)
+    } else {
+        let doc = rows::get_doc(conn, &key.0, &key.1)?;
+        let size = doc.as_ref().map_or(0, |d| crate::json::measure_data(&d.doc.data));
+        (doc, size)
     };
     let decision = decide(w, &key.1, recorded.as_ref(), stored.as_ref(), policy, seq, now)
         .map_err(|e| Failure::Sql(unreadable_result(e)))?;
