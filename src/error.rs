@@ -85,11 +85,19 @@ impl IntoResponse for ApiError {
             tracing::error!(message = %self.message, "internal error");
         }
         let status = self.status;
+        let retry_after_ms = self.details.get("retry_after_ms").and_then(Value::as_u64);
         let mut response = (status, axum::Json(json!({ "error": self.body() }))).into_response();
+        let headers = response.headers_mut();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(ms) = retry_after_ms {
+            // Whole seconds, rounded up (RFC 9110 §10.2.3); the body keeps the milliseconds.
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000).max(1)));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 6750 §3: say which scheme a client should use.
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -51,6 +51,7 @@
 //! calls [`server::run`].
 
 mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod hub;

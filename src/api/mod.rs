@@ -1,5 +1,6 @@
 //! The HTTP API — thin handlers over the store. See the README's API section for every route.
 
+pub mod auth;
 mod documents;
 mod events;
 mod extract;
@@ -25,6 +26,8 @@ use tower_http::timeout::TimeoutLayer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::limits::ClientLimits;
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
 use crate::hub::Hub;
@@ -41,6 +44,10 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The sync sessions, so that shutdown can wait for them to finish.
     pub sessions: TaskTracker,
+    /// Who a token names and what it allows (`--auth`).
+    pub auth: Arc<Auth>,
+    /// Per-client write rate, open sockets and streams.
+    pub limits: Arc<ClientLimits>,
 }
 
 impl AppState {
@@ -51,6 +58,8 @@ impl AppState {
             hub: self.hub.clone(),
             shutdown: self.shutdown.clone(),
             page: self.config.limits.max_page,
+            auth: Arc::clone(&self.auth),
+            limits: Arc::clone(&self.limits),
         }
     }
 }

@@ -78,6 +78,68 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[command(flatten, next_help_heading = "Snapshots and compaction")]
     pub snapshots: SnapshotConfig,
+    #[command(flatten, next_help_heading = "Access: tokens, origins, per-client limits")]
+    pub access: AccessConfig,
+}
+
+/// Who may connect and do what (`docs/AUTH.md`): the token check, browser origins, and the limits
+/// each client (its token's subject, or its IP address without auth) is held to.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct AccessConfig {
+    /// `none` (every client may read and write everything; for loopback and development) or `jwt`
+    /// (every request and session carries a JSON Web Token; its claims say what it may do).
+    #[arg(long, env = "EVENTSYNC_AUTH", default_value = "none", value_parser = values::auth_mode)]
+    pub auth: AuthMode,
+    /// The HS256 shared secret tokens are signed with (prefer --jwt-secret-file or the variable:
+    /// a flag shows in `ps`).
+    #[arg(long, env = "EVENTSYNC_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// A file holding the HS256 shared secret (its surrounding whitespace ignored).
+    #[arg(long, env = "EVENTSYNC_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Public keys for RS256, ES256 or EdDSA tokens: a PEM file (one key) or a JWKS file (keys
+    /// chosen by the token's `kid`).
+    #[arg(long, env = "EVENTSYNC_JWT_KEYS")]
+    pub jwt_keys: Option<PathBuf>,
+    /// The `iss` a token must have (not checked when unset).
+    #[arg(long, env = "EVENTSYNC_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` a token must have (not checked when unset).
+    #[arg(long, env = "EVENTSYNC_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// How far `exp` and `nbf` may be off (clock skew between the issuer and this server).
+    #[arg(long, env = "EVENTSYNC_JWT_LEEWAY", default_value = "30s", value_parser = values::duration)]
+    pub jwt_leeway: std::time::Duration,
+    /// Where in the token the permissions are: a top-level claim's name, or a JSON Pointer
+    /// (`/https:~1~1example.com~1claims/eventsync`) for a namespaced one.
+    #[arg(long, env = "EVENTSYNC_JWT_CLAIM", default_value = "eventsync")]
+    pub jwt_claim: String,
+    /// A browser origin allowed to call the API and open WebSocket and SSE sessions
+    /// (`https://app.example.com`; repeatable, or comma-separated; `*` allows any). The server's
+    /// own origin is always allowed.
+    #[arg(long, env = "EVENTSYNC_CORS_ORIGIN", value_delimiter = ',', action = clap::ArgAction::Append)]
+    pub cors_origin: Vec<String>,
+    /// Writes per second one client may make, over REST and the protocol (0: no limit).
+    #[arg(long, env = "EVENTSYNC_WRITE_RATE", default_value_t = 1000)]
+    pub write_rate: u64,
+    /// Writes one client may make at once above its rate, after being idle.
+    #[arg(long, env = "EVENTSYNC_WRITE_BURST", default_value_t = 2000)]
+    pub write_burst: u64,
+    /// WebSocket sessions one client may have open at once (0: no limit).
+    #[arg(long, env = "EVENTSYNC_MAX_SOCKETS_PER_CLIENT", default_value_t = 1000)]
+    pub max_sockets_per_client: usize,
+    /// SSE streams one client may have open at once (0: no limit).
+    #[arg(long, env = "EVENTSYNC_MAX_STREAMS_PER_CLIENT", default_value_t = 100)]
+    pub max_streams_per_client: usize,
+}
+
+/// How requests are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// No tokens: every client may do everything.
+    None,
+    /// JSON Web Tokens (`docs/AUTH.md`).
+    Jwt,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,6 +312,17 @@ impl Config {
             if d.is_zero() {
                 return Err(invalid(key, "must be longer than 0"));
             }
+        }
+        let a = &self.access;
+        if a.auth == AuthMode::Jwt
+            && a.jwt_secret.is_none()
+            && a.jwt_secret_file.is_none()
+            && a.jwt_keys.is_none()
+        {
+            return Err(invalid(
+                "auth",
+                "jwt needs --jwt-secret, --jwt-secret-file or --jwt-keys",
+            ));
         }
         Ok(())
     }

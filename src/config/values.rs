@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::StoreKind;
+use super::{AuthMode, StoreKind};
 use crate::store::sqlite::Durability;
 
 /// Why a value was refused. Its text is the whole reason (it quotes the value), which is how
@@ -92,5 +92,16 @@ mod tests {
         assert_eq!(duration("10").unwrap(), Duration::from_secs(10));
         assert!(duration("-1s").is_err());
         assert!(duration("1y").is_err());
+    }
+}
+
+/// `none` or `jwt`.
+pub(super) fn auth_mode(s: &str) -> Result<AuthMode, Refusal> {
+    match s {
+        "none" => Ok(AuthMode::None),
+        "jwt" => Ok(AuthMode::Jwt),
+        other => Err(Refusal(format!(
+            "unknown auth mode '{other}'; use 'none' or 'jwt'"
+        ))),
     }
 }

@@ -99,3 +99,14 @@ impl AsyncWrite for LimitedStream {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
+
+/// The peer's address of a connection, as the handlers see it (`ConnectInfo<Peer>`): what
+/// per-client limits count without auth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, LimitedListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, LimitedListener>) -> Peer {
+        Peer(*stream.remote_addr())
+    }
+}

@@ -5,7 +5,7 @@
 //! stop, and the store closes cleanly (queued writes committed, WAL checkpointed) — all within
 //! `shutdown_timeout`.
 
-mod listener;
+pub mod listener;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +17,8 @@ use tokio_util::task::TaskTracker;
 
 use self::listener::LimitedListener;
 use crate::api::{router, AppState};
+use crate::auth::limits::ClientLimits;
+use crate::auth::Auth;
 use crate::config::{Config, StoreKind};
 use crate::hub::Hub;
 #[cfg(feature = "mongodb")]
@@ -31,6 +33,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    #[error("loading the JWT keys: {0}")]
+    Keys(#[from] crate::auth::token::KeyError),
     #[error("shutdown did not finish within {0:?}")]
     ShutdownTimeout(std::time::Duration),
 }
@@ -49,6 +53,15 @@ impl Server {
     pub async fn start(listener: TcpListener, config: Config) -> Result<Server, ServerError> {
         let addr = listener.local_addr()?;
         warn_of_missing_directories(&config).await;
+        let auth = Arc::new(Auth::from_config(&config.access)?);
+        if !auth.is_enabled() && !config.listen.ip().is_loopback() {
+            tracing::warn!(
+                listen = %config.listen,
+                "--auth none on an address other than loopback: ANYONE WHO REACHES THIS PORT CAN READ, \
+                 OVERWRITE AND DELETE EVERY DOCUMENT. Use --auth jwt (docs/AUTH.md)."
+            );
+        }
+        let client_limits = Arc::new(ClientLimits::from_config(&config.access));
         let hub = Hub::new(config.limits.hub_capacity);
         let store = open_store(&config, hub.clone()).await?;
         let config = Arc::new(config);
@@ -60,8 +73,11 @@ impl Server {
             config: Arc::clone(&config),
             shutdown: shutdown.clone(),
             sessions: sessions.clone(),
+            auth,
+            limits: Arc::clone(&client_limits),
         };
         let tasks = TaskTracker::new();
+        tasks.spawn(forget_idle_clients(client_limits, shutdown.child_token()));
         tasks.spawn(crate::maintenance::run(
             Arc::clone(&store),
             config.snapshots,
@@ -69,8 +85,11 @@ impl Server {
             shutdown.child_token(),
         ));
         let listener = LimitedListener::new(listener, config.limits.max_connections);
-        let serve =
-            axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let serve = axum::serve(
+            listener,
+            router(state).into_make_service_with_connect_info::<listener::Peer>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let task = tokio::spawn(serve_then_close(
             serve,
             Arc::clone(&store),
@@ -97,6 +116,17 @@ impl Server {
         self.task
             .await
             .unwrap_or_else(|e| Err(ServerError::Io(std::io::Error::other(e.to_string()))))
+    }
+}
+
+/// Every minute, the write limiter forgets clients whose allowance is full again.
+async fn forget_idle_clients(limits: Arc<ClientLimits>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => limits.forget_idle(),
+        }
     }
 }
 

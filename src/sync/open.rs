@@ -30,6 +30,10 @@ pub struct SyncContext {
     pub shutdown: CancellationToken,
     /// Most documents or events read per store call (`--max-page`).
     pub page: usize,
+    /// Checks a hello's (or an `auth` message's) token.
+    pub auth: Arc<crate::auth::Auth>,
+    /// Per-client write rate (protocol writes count like REST ones).
+    pub limits: Arc<crate::auth::limits::ClientLimits>,
 }
 
 /// A hello that passed [`accept`].

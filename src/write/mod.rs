@@ -44,6 +44,9 @@ pub struct Write {
     pub client_id: String,
     /// The client's `Idempotency-Key`, if it sent one: a repeat returns the first result.
     pub idempotency_key: Option<String>,
+    /// The token's subject that made the write (`None` without auth): recorded in the event as
+    /// `user`, and the scope of its idempotency key (see [`Write::idempotency_scope`]).
+    pub user: Option<String>,
     /// Identifies the write's content, so a reused idempotency key with another request is caught.
     /// Computed by [`Write::new`] from what the write does, not from how it arrived, so a retry over
     /// another transport (REST, then WebSocket) still replays.
@@ -81,7 +84,18 @@ impl Write {
             expected_version,
             client_id,
             idempotency_key,
+            user: None,
             fingerprint,
+        }
+    }
+
+    /// Whose idempotency keys this write's key is among: its client id, within its user's (so one
+    /// subject can never claim, or be refused for, another's key). A client id has no `/`, so
+    /// `user/client` names one pair only.
+    pub fn idempotency_scope(&self) -> std::borrow::Cow<'_, str> {
+        match &self.user {
+            None => std::borrow::Cow::Borrowed(&self.client_id),
+            Some(u) => std::borrow::Cow::Owned(format!("{u}/{}", self.client_id)),
         }
     }
 }

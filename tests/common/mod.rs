@@ -19,6 +19,7 @@
 //! directory gets a database of its own, so a server restarted on the same directory finds its data.
 #![allow(dead_code)]
 
+pub mod auth;
 pub mod in_process;
 pub mod mongo;
 pub mod process;

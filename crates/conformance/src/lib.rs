@@ -214,6 +214,7 @@ fn write(collection: &str, id: &str, mutation: Mutation) -> Write {
         expected_version: None,
         client_id: CLIENT.to_string(),
         idempotency_key: None,
+        user: None,
         fingerprint: 0,
     }
 }

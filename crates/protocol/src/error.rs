@@ -106,6 +106,19 @@ codes! {
     /// The connection already has as many writes in flight as allowed.
     TooManyWrites = "too_many_writes", 429;
 
+    // --- Who may do what ---------------------------------------------------------------------------
+    /// No token, or one that is malformed, badly signed, expired, not yet valid, or for another
+    /// issuer or audience (`--auth jwt`). Get a new token and try again.
+    Unauthenticated = "unauthenticated", 401;
+    /// The token is valid but does not allow this (a read, a write, a subscription, the admin
+    /// surface, another subject's client).
+    Forbidden = "forbidden", 403;
+    /// A browser request from an origin not in `--cors-origin` (WebSocket and SSE included).
+    OriginNotAllowed = "origin_not_allowed", 403;
+    /// Over a per-client limit (write rate, open sockets, open streams); retry after the
+    /// `Retry-After` header or the error's `retry_after_ms`.
+    RateLimited = "rate_limited", 429;
+
     // --- Refusals of a write by the rules ---------------------------------------------------------
     /// No such document (or version, or route).
     NotFound = "not_found", 404;
@@ -150,6 +163,7 @@ impl ErrorCode {
             ErrorCode::Overloaded
                 | ErrorCode::ShuttingDown
                 | ErrorCode::TooManyWrites
+                | ErrorCode::RateLimited
                 | ErrorCode::Unavailable
         )
     }
