@@ -44,8 +44,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use support::{
-    clock_ticks, cpu_delta, http_client, micros_u32, percentile, rss_kib, sample_cpu, server_args,
-    server_command, temp_data_dir, ws_connect, CpuDelta, ServerProc, Ws,
+    clock_ticks, cpu_delta, hello_token, http_client, micros_u32, percentile, rss_kib, sample_cpu,
+    server_args, server_command, temp_data_dir, ws_connect, CpuDelta, ServerProc, Ws,
 };
 
 /// One subscriber's connect + handshake + hello → synced.
@@ -111,6 +111,10 @@ struct Opts {
     /// Extra flag for the started EventSync server, repeatable (e.g. --server-arg=--max-batch=1024).
     #[arg(long, allow_hyphen_values = true)]
     server_arg: Vec<String>,
+    /// A token to present (in each `hello`, and as `Authorization` on writes) to a server started
+    /// with `--server-arg=--auth=jwt ...`.
+    #[arg(long, env = "EVENTSYNC_BENCH_TOKEN")]
+    token: Option<String>,
     /// Open-files limit for the started processes (and this one, if its own is lower than needed).
     #[arg(long, default_value_t = 65536)]
     nofile: u64,
@@ -118,6 +122,9 @@ struct Opts {
 
 fn main() -> ExitCode {
     let opts = Opts::parse();
+    if let Some(t) = &opts.token {
+        let _ = support::TOKEN.set(t.clone());
+    }
     if let Some(code) = raise_own_nofile(&opts) {
         return code;
     }
@@ -287,8 +294,10 @@ fn ws_config() -> WebSocketConfig {
 async fn open_subscriber(addr: SocketAddr, i: usize) -> Result<Ws, String> {
     let open = async {
         let mut ws = ws_connect(addr, "/sync/ws", ws_config()).await?;
-        let hello =
-            format!(r#"{{"type":"hello","client_id":"sub-{i}","subscribe":["games"],"state_vector":{{}}}}"#);
+        let hello = format!(
+            r#"{{"type":"hello","client_id":"sub-{i}","subscribe":["games"],"state_vector":{{}}{}}}"#,
+            hello_token()
+        );
         ws.send(Message::text(hello))
             .await
             .map_err(|e| format!("hello: {e}"))?;

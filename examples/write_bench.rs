@@ -70,6 +70,10 @@ struct Opts {
     /// directory]. Put it on the disk you want to measure: fsync cost depends on it.
     #[arg(long)]
     tmp_dir: Option<PathBuf>,
+    /// A token sent as `Authorization: Bearer` on every request, for a server started with
+    /// `--server-arg=--auth=jwt ...`.
+    #[arg(long, env = "EVENTSYNC_BENCH_TOKEN")]
+    token: Option<String>,
     /// Extra flag for the started server, repeatable (e.g. --server-arg=--max-batch=1024).
     #[arg(long, allow_hyphen_values = true)]
     server_arg: Vec<String>,
@@ -77,6 +81,9 @@ struct Opts {
 
 fn main() -> ExitCode {
     let opts = Opts::parse();
+    if let Some(t) = &opts.token {
+        let _ = support::TOKEN.set(t.clone());
+    }
     if opts.writers.is_empty() || opts.writers.contains(&0) {
         eprintln!("write_bench: --writers needs levels of at least 1");
         return ExitCode::from(2);
@@ -486,10 +493,11 @@ async fn run_level(opts: &Opts, server: &Server, writers: usize) -> Result<Level
     let mut setup = Conn::open(server.addr)
         .await
         .map_err(|e| format!("connecting to {host}: {e}"))?;
+    let auth = auth_line();
     for id in &ids {
         let body = format!(r#"{{"id":"{id}","gold":0,"log":0}}"#);
         let req = format!(
-            "POST /api/games HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /api/games HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         let status = setup
@@ -576,9 +584,10 @@ async fn run_level(opts: &Opts, server: &Server, writers: usize) -> Result<Level
     let mut verified = true;
     let mut problems = Vec::new();
     let mut acknowledged = 0;
+    let auth = auth_line();
     for (d, id) in ids.iter().enumerate() {
         acknowledged += expected_ok[d];
-        let req = format!("GET /api/games/{id} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let req = format!("GET /api/games/{id} HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n");
         let status = match setup.roundtrip(req.as_bytes()).await {
             Ok(s) => s,
             Err(_) => {
@@ -661,8 +670,9 @@ async fn writer(
         latencies: Vec::with_capacity(1 << 16),
         ..WriterOut::default()
     };
+    let auth = auth_line();
     let head = format!(
-        "PATCH /api/games/{id} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json-patch+json\r\nContent-Length: "
+        "PATCH /api/games/{id} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json-patch+json\r\nContent-Length: "
     );
     const BODY_START: &[u8] = br#"[{"op":"replace","path":"/gold","value":"#;
     const BODY_END: &[u8] = b"}]";
@@ -854,4 +864,12 @@ fn print_report(opts: &Opts, rows: &[Level], cores: usize, ticks: f64) {
         1000.0 / ticks
     );
     print!("{s}");
+}
+
+/// The `Authorization` header line for `--token`, or nothing.
+fn auth_line() -> String {
+    support::TOKEN
+        .get()
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default()
 }

@@ -268,8 +268,25 @@ pub fn micros_u32(d: Duration) -> u32 {
 // Clients
 
 /// The HTTP client for setup requests: no proxy, TCP_NODELAY, 30 s timeout.
+/// The token the benchmarks present (`--token`, for a server with `--auth jwt`), if any.
+pub static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// `,"token":"..."` for a hello when a token is set, else nothing.
+pub fn hello_token() -> String {
+    TOKEN
+        .get()
+        .map(|t| format!(r#","token":{}"#, serde_json::Value::from(t.as_str())))
+        .unwrap_or_default()
+}
+
 pub fn http_client() -> Result<reqwest::Client, String> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = TOKEN.get() {
+        let v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).map_err(|e| e.to_string())?;
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
     reqwest::Client::builder()
+        .default_headers(headers)
         .no_proxy()
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(30))
