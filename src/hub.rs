@@ -125,6 +125,7 @@ mod tests {
             client_id: "c".into(),
             op_id: "o".into(),
             ts: Timestamp(0),
+            user: None,
         })]);
         let (ea, eb) = (a.try_recv().unwrap(), b.try_recv().unwrap());
         assert!(Arc::ptr_eq(&ea, &eb), "one LiveEvent for all subscribers");

@@ -12,6 +12,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::auth::Caller;
 use super::extract::{BodyKind, JsonBody, Path, Query, WriteHeaders};
 use super::AppState;
 use crate::error::{ApiError, ErrorCode};
@@ -110,13 +111,17 @@ enum Payload {
     Patch(Value),
 }
 
-async fn commit(state: &AppState, spec: WriteSpec) -> Result<Response, ApiError> {
-    let write = spec.into_write().map_err(refused)?;
+/// Every REST write: the input checked (400), then what the caller may write (403), then its
+/// write rate (429), then the commit.
+async fn commit(state: &AppState, caller: &Caller, spec: WriteSpec) -> Result<Response, ApiError> {
+    let mut write = spec.into_write().map_err(refused)?;
+    caller.authorize_write(&mut write)?;
+    caller.count_write(state)?;
     let committed = state.store.commit(write).await?;
-    Ok(write_response(committed))
+    Ok(write_response(caller, committed))
 }
 
-fn write_response(c: Committed) -> Response {
+fn write_response(caller: &Caller, c: Committed) -> Response {
     let status = if c.created {
         StatusCode::CREATED
     } else {
@@ -135,16 +140,27 @@ fn write_response(c: Committed) -> Response {
     if c.replayed {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    (
-        status,
-        headers,
-        Json(json!({ "document": c.document, "event": c.event })),
-    )
-        .into_response()
+    let mut body = json!({ "document": c.document, "event": c.event });
+    let readable = match (&c.document, &c.event) {
+        (Some(d), _) => caller.may_read(&d.collection, &d.id),
+        (None, Some(e)) => caller.may_read(&e.collection, &e.id),
+        (None, None) => true,
+    };
+    if !readable {
+        // A write-only grant learns the version and the position of its write, not the content.
+        if let Some(d) = body["document"].as_object_mut() {
+            d.remove("data");
+        }
+        if let Some(e) = body["event"].as_object_mut() {
+            e.remove("patch");
+        }
+    }
+    (status, headers, Json(body)).into_response()
 }
 
 pub async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     Path(collection): Path<String>,
     headers: WriteHeaders,
     body: JsonBody,
@@ -153,6 +169,7 @@ pub async fn create(
     let data = object(body)?;
     commit(
         &state,
+        &caller,
         spec(target, WriteOp::Create, Payload::Document(data), headers),
     )
     .await
@@ -160,6 +177,7 @@ pub async fn create(
 
 pub async fn replace(
     State(state): State<AppState>,
+    caller: Caller,
     Path((collection, id)): Path<(String, String)>,
     headers: WriteHeaders,
     body: JsonBody,
@@ -168,6 +186,7 @@ pub async fn replace(
     let data = object(body)?;
     commit(
         &state,
+        &caller,
         spec(target, WriteOp::Replace, Payload::Document(data), headers),
     )
     .await
@@ -177,6 +196,7 @@ pub async fn replace(
 /// Plain `application/json` is accepted too: an array is a JSON Patch, an object a merge patch.
 pub async fn patch(
     State(state): State<AppState>,
+    caller: Caller,
     Path((collection, id)): Path<(String, String)>,
     headers: WriteHeaders,
     body: JsonBody,
@@ -195,23 +215,36 @@ pub async fn patch(
             ))
         }
     };
-    commit(&state, spec(target, op, Payload::Patch(body.value), headers)).await
+    commit(
+        &state,
+        &caller,
+        spec(target, op, Payload::Patch(body.value), headers),
+    )
+    .await
 }
 
 pub async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     Path((collection, id)): Path<(String, String)>,
     headers: WriteHeaders,
 ) -> Result<Response, ApiError> {
     let target = Target::new(collection, Some(id), Named::Url).map_err(refused)?;
-    commit(&state, spec(target, WriteOp::Delete, Payload::None, headers)).await
+    commit(
+        &state,
+        &caller,
+        spec(target, WriteOp::Delete, Payload::None, headers),
+    )
+    .await
 }
 
 pub async fn get(
     State(state): State<AppState>,
+    caller: Caller,
     Path((collection, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     check_names(&collection, &id)?;
+    caller.check_read(&collection, &id)?;
     let doc = live(&state, &collection, &id).await?;
     Ok(([(header::ETAG, etag(doc.version))], Json(doc)).into_response())
 }
@@ -234,15 +267,80 @@ pub struct ListQuery {
 
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     Path(collection): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     check_collection(&collection)?;
     let limit = page_limit(q.limit, &state)?;
     let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
-    let items = state.store.list(&collection, after.as_deref(), limit).await?;
-    let next = (items.len() == limit)
-        .then(|| items.last().map(|d| encode_cursor(&d.id)))
-        .flatten();
-    Ok(Json(json!({ "items": items, "next_cursor": next })))
+    let access = caller.check_read_collection(&collection)?;
+    let store = &state.store;
+    let collection = &collection;
+    let page = filtered_page(
+        after,
+        limit,
+        |after: Option<String>| async move {
+            let items = store.list(collection, after.as_deref(), limit).await?;
+            let next = (items.len() == limit)
+                .then(|| items.last().map(|d| d.id.clone()))
+                .flatten();
+            Ok((items, next))
+        },
+        |d: &Document| access.allows(&d.id),
+        |d: &Document| d.id.clone(),
+    )
+    .await?;
+    let next = page.next.map(|id| encode_cursor(&id));
+    Ok(Json(json!({ "items": page.items, "next_cursor": next })))
+}
+
+/// Most store pages one filtered listing reads before it answers with what it found (and a cursor).
+pub const MAX_SCANNED_PAGES: usize = 10;
+
+/// One page of what the caller may read.
+pub struct Page<T, C> {
+    pub items: Vec<T>,
+    /// Where the next page starts (after the last item *scanned*, kept or not); `None` at the end.
+    pub next: Option<C>,
+}
+
+/// A page of at most `limit` items that pass `keep`, read from the store page by page (`read`
+/// from a cursor gives a page and the cursor after it; `cursor_of` is the cursor after an item). A
+/// caller whose grant covers the whole collection keeps everything, so this is one read, as
+/// before. Otherwise it reads on until the page is full or [`MAX_SCANNED_PAGES`] were scanned: a
+/// reader of a few documents among many may get a short (even empty) page with a cursor, never an
+/// unbounded scan per request.
+pub async fn filtered_page<T, C, F, Fut>(
+    mut cursor: Option<C>,
+    limit: usize,
+    read: F,
+    keep: impl Fn(&T) -> bool,
+    cursor_of: impl Fn(&T) -> C,
+) -> Result<Page<T, C>, ApiError>
+where
+    C: Clone,
+    F: Fn(Option<C>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, Option<C>), crate::store::StoreError>>,
+{
+    let mut items = Vec::new();
+    for _ in 0..MAX_SCANNED_PAGES {
+        let (page, next) = read(cursor.clone()).await?;
+        let mut rest = page.into_iter();
+        while let Some(item) = rest.next() {
+            if keep(&item) {
+                items.push(item);
+                if items.len() == limit {
+                    let more = rest.len() > 0 || next.is_some();
+                    let next = more.then(|| cursor_of(items.last().expect("just pushed")));
+                    return Ok(Page { items, next });
+                }
+            }
+        }
+        cursor = next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    Ok(Page { items, next: cursor })
 }

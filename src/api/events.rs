@@ -5,7 +5,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::documents::{check_collection, page_limit};
+use super::auth::Caller;
+use super::documents::{check_collection, filtered_page, page_limit};
 use super::extract::Query;
 use super::AppState;
 use crate::error::{ApiError, ErrorCode};
@@ -21,6 +22,8 @@ pub struct EventsQuery {
     id: Option<String>,
     op: Option<String>,
     client_id: Option<String>,
+    /// The writer's token subject.
+    user: Option<String>,
     /// Events after this sequence number.
     after: Option<u64>,
     /// RFC 3339: events at or after.
@@ -46,6 +49,7 @@ fn time(name: &str, v: Option<String>) -> Result<Option<Timestamp>, ApiError> {
 
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = page_limit(q.limit, &state)?;
@@ -81,14 +85,43 @@ pub async fn list(
         id: q.id,
         op,
         client_id: q.client_id,
+        user: q.user,
         after: cursor.unwrap_or(0).max(q.after.unwrap_or(0)),
         since: time("since", q.since)?,
         until: time("until", q.until)?,
     };
-    let (items, last_seq) = tokio::try_join!(state.store.events(&filter, limit), state.store.last_seq())?;
-    let next = (items.len() == limit)
-        .then(|| items.last().map(|e| e.seq.to_string()))
-        .flatten();
+    if let Some(c) = &filter.collection {
+        caller.check_read_collection(c)?;
+    }
+    if let (Some(c), Some(id)) = (&filter.collection, &filter.id) {
+        caller.check_read(c, id)?;
+    }
+    // A reader sees the events of what it may read, and nothing of the rest (not even that
+    // there were events: the cursor skips them, `last_seq` is the log's head, which says no more
+    // than `GET /api/health`).
+    let store = &state.store;
+    let filter = &filter;
+    let read = |after: Option<u64>| async move {
+        let mut f = filter.clone();
+        f.after = after.unwrap_or(f.after);
+        let items = store.events(&f, limit).await?;
+        let next = (items.len() == limit)
+            .then(|| items.last().map(|e| e.seq))
+            .flatten();
+        Ok((items, next))
+    };
+    let (page, last_seq) = tokio::try_join!(
+        filtered_page(
+            None,
+            limit,
+            read,
+            |e: &crate::model::Event| caller.may_read(&e.collection, &e.id),
+            |e: &crate::model::Event| e.seq,
+        ),
+        async { Ok(store.last_seq().await?) },
+    )?;
+    let items = page.items;
+    let next = page.next.map(|s| s.to_string());
     Ok(Json(
         json!({ "items": items, "next_cursor": next, "last_seq": last_seq }),
     ))

@@ -6,6 +6,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::auth::Caller;
 use super::documents::{check_names, page_limit};
 use super::extract::{Path, Query};
 use super::AppState;
@@ -14,8 +15,14 @@ use crate::model::{StoredDoc, Version};
 use crate::store::StoreError;
 use crate::write::rebuild;
 
-async fn stored(state: &AppState, collection: &str, id: &str) -> Result<StoredDoc, ApiError> {
+async fn stored(
+    state: &AppState,
+    caller: &Caller,
+    collection: &str,
+    id: &str,
+) -> Result<StoredDoc, ApiError> {
     check_names(collection, id)?;
+    caller.check_read(collection, id)?;
     state
         .store
         .get(collection, id)
@@ -34,10 +41,11 @@ pub struct HistoryQuery {
 
 pub async fn history(
     State(state): State<AppState>,
+    caller: Caller,
     Path((collection, id)): Path<(String, String)>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let doc = stored(&state, &collection, &id).await?;
+    let doc = stored(&state, &caller, &collection, &id).await?;
     let limit = page_limit(q.limit, &state)? as u64;
     let cursor = q
         .cursor
@@ -72,9 +80,10 @@ pub async fn history(
 
 pub async fn snapshots(
     State(state): State<AppState>,
+    caller: Caller,
     Path((collection, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let doc = stored(&state, &collection, &id).await?;
+    let doc = stored(&state, &caller, &collection, &id).await?;
     let items = state.store.snapshots(&collection, &id).await?;
     Ok(Json(json!({
         "collection": collection,
@@ -87,9 +96,10 @@ pub async fn snapshots(
 
 pub async fn version(
     State(state): State<AppState>,
+    caller: Caller,
     Path((collection, id, version)): Path<(String, String, Version)>,
 ) -> Result<Json<Value>, ApiError> {
-    let doc = stored(&state, &collection, &id).await?;
+    let doc = stored(&state, &caller, &collection, &id).await?;
     let retained = doc.retained();
     if version == 0 || version > doc.doc.version {
         return Err(ApiError::not_found(format!(

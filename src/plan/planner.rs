@@ -358,6 +358,7 @@ mod tests {
             client_id: "x".into(),
             op_id: "o".into(),
             ts: Timestamp(0),
+            user: None,
         }
     }
 

@@ -43,6 +43,8 @@ pub struct EventFilter {
     pub id: Option<String>,
     pub op: Option<Op>,
     pub client_id: Option<String>,
+    /// The writer's token subject (an event's `user`).
+    pub user: Option<String>,
     /// Only events with a sequence number greater than this.
     pub after: Seq,
     /// Only events at or after this time.

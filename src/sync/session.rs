@@ -322,6 +322,7 @@ mod tests {
             client_id: "c".into(),
             op_id: "o".into(),
             ts: Timestamp(0),
+            user: None,
         }
     }
 

@@ -157,6 +157,7 @@ pub fn decide(
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         ts: now,
+        user: w.user.clone(),
     });
     let doc = Document {
         collection: w.collection.clone(),

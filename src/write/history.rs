@@ -71,6 +71,7 @@ mod tests {
             client_id: "t".into(),
             op_id: "o".into(),
             ts: Timestamp(0),
+            user: None,
         }
     }
 

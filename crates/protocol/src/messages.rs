@@ -265,6 +265,7 @@ mod tests {
             client_id: "c".into(),
             op_id: "o".into(),
             ts: Timestamp(0),
+            user: None,
         };
         let text = event_json(&e);
         let back: ServerMessage = serde_json::from_str(&text).unwrap();

@@ -105,6 +105,9 @@ pub struct Event {
     pub client_id: String,
     pub op_id: String,
     pub ts: Timestamp,
+    /// The writer's token subject (`--auth jwt`); absent for writes without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// A document's full body at one version.

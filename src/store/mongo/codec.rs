@@ -8,7 +8,7 @@
 //! | collection | `_id` | other fields |
 //! |---|---|---|
 //! | `games`, … (one per document collection) | document id | `version`, `seq`, `data`, `bytes`, `created_at`, `updated_at`, `deleted`, `snapshot_version`, `compacted_through`, `snap_due`, `compact_due` |
-//! | `events` | sequence number | `collection`, `doc_id`, `version`, `op`, `patch`, `bytes`, `client_id`, `op_id`, `ts` |
+//! | `events` | sequence number | `collection`, `doc_id`, `version`, `op`, `patch`, `bytes`, `client_id`, `op_id`, `ts`, `user` (when the writer had one) |
 //! | `snapshots` | generated | `collection`, `doc_id`, `version`, `seq`, `ts`, `data`, `bytes` |
 //! | `idempotency` | `{c: client id, k: key}` | `fp`, `result`, `created_at` |
 //! | `clients` | client id | `position`, `updated_at` |
@@ -158,7 +158,7 @@ pub fn stored_doc(collection: &str, d: &BsonDoc) -> Result<StoredDoc, StoreError
 
 pub fn event_record(e: &Event) -> BsonDoc {
     let patch = serde_json::to_string(&e.patch).expect("a patch always serializes");
-    doc! {
+    let mut record = doc! {
         "_id": int(e.seq),
         "collection": &e.collection,
         "doc_id": &e.id,
@@ -169,7 +169,11 @@ pub fn event_record(e: &Event) -> BsonDoc {
         "client_id": &e.client_id,
         "op_id": &e.op_id,
         "ts": e.ts.0,
+    };
+    if let Some(u) = &e.user {
+        record.insert("user", u);
     }
+    record
 }
 
 pub fn event(d: &BsonDoc) -> Result<Event, StoreError> {
@@ -184,6 +188,7 @@ pub fn event(d: &BsonDoc) -> Result<Event, StoreError> {
         client_id: str_field(d, "client_id")?.to_string(),
         op_id: str_field(d, "op_id")?.to_string(),
         ts: Timestamp(i64_field(d, "ts")?),
+        user: d.get_str("user").ok().map(str::to_string),
     })
 }
 
@@ -286,6 +291,7 @@ mod tests {
             client_id: "c".into(),
             op_id: "o".into(),
             ts: Timestamp(2),
+            user: None,
         };
         assert_eq!(event(&event_record(&e)).unwrap(), e);
     }

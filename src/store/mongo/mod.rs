@@ -338,6 +338,9 @@ fn events_filter(f: &EventFilter) -> BsonDoc {
     if let Some(c) = &f.client_id {
         filter.insert("client_id", c);
     }
+    if let Some(u) = &f.user {
+        filter.insert("user", u);
+    }
     let mut ts = BsonDoc::new();
     if let Some(t) = f.since {
         ts.insert("$gte", t.0);

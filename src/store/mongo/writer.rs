@@ -205,7 +205,7 @@ impl Shared {
         now: Timestamp,
     ) -> Result<Result<Committed, StoreError>, Abort> {
         let recorded = match &w.idempotency_key {
-            Some(key) => self.recorded(s, &w.client_id, key).await?,
+            Some(key) => self.recorded(s, &w.idempotency_scope(), key).await?,
             None => None,
         };
         let id = target_id(w);
@@ -234,7 +234,7 @@ impl Shared {
             self.db
                 .collection::<BsonDoc>(IDEMPOTENCY)
                 .insert_one(doc! {
-                    "_id": {"c": &w.client_id, "k": key},
+                    "_id": {"c": w.idempotency_scope().as_ref(), "k": key},
                     "fp": record.fingerprint as i64,
                     "result": record.result,
                     "created_at": now.0,

@@ -11,7 +11,7 @@ use crate::time::Timestamp;
 
 pub const DOC_COLUMNS: &str =
     "collection, id, version, data, created_at, updated_at, deleted, compacted_through, snapshot_version";
-pub const EVENT_COLUMNS: &str = "seq, collection, doc_id, version, op, patch, client_id, op_id, ts";
+pub const EVENT_COLUMNS: &str = "seq, collection, doc_id, version, op, patch, client_id, op_id, ts, user";
 
 /// A corrupt row is reported as a conversion failure, never a panic.
 fn bad(col: usize, msg: String) -> rusqlite::Error {
@@ -64,6 +64,7 @@ pub fn event(row: &Row<'_>) -> rusqlite::Result<Event> {
         client_id: row.get(6)?,
         op_id: row.get(7)?,
         ts: Timestamp(row.get(8)?),
+        user: row.get(9)?,
     })
 }
 
@@ -107,6 +108,9 @@ pub fn events(conn: &Connection, f: &EventFilter, limit: usize) -> rusqlite::Res
     }
     if let Some(c) = &f.client_id {
         push(" AND client_id = ?", c.clone().into());
+    }
+    if let Some(u) = &f.user {
+        push(" AND user = ?", u.clone().into());
     }
     if let Some(t) = f.since {
         push(" AND ts >= ?", t.0.into());

@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS events (
     patch      TEXT    NOT NULL,
     client_id  TEXT    NOT NULL,
     op_id      TEXT    NOT NULL,
-    ts         INTEGER NOT NULL
+    ts         INTEGER NOT NULL,
+    user       TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_document ON events (collection, doc_id, version);
 
@@ -113,7 +114,20 @@ pub fn open_writer(path: &Path, durability: Durability) -> rusqlite::Result<Conn
     conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     conn.execute_batch(SCHEMA)?;
+    migrate(&conn)?;
     Ok(conn)
+}
+
+/// Brings a database made by an earlier version up to this schema: `events.user` (the writer's
+/// token subject) came with authentication; older events have none.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_user = conn
+        .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'user'")?
+        .exists([])?;
+    if !has_user {
+        conn.execute_batch("ALTER TABLE events ADD COLUMN user TEXT")?;
+    }
+    Ok(())
 }
 
 /// WAL pages after which the writer checkpoints on its own (the checkpointer normally does it first).

@@ -291,7 +291,7 @@ fn apply(
     policy: Policy,
 ) -> Result<Committed, Failure> {
     let recorded = match &w.idempotency_key {
-        Some(key) => recorded(conn, &w.client_id, key)?,
+        Some(key) => recorded(conn, &w.idempotency_scope(), key)?,
         None => None,
     };
     let key = (w.collection.clone(), target_id(w));
@@ -373,8 +373,8 @@ fn write_change(
     }
     let patch_json = serde_json::to_string(&event.patch).expect("a patch always serializes");
     conn.prepare_cached(
-        "INSERT INTO events (seq, collection, doc_id, version, op, patch, client_id, op_id, ts) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO events (seq, collection, doc_id, version, op, patch, client_id, op_id, ts, user) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         seq,
@@ -385,7 +385,8 @@ fn write_change(
         patch_json,
         event.client_id,
         event.op_id,
-        ts
+        ts,
+        event.user
     ])?;
     Ok(())
 }
@@ -418,7 +419,7 @@ fn save_record(
         conn.prepare_cached(
             "INSERT INTO idempotency (client_id, key, fingerprint, result, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
-        .execute(params![w.client_id, key, record.fingerprint as i64, record.result, now.0])?;
+        .execute(params![w.idempotency_scope(), key, record.fingerprint as i64, record.result, now.0])?;
     }
     Ok(())
 }
