@@ -716,9 +716,11 @@ async fn with_auth_none_everything_works_as_before() {
     ws.barrier().await;
     ws.close().await;
     // The client's vector is kept under its bare id, as before.
-    let (status, body) = s.get("/api/clients/c1").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["state_vector"]["games"]["g1"], 1);
+    common::poll(WAIT, "c1's acknowledged vector", || async {
+        let (status, body) = s.get("/api/clients/c1").await;
+        (status == StatusCode::OK && body["state_vector"]["games"]["g1"] == 1).then_some(())
+    })
+    .await;
     let (status, body) = s
         .post_json("/api/sync", &json!({"client_id": "c1", "subscribe": ["games"]}))
         .await;
