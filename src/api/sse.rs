@@ -8,6 +8,13 @@
 //! reconnect resumes from there ([`crate::sync::resume`]). With no back channel, what was written to
 //! the stream counts as acknowledged; `Last-Event-ID` corrects for frames lost in flight.
 //!
+//! The token: `Authorization: Bearer` (non-browser clients, and the JS client, which reads SSE
+//! with `fetch`), else `?token=` (for `EventSource`, which cannot set headers — query strings land
+//! in proxy and access logs, so use short-lived tokens there). A missing or refused token is a 401
+//! before the stream starts; a client over `--max-streams-per-client` gets 429. When the token
+//! runs out the stream ends (after an `error` `unauthenticated` frame): the client reconnects with
+//! a fresh one. Subscriptions the token cannot read come first as `event: error` frames.
+//!
 //! This file owns the framing (`event:`, `id:`, `data:`), the query and the header, the response's
 //! frame queue and the keep-alive comments; the session is the driver's.
 
@@ -16,7 +23,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -24,7 +31,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
+use super::auth::bearer;
 use super::extract::Query;
+use super::ws::peer_of;
 use super::AppState;
 use crate::error::{ApiError, ErrorCode};
 use crate::hub::LiveEvent;
@@ -47,7 +56,7 @@ pub struct SseQuery {
     /// The state vector as JSON.
     #[serde(default)]
     state_vector: Option<String>,
-    /// Reserved for authentication.
+    /// The token, for clients that cannot send `Authorization` (`EventSource`).
     #[serde(default)]
     token: Option<String>,
 }
@@ -55,20 +64,40 @@ pub struct SseQuery {
 pub async fn stream(
     State(state): State<AppState>,
     headers: HeaderMap,
+    extensions: Extensions,
     Query(q): Query<SseQuery>,
 ) -> Result<Response, ApiError> {
-    let accepted = accept(hello(q)?)?;
+    // The header's token, else the query's: handed to `accept` in the hello, the one place both
+    // are checked.
+    let token = match bearer(&headers)? {
+        Some(t) => Some(t.to_string()),
+        None => q.token.clone(),
+    };
+    let mut hello = match hello(q) {
+        Ok(h) => h,
+        Err(e) => {
+            // Authenticate before validating: a caller without a valid token learns nothing more.
+            state.auth.authenticate(token.as_deref())?;
+            return Err(e);
+        }
+    };
+    hello.token = token;
+    let accepted = accept(&state.auth, hello)?;
     let start = match last_event_id(&headers)? {
         Some(received) => Start::ReceivedUpTo(received),
         None => Start::Hello,
     };
+    let peer = peer_of(&extensions);
+    let slot = state.limits.stream(&accepted.principal.limit_key(peer))?;
     let ctx = state.sync();
     let opened = open(&ctx, accepted, start).await?;
     let (tx, frames) = mpsc::channel::<Bytes>(SSE_QUEUE);
     state.sessions.spawn(async move {
+        // The stream's place among its client's is held as long as the session runs.
+        let _slot = slot;
         let mut sse = Sse { tx };
         let _ = sse.send(Bytes::from_static(b"retry: 1000\n\n")).await;
-        driver::run(&ctx, &mut sse, opened).await;
+        driver::run(&ctx, &mut sse, opened, peer).await;
     });
     let body = Body::from_stream(ReceiverStream::new(frames).map(Ok::<_, Infallible>));
     Ok((

@@ -1,23 +1,36 @@
 //! The plain HTTP side of sync: `POST /api/sync` (a manual sync, through the same opening step as
 //! the transports: [`crate::sync::open`]) and `GET /api/clients/{client_id}`.
+//!
+//! Both are bound to the caller's subject: the vector read is the one kept under
+//! `principal.client_key(client_id)`, so a client id names a client *of this subject*. An admin
+//! may read another subject's (`?subject=S`).
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::extract::{JsonBody, Path};
+use super::auth::{bearer, Caller};
+use super::extract::{JsonBody, Path, Query};
 use super::AppState;
+use crate::auth::{Grants, Principal};
 use crate::error::{ApiError, ErrorCode};
 use crate::model::validate_id;
 use crate::sync::open::{accept, once};
 use crate::sync::protocol::{Hello, ServerMessage, StateVector, SyncedMessage};
 use crate::sync::session::ProtocolError;
 
-/// A refused hello, answered over HTTP: 400 with its code.
+/// A refused hello, answered over HTTP: 400 with its code, or the status of an authentication or
+/// authorization code (401, 403, 429).
 impl From<ProtocolError> for ApiError {
     fn from(e: ProtocolError) -> ApiError {
-        ApiError::bad_request(e.code, e.message)
+        match e.code {
+            ErrorCode::Unauthenticated | ErrorCode::Forbidden | ErrorCode::RateLimited => {
+                ApiError::new(e.code, e.message)
+            }
+            _ => ApiError::bad_request(e.code, e.message),
+        }
     }
 }
 
@@ -29,22 +42,47 @@ pub struct SyncRequest {
     subscribe: Vec<String>,
     #[serde(default)]
     state_vector: Option<StateVector>,
-    #[serde(default)]
-    token: Option<String>,
+    /// Read from the body before it is parsed (the header's wins).
+    #[serde(default, rename = "token")]
+    _token: Option<String>,
 }
 
-/// `POST /api/sync`: the messages that bring a client current, and its resulting vector.
-/// Nothing is remembered for the client: a plain HTTP answer may be lost, so it acknowledges nothing.
-pub async fn manual(State(state): State<AppState>, body: JsonBody) -> Result<Json<Value>, ApiError> {
-    let req: SyncRequest = serde_json::from_value(body.value).map_err(|e| {
-        ApiError::bad_request(ErrorCode::InvalidMessage, format!("invalid sync request: {e}"))
-    })?;
-    let accepted = accept(Hello {
-        client_id: req.client_id,
-        subscribe: req.subscribe,
-        state_vector: req.state_vector,
-        token: req.token,
-    })?;
+/// `POST /api/sync`: the messages that bring a client current (subscriptions the token cannot
+/// read first, as `error` `forbidden` messages), and its resulting vector. The token: the
+/// `Authorization` header, else the body's `token`. Nothing is remembered for the client: a plain
+/// HTTP answer may be lost, so it acknowledges nothing.
+pub async fn manual(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let header_token = bearer(&headers)?.map(str::to_string);
+    let token = header_token.or_else(|| {
+        body.value
+            .get("token")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    let req: SyncRequest = match serde_json::from_value::<SyncRequest>(body.value) {
+        Ok(req) => req,
+        Err(e) => {
+            // Authenticate before validating: a caller without a valid token learns nothing more.
+            state.auth.authenticate(token.as_deref())?;
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidMessage,
+                format!("invalid sync request: {e}"),
+            ));
+        }
+    };
+    let accepted = accept(
+        &state.auth,
+        Hello {
+            client_id: req.client_id,
+            subscribe: req.subscribe,
+            state_vector: req.state_vector,
+            token,
+        },
+    )?;
     let c = once(&state.sync(), accepted).await?;
     let synced = SyncedMessage {
         seq: c.position,
@@ -58,15 +96,39 @@ pub async fn manual(State(state): State<AppState>, body: JsonBody) -> Result<Jso
     })))
 }
 
-/// `GET /api/clients/{client_id}`: the vector the server remembers for a client.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientQuery {
+    /// Another subject's client (admin only).
+    #[serde(default)]
+    subject: Option<String>,
+}
+
+/// `GET /api/clients/{client_id}`: the vector the server remembers for the caller's client
+/// `client_id`; an admin may name another subject's with `?subject=S`.
 pub async fn client(
     State(state): State<AppState>,
+    caller: Caller,
     Path(client_id): Path<String>,
+    Query(q): Query<ClientQuery>,
 ) -> Result<Json<crate::store::ClientState>, ApiError> {
     validate_id(&client_id).map_err(|e| ApiError::bad_request(ErrorCode::InvalidClientId, e.to_string()))?;
+    let key = match q.subject {
+        Some(subject) if caller.subject() != Some(subject.as_str()) => {
+            if subject.is_empty() {
+                return Err(ApiError::bad_request(
+                    ErrorCode::InvalidQuery,
+                    "subject must not be empty",
+                ));
+            }
+            caller.check_admin()?;
+            Principal::new(subject, Grants::nothing(), None).client_key(&client_id)
+        }
+        _ => caller.client_key(&client_id),
+    };
     state
         .store
-        .load_client(&client_id)
+        .load_client(&key)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no client '{client_id}' has synced here")))

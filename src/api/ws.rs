@@ -9,8 +9,11 @@
 use std::future::Future;
 use std::time::Duration;
 
+use std::net::IpAddr;
+
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
+use axum::http::Extensions;
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use tokio::time::Instant;
@@ -30,23 +33,38 @@ const READ_BUFFER: usize = 1024;
 /// Bytes buffered before a write reaches the socket (a flush writes sooner).
 const WRITE_BUFFER: usize = 16 * 1024;
 
-pub async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+/// The peer's address, when the server was started with connection info (what per-client
+/// limits count without auth).
+pub(crate) fn peer_of(extensions: &Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ConnectInfo<crate::server::listener::Peer>>()
+        .map(|c| c.0 .0.ip())
+}
+
+/// The token travels in the `hello` (browsers cannot set a WebSocket's headers), so the upgrade
+/// itself is not authenticated: the session's first message is.
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    extensions: Extensions,
+) -> Response {
+    let peer = peer_of(&extensions);
     let limit = state.config.limits.max_body_bytes;
     ws.max_message_size(limit)
         .max_frame_size(limit)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(WRITE_BUFFER + limit)
-        .on_upgrade(move |socket| state.sessions.track_future(run(socket, state.sync())))
+        .on_upgrade(move |socket| state.sessions.track_future(run(socket, state.sync(), peer)))
 }
 
-async fn run(socket: WebSocket, ctx: SyncContext) {
+async fn run(socket: WebSocket, ctx: SyncContext, peer: Option<IpAddr>) {
     let mut ws = Ws { socket, fed_by: None };
     // The driver watches the token itself (so it can flush acknowledgements first); this outer
     // watch covers a session stuck elsewhere, e.g. in a send.
     let end = tokio::select! {
         biased;
-        end = driver::serve(&ctx, &mut ws) => end,
+        end = driver::serve(&ctx, &mut ws, peer) => end,
         _ = ctx.shutdown.cancelled() => End::Close(CLOSE_GOING_AWAY, "server shutting down"),
     };
     if let End::Close(code, reason) = end {

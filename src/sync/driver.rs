@@ -7,8 +7,12 @@
 //! over the transport, not `dyn`: fan-out to thousands of sockets runs this loop once per live
 //! batch per connection, with no boxing or dynamic dispatch per event.
 //!
-//! Three places see everything, and are where authorization belongs: [`super::open::accept`] every
-//! hello, [`forward`] every live event (through [`Session::live`]), [`Writes::start`] every write.
+//! Three places see everything, and are where authorization is: [`super::open::accept`] every
+//! hello (its token, its subscriptions), [`forward`] every live event (through [`Session::live`],
+//! which skips documents the token may not read), [`Writes::start`] every write. An `auth` message
+//! replaces the session's principal (same subject only) and narrows or widens what the session
+//! reads; a token that runs out without one ends the session (close 4401). With `--auth none`
+//! the principal never expires and the loop has no timer for it.
 //!
 //! One task per connection, one `biased` `select!`: the shutdown token, the client's messages, the
 //! hub, finished writes, the heartbeat and the acknowledgement flush. Live events are fed in batches
@@ -17,6 +21,7 @@
 //! not the hub is the source of truth.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,11 +31,12 @@ use tokio::sync::broadcast::Receiver;
 use super::open::{accept, open, read_catch_up, Accepted, Opened, Start, SyncContext};
 use super::protocol::{ClientMessage, ServerMessage};
 use super::session::{validate_vector, Live, ProtocolError, Session};
-use super::writes::Writes;
+use super::writes::{Writer, Writes};
 use super::{
-    CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TIMEOUT, HELLO_TIMEOUT, MAX_VIOLATIONS, SEND_BATCH,
-    VECTOR_FLUSH_INTERVAL,
+    CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_RATE_LIMITED, CLOSE_TIMEOUT, CLOSE_UNAUTHENTICATED,
+    HELLO_TIMEOUT, MAX_VIOLATIONS, SEND_BATCH, VECTOR_FLUSH_INTERVAL,
 };
+use crate::auth::{Access, Principal};
 use crate::error::ErrorCode;
 use crate::hub::LiveEvent;
 
@@ -79,25 +85,39 @@ pub trait Transport: Send {
     fn heartbeat(&mut self, idle: Duration) -> impl Future<Output = Result<(), End>> + Send;
 }
 
+/// A deadline that never comes, for a timer that is never polled.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 async fn send<T: Transport>(t: &mut T, msg: &ServerMessage) -> Result<(), End> {
     t.feed(msg).await?;
     t.flush().await
 }
 
-/// A whole session over a transport whose client says `hello` first (the WebSocket).
-pub async fn serve<T: Transport>(ctx: &SyncContext, t: &mut T) -> End {
-    let accepted = match await_hello(t).await {
+/// A whole session over a transport whose client says `hello` first (the WebSocket), from `peer`.
+/// Once the hello is accepted, the session takes one of its client's sockets
+/// (`--max-sockets-per-client`) for as long as it lives; over the limit: `error` `rate_limited`,
+/// close 4429.
+pub async fn serve<T: Transport>(ctx: &SyncContext, t: &mut T, peer: Option<IpAddr>) -> End {
+    let accepted = match await_hello(ctx, t).await {
         Ok(accepted) => accepted,
         Err(end) => return end,
     };
+    let _slot = match ctx.limits.socket(&accepted.principal.limit_key(peer)) {
+        Ok(slot) => slot,
+        Err(over) => {
+            let _ = send(t, &ServerMessage::error(ErrorCode::RateLimited, over.message())).await;
+            return End::Close(CLOSE_RATE_LIMITED, "too many sessions for this client");
+        }
+    };
     match open(ctx, accepted, Start::Hello).await {
-        Ok(opened) => run(ctx, t, opened).await,
+        Ok(opened) => run(ctx, t, opened, peer).await,
         Err(_) => End::Close(CLOSE_INTERNAL, "store unavailable"),
     }
 }
 
-/// Waits up to [`HELLO_TIMEOUT`] for a valid `hello`; anything else before it is a violation.
-async fn await_hello<T: Transport>(t: &mut T) -> Result<Accepted, End> {
+/// Waits up to [`HELLO_TIMEOUT`] for a valid `hello`; anything else before it is a violation. A
+/// hello whose token is refused ends the connection: `error` `unauthenticated`, close 4401.
+async fn await_hello<T: Transport>(ctx: &SyncContext, t: &mut T) -> Result<Accepted, End> {
     let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
     let mut strikes = 0;
     loop {
@@ -106,8 +126,12 @@ async fn await_hello<T: Transport>(t: &mut T) -> Result<Accepted, End> {
             Ok(incoming) => match incoming? {
                 Incoming::Noise => continue,
                 Incoming::Refused(e) => e,
-                Incoming::Message(ClientMessage::Hello(h)) => match accept(h) {
+                Incoming::Message(ClientMessage::Hello(h)) => match accept(&ctx.auth, h) {
                     Ok(accepted) => return Ok(accepted),
+                    Err(e) if e.code == ErrorCode::Unauthenticated => {
+                        send(t, &e.into_message()).await?;
+                        return Err(End::Close(CLOSE_UNAUTHENTICATED, "unauthenticated"));
+                    }
                     Err(e) => e,
                 },
                 Incoming::Message(_) => {
@@ -123,16 +147,51 @@ async fn await_hello<T: Transport>(t: &mut T) -> Result<Accepted, End> {
     }
 }
 
-/// An opened session: its catch-up, then live until it ends; what the client acknowledged is
-/// flushed to the store either way.
-pub async fn run<T: Transport>(ctx: &SyncContext, t: &mut T, opened: Opened) -> End {
+/// Who a session is for: its current principal, what limits count it as, and when its token
+/// stops counting.
+struct Conn {
+    principal: Arc<Principal>,
+    limit_key: String,
+    expires: Option<tokio::time::Instant>,
+}
+
+impl Conn {
+    fn new(principal: Arc<Principal>, peer: Option<IpAddr>) -> Conn {
+        Conn {
+            limit_key: principal.limit_key(peer),
+            expires: deadline(&principal),
+            principal,
+        }
+    }
+}
+
+fn deadline(p: &Principal) -> Option<tokio::time::Instant> {
+    p.expires_in().map(|d| tokio::time::Instant::now() + d)
+}
+
+/// An opened session (of a client at `peer`): the refused subscriptions, its catch-up, then live
+/// until it ends; what the client acknowledged is flushed to the store either way.
+pub async fn run<T: Transport>(ctx: &SyncContext, t: &mut T, opened: Opened, peer: Option<IpAddr>) -> End {
     let Opened {
         mut session,
         mut live,
+        principal,
+        refusals,
     } = opened;
-    let end = match catch_up(ctx, t, &mut session).await {
-        Ok(()) => live_loop(ctx, t, &mut session, &mut live).await,
-        Err(end) => end,
+    let mut conn = Conn::new(principal, peer);
+    let mut end = None;
+    for r in &refusals {
+        if let Err(e) = t.feed(r).await {
+            end = Some(e);
+            break;
+        }
+    }
+    let end = match end {
+        Some(end) => end,
+        None => match catch_up(ctx, t, &mut session).await {
+            Ok(()) => live_loop(ctx, t, &mut session, &mut conn, &mut live).await,
+            Err(end) => end,
+        },
     };
     flush_acks(ctx, &mut session).await;
     end
@@ -161,10 +220,15 @@ async fn live_loop<T: Transport>(
     ctx: &SyncContext,
     t: &mut T,
     session: &mut Session,
+    conn: &mut Conn,
     live: &mut Receiver<Arc<LiveEvent>>,
 ) -> End {
     let mut writes: Option<Writes> = None;
     let start = tokio::time::Instant::now();
+    // When the token runs out. Without an expiry (`--auth none`) the branch is disabled and the
+    // timer never registered; it is reset only when an `auth` message changes the deadline.
+    let expiry = tokio::time::sleep_until(conn.expires.unwrap_or(start + NEVER));
+    tokio::pin!(expiry);
     let mut heartbeat = tokio::time::interval_at(start + T::HEARTBEAT, T::HEARTBEAT);
     let mut flush = tokio::time::interval_at(start + VECTOR_FLUSH_INTERVAL, VECTOR_FLUSH_INTERVAL);
     let mut last_seen = Instant::now();
@@ -177,9 +241,17 @@ async fn live_loop<T: Transport>(
             _ = &mut cancelled => return End::Close(CLOSE_GOING_AWAY, "server shutting down"),
             incoming = t.receive() => {
                 last_seen = Instant::now();
-                if let Err(end) = on_incoming(ctx, t, session, incoming, &mut writes).await {
+                let before = conn.expires;
+                if let Err(end) = on_incoming(ctx, t, session, conn, incoming, &mut writes).await {
                     return end;
                 }
+                if conn.expires != before {
+                    expiry.as_mut().reset(conn.expires.unwrap_or(start + NEVER));
+                }
+            }
+            _ = &mut expiry, if conn.expires.is_some() => {
+                let _ = send(t, &ServerMessage::error(ErrorCode::Unauthenticated, "the token expired")).await;
+                return End::Close(CLOSE_UNAUTHENTICATED, "token expired");
             }
             // Handled inline, not in a function of its own: this branch runs once per live batch
             // on every connection, and each `async fn` layer is one more state machine polled and
@@ -227,11 +299,12 @@ async fn on_incoming<T: Transport>(
     ctx: &SyncContext,
     t: &mut T,
     session: &mut Session,
+    conn: &mut Conn,
     incoming: Result<Incoming, End>,
     writes: &mut Option<Writes>,
 ) -> Result<(), End> {
     let refusal = match incoming? {
-        Incoming::Message(msg) => Box::pin(handle(ctx, t, session, msg, writes)).await?,
+        Incoming::Message(msg) => Box::pin(handle(ctx, t, session, conn, msg, writes)).await?,
         Incoming::Refused(e) => Some(e),
         Incoming::Noise => None,
     };
@@ -304,6 +377,7 @@ async fn handle<T: Transport>(
     ctx: &SyncContext,
     t: &mut T,
     session: &mut Session,
+    conn: &mut Conn,
     msg: ClientMessage,
     writes: &mut Option<Writes>,
 ) -> Result<Option<ProtocolError>, End> {
@@ -323,7 +397,7 @@ async fn handle<T: Transport>(
                 // The client's own word for what it has: remembered as acknowledged, like a hello's.
                 if let Err(e) = ctx
                     .store
-                    .save_client(session.client_id(), 0, session.vector(), true)
+                    .save_client(session.key(), 0, session.vector(), true)
                     .await
                 {
                     tracing::warn!(error = %e, "saving a sync's vector failed");
@@ -334,12 +408,48 @@ async fn handle<T: Transport>(
         ClientMessage::Ack { seq } => session.ack(seq),
         ClientMessage::Ping { id } => send(t, &ServerMessage::Pong { id }).await?,
         ClientMessage::Write(w) => {
-            if let Some(refused) = Writes::start(writes, &ctx.store, session.client_id(), w) {
+            let writer = Writer {
+                principal: &conn.principal,
+                limit_key: &conn.limit_key,
+            };
+            if let Some(refused) = Writes::start(writes, ctx, writer, session.client_id(), w) {
                 send(t, &ServerMessage::Result(refused)).await?;
             }
         }
+        ClientMessage::Auth { token } => reauthenticate(ctx, t, session, conn, &token).await?,
     }
     Ok(None)
+}
+
+/// An `auth` message: a valid token of the same subject replaces the session's (`authenticated`);
+/// what the session reads is recomputed — a collection no longer readable at all is dropped with
+/// an `error` `forbidden` naming it, documents no longer readable leave the vector and are never
+/// sent again. A bad token is answered `unauthenticated` and the old one stays in force; a token
+/// of another subject `forbidden` (a session, and the vector it remembers, is bound to its subject).
+async fn reauthenticate<T: Transport>(
+    ctx: &SyncContext,
+    t: &mut T,
+    session: &mut Session,
+    conn: &mut Conn,
+    token: &str,
+) -> Result<(), End> {
+    let principal = match ctx.auth.authenticate(Some(token)) {
+        Ok(p) => p,
+        Err(e) => return send(t, &ServerMessage::error(e.code, e.message)).await,
+    };
+    if principal.subject() != conn.principal.subject() {
+        let msg = "this session is bound to its subject: the token is for another one";
+        return send(t, &ServerMessage::error(ErrorCode::Forbidden, msg)).await;
+    }
+    let dropped = session.reauthorize(|c| principal.check_read_collection(c).unwrap_or(Access::None));
+    for c in dropped {
+        let msg = format!("this token may not read '{c}': no longer subscribed");
+        t.feed(&ServerMessage::error(ErrorCode::Forbidden, msg)).await?;
+    }
+    conn.expires = deadline(&principal);
+    let expires_at = principal.expires_at();
+    conn.principal = principal;
+    send(t, &ServerMessage::Authenticated { expires_at }).await
 }
 
 /// Records what the client acknowledged since the last flush (at most every
@@ -348,10 +458,10 @@ async fn flush_acks(ctx: &SyncContext, session: &mut Session) {
     if let Some((position, entries)) = session.take_acked() {
         if let Err(e) = ctx
             .store
-            .save_client(session.client_id(), position, &entries, false)
+            .save_client(session.key(), position, &entries, false)
             .await
         {
-            tracing::warn!(error = %e, client = session.client_id(), "saving the acknowledged vector failed");
+            tracing::warn!(error = %e, client = session.key(), "saving the acknowledged vector failed");
         }
     }
 }

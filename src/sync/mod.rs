@@ -5,8 +5,9 @@
 //!   the store, assembled into messages here.
 //! - [`session`]: one connection's state — what it has been sent, what it acknowledged, which live
 //!   events to forward. Pure (sans-IO).
-//! - [`open`]: the opening step every sync path shares (accept the hello, subscribe, starting
-//!   vector, catch-up), over a small [`SyncContext`]; [`resume`]: an SSE `Last-Event-ID`'s vector.
+//! - [`open`]: the opening step every sync path shares (accept the hello — authenticate its token,
+//!   authorize its subscriptions —, subscribe, starting vector, catch-up), over a small
+//!   [`SyncContext`]; [`resume`]: an SSE `Last-Event-ID`'s vector.
 //! - [`driver`]: the one session loop, over a [`driver::Transport`] — `api/ws.rs` and `api/sse.rs`
 //!   only frame, parse and keep their own timers; [`writes`]: protocol writes in flight.
 //!
@@ -28,22 +29,26 @@ pub use crate::protocol;
 
 use std::time::Duration;
 
-use crate::protocol::StateVector;
+use crate::auth::Access;
 use crate::store::{Store, StoreError};
 
 pub use catch_up::CatchUp;
 pub use open::SyncContext;
 
-/// What brings a client with `vector` current for `collections` (sorted, deduplicated): the
-/// messages in sending order and the resulting vector, read at one consistent position of the log.
-/// Every transport's catch-up and `POST /api/sync` go through here.
-pub async fn catch_up(
-    store: &dyn Store,
-    collections: &[String],
-    vector: &StateVector,
-) -> Result<CatchUp, StoreError> {
-    let rows = store.catch_up(collections, vector).await?;
-    Ok(CatchUp::assemble(rows, vector))
+/// What brings the session's client current from its vector for its collections: the messages in
+/// sending order and the resulting vector, read at one consistent position of the log. Every
+/// transport's catch-up and `POST /api/sync` go through here. Rows of documents the session may
+/// not read are dropped before any message is made of them (its vector holds none of them
+/// either, see [`Session::reset_vector`](session::Session::reset_vector)).
+pub async fn catch_up(store: &dyn Store, session: &session::Session) -> Result<CatchUp, StoreError> {
+    let mut rows = store.catch_up(session.collections(), session.vector()).await?;
+    for c in &mut rows.collections {
+        let access = session.access(&c.collection);
+        if *access != Access::All {
+            c.documents.retain(|(id, _)| access.allows(id));
+        }
+    }
+    Ok(CatchUp::assemble(rows, session.vector()))
 }
 
 /// How often the server pings an idle WebSocket.
@@ -80,3 +85,9 @@ pub const CLOSE_TIMEOUT: u16 = 4408;
 pub const CLOSE_INTERNAL: u16 = 1011;
 /// Close code: a message larger than the limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: the hello's token was refused, or the session's token expired without an `auth`
+/// replacing it. Reconnect with a fresh token.
+pub const CLOSE_UNAUTHENTICATED: u16 = 4401;
+/// Close code: the client (its subject, or its address without auth) already has as many
+/// WebSocket sessions open as `--max-sockets-per-client` allows.
+pub const CLOSE_RATE_LIMITED: u16 = 4429;

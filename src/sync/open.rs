@@ -1,21 +1,28 @@
 //! The opening step every sync path shares — a WebSocket's `hello`, an SSE stream's query, a
 //! `POST /api/sync` body: **accept the hello → subscribe → starting vector → catch-up**.
 //!
-//! [`accept`] is the only way to an [`Accepted`] hello, and nothing opens without one: it is where
-//! a hello is checked today, and where its token will be checked against the subscriptions it asks
-//! for. [`open`] then subscribes to the hub *before* it reads anything from the store (so nothing
-//! committed meanwhile is missed) and finds where the session starts; [`read_catch_up`] is the one
-//! read of what brings a client current, for every transport and for `POST /api/sync` ([`once`]).
+//! [`accept`] is the only way to an [`Accepted`] hello, and nothing opens without one: it
+//! authenticates the hello's token, checks the hello, and decides for each subscription what the
+//! token may read of it (decision order: authenticate → validate → authorize). A transport that
+//! finds its token elsewhere (SSE's `Authorization` header, `POST /api/sync`'s) puts it in
+//! `hello.token` before: there is one acceptance, whatever the way in. [`open`] then subscribes to
+//! the hub *before* it reads anything from the store (so nothing committed meanwhile is missed) and
+//! finds where the session starts; [`read_catch_up`] is the one read of what brings a client
+//! current, for every transport and for `POST /api/sync` ([`once`]).
+//!
+//! A client's remembered vector is always read and written under `principal.client_key(client_id)`
+//! (`alice/tab-1`): no subject can read, resume from or overwrite another's.
 
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{Hello, StateVector};
+use super::protocol::{Hello, ServerMessage, StateVector};
 use super::resume::vector_at;
-use super::session::{restrict, validate_hello, ProtocolError, Session};
+use super::session::{validate_hello, ProtocolError, Session};
 use super::CatchUp;
+use crate::auth::{Access, Principal};
 use crate::hub::{Hub, LiveEvent};
 use crate::model::Seq;
 use crate::store::{Store, StoreError};
@@ -36,14 +43,44 @@ pub struct SyncContext {
     pub limits: Arc<crate::auth::limits::ClientLimits>,
 }
 
-/// A hello that passed [`accept`].
+/// A hello that passed [`accept`]: who it is from, what it may follow, and what it was refused.
 #[derive(Debug)]
-pub struct Accepted(Hello);
+pub struct Accepted {
+    pub client_id: String,
+    pub state_vector: Option<StateVector>,
+    pub principal: Arc<Principal>,
+    /// The subscriptions the token may read (some or all of), with what it may read of each.
+    pub subscriptions: Vec<(String, Access)>,
+    /// `error` `forbidden` messages, one per subscription the token cannot read at all: sent
+    /// before the catch-up; the other subscriptions proceed.
+    pub refusals: Vec<ServerMessage>,
+}
 
-/// Checks a hello: its client id, its subscriptions, its vector.
-pub fn accept(hello: Hello) -> Result<Accepted, ProtocolError> {
+/// Checks a hello: its token (`unauthenticated`), then its client id, subscriptions and vector,
+/// then what the token may read of each subscription.
+pub fn accept(auth: &crate::auth::Auth, hello: Hello) -> Result<Accepted, ProtocolError> {
+    let principal = auth
+        .authenticate(hello.token.as_deref())
+        .map_err(|e| ProtocolError::new(e.code, e.message))?;
     validate_hello(&hello)?;
-    Ok(Accepted(hello))
+    let mut subscriptions = Vec::with_capacity(hello.subscribe.len());
+    let mut refusals = Vec::new();
+    let mut collections = hello.subscribe;
+    collections.sort();
+    collections.dedup();
+    for c in collections {
+        match principal.check_read_collection(&c) {
+            Ok(access) => subscriptions.push((c, access)),
+            Err(e) => refusals.push(ServerMessage::error(e.code, e.message)),
+        }
+    }
+    Ok(Accepted {
+        client_id: hello.client_id,
+        state_vector: hello.state_vector,
+        principal,
+        subscriptions,
+        refusals,
+    })
 }
 
 /// Where a live session starts.
@@ -61,56 +98,97 @@ pub enum Start {
 pub struct Opened {
     pub session: Session,
     pub live: broadcast::Receiver<Arc<LiveEvent>>,
+    pub principal: Arc<Principal>,
+    /// Sent before the catch-up (refused subscriptions).
+    pub refusals: Vec<ServerMessage>,
 }
 
 /// Subscribes, then finds the session's starting vector.
 pub async fn open(ctx: &SyncContext, accepted: Accepted, start: Start) -> Result<Opened, StoreError> {
     let live = ctx.hub.subscribe();
-    let hello = accepted.0;
-    let vector = match start {
-        Start::Hello => match &hello.state_vector {
+    let Parts {
+        mut session,
+        vector,
+        principal,
+        refusals,
+    } = session_of(accepted);
+    match start {
+        Start::Hello => match vector {
             Some(v) => {
-                let subscribed = restrict(v, &hello.subscribe);
+                session.reset_vector(v);
                 ctx.store
-                    .save_client(&hello.client_id, 0, &subscribed, true)
+                    .save_client(session.key(), 0, session.vector(), true)
                     .await?;
-                v.clone()
             }
-            None => remembered(ctx, &hello.client_id).await?,
+            None => session.reset_vector(remembered(ctx, session.key()).await?),
         },
         Start::ReceivedUpTo(received) => {
-            let v = vector_at(&*ctx.store, &hello.subscribe, received, ctx.page).await?;
+            let v = vector_at(&*ctx.store, session.collections(), received, ctx.page).await?;
+            session.reset_vector(v);
             ctx.store
-                .save_client(&hello.client_id, received, &v, true)
+                .save_client(session.key(), received, session.vector(), true)
                 .await?;
-            v
         }
-    };
-    let session = Session::new(hello.client_id, &hello.subscribe, vector);
-    Ok(Opened { session, live })
+    }
+    Ok(Opened {
+        session,
+        live,
+        principal,
+        refusals,
+    })
 }
 
-/// A one-off catch-up (`POST /api/sync`): from the hello's vector or the remembered one. Nothing is
-/// remembered for the client — a plain HTTP answer may be lost, so it acknowledges nothing.
+/// A one-off catch-up (`POST /api/sync`): from the hello's vector or the remembered one, the
+/// refusals first. Nothing is remembered for the client — a plain HTTP answer may be lost, so it
+/// acknowledges nothing.
 pub async fn once(ctx: &SyncContext, accepted: Accepted) -> Result<CatchUp, StoreError> {
-    let hello = accepted.0;
-    let vector = match hello.state_vector {
+    let Parts {
+        mut session,
+        vector,
+        refusals,
+        ..
+    } = session_of(accepted);
+    let v = match vector {
         Some(v) => v,
-        None => remembered(ctx, &hello.client_id).await?,
+        None => remembered(ctx, session.key()).await?,
     };
-    let session = Session::new(hello.client_id, &hello.subscribe, vector);
-    read_catch_up(ctx, &session).await
+    session.reset_vector(v);
+    let mut c = read_catch_up(ctx, &session).await?;
+    c.messages.splice(0..0, refusals);
+    Ok(c)
 }
 
-/// What brings the session's client from its vector to current, for its collections.
+/// An accepted hello's parts: its session (with an empty vector yet), the hello's vector, the
+/// principal and the refusals.
+struct Parts {
+    session: Session,
+    vector: Option<StateVector>,
+    principal: Arc<Principal>,
+    refusals: Vec<ServerMessage>,
+}
+
+fn session_of(a: Accepted) -> Parts {
+    let key = a.principal.client_key(&a.client_id);
+    let session = Session::new(a.client_id, a.subscriptions, StateVector::new()).with_key(key);
+    Parts {
+        session,
+        vector: a.state_vector,
+        principal: a.principal,
+        refusals: a.refusals,
+    }
+}
+
+/// What brings the session's client from its vector to current, for its collections (and only
+/// the documents it may read).
 pub async fn read_catch_up(ctx: &SyncContext, session: &Session) -> Result<CatchUp, StoreError> {
-    super::catch_up(&*ctx.store, session.collections(), session.vector()).await
+    super::catch_up(&*ctx.store, session).await
 }
 
-async fn remembered(ctx: &SyncContext, client_id: &str) -> Result<StateVector, StoreError> {
+/// The vector remembered under `key` (a `Principal::client_key`).
+async fn remembered(ctx: &SyncContext, key: &str) -> Result<StateVector, StoreError> {
     Ok(ctx
         .store
-        .load_client(client_id)
+        .load_client(key)
         .await?
         .map(|c| c.state_vector)
         .unwrap_or_default())

@@ -1,8 +1,14 @@
 //! One sync connection's state, with no I/O: which collections it follows, what it has been sent
 //! (its vector and log position), what the client acknowledged, and which live events to forward.
+//!
+//! A session also keeps, per subscribed collection, what its token may read of it (an [`Access`],
+//! computed once at `hello` and again after an `auth`): events and catch-up rows of documents it may
+//! not read are never sent, and the vector never holds them. A session whose every collection is
+//! readable whole (`--auth none`, or `games/*`) pays one branch per live event for this.
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::auth::Access;
 use crate::error::ErrorCode;
 use crate::model::{validate_collection, validate_id, Event, Op, Seq, Version};
 use crate::sync::protocol::{Hello, ServerMessage, StateVector, SyncedMessage};
@@ -75,7 +81,14 @@ pub enum Live {
 #[derive(Debug)]
 pub struct Session {
     client_id: String,
+    /// Where the client's vector is remembered (`Principal::client_key`); the client id by default.
+    key: String,
+    /// Sorted, without duplicates.
     collections: Vec<String>,
+    /// What the session may read of each of `collections` (same order); never `Access::None`.
+    access: Vec<Access>,
+    /// Whether some collection is readable only in part: when not, live events need no check.
+    restricted: bool,
     /// What the client has been sent (or had, per its hello), for the subscribed collections.
     vector: StateVector,
     /// Log position covered by the last catch-up: live events at or below it are already included.
@@ -126,15 +139,20 @@ pub fn validate_vector(v: &StateVector) -> Result<(), HelloError> {
 }
 
 impl Session {
-    /// A session for a validated hello, starting from `vector` (the client's, or the one the server
-    /// remembered for it), restricted to the subscribed collections.
-    pub fn new(client_id: String, subscribe: &[String], vector: StateVector) -> Session {
-        let mut collections: Vec<String> = subscribe.to_vec();
-        collections.sort();
-        collections.dedup();
+    /// A session for a validated hello, following `subscriptions` (each with what may be read of
+    /// it), starting from `vector` (the client's, or the one the server remembered for it),
+    /// restricted to what it follows and may read.
+    pub fn new(client_id: String, mut subscriptions: Vec<(String, Access)>, vector: StateVector) -> Session {
+        subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
+        subscriptions.dedup_by(|a, b| a.0 == b.0);
+        subscriptions.retain(|(_, a)| !a.is_none());
+        let (collections, access): (Vec<String>, Vec<Access>) = subscriptions.into_iter().unzip();
         let mut s = Session {
+            key: client_id.clone(),
             client_id,
+            restricted: access.iter().any(|a| *a != Access::All),
             collections,
+            access,
             vector: StateVector::new(),
             position: 0,
             unacked: HashMap::new(),
@@ -148,8 +166,80 @@ impl Session {
         s
     }
 
+    /// A session for collections readable whole (no authentication, or tests).
+    pub fn unrestricted(client_id: String, subscribe: &[String], vector: StateVector) -> Session {
+        let subscriptions = subscribe.iter().map(|c| (c.clone(), Access::All)).collect();
+        Session::new(client_id, subscriptions, vector)
+    }
+
+    /// Remembers the client's vector under `key` (its `Principal::client_key`).
+    pub fn with_key(mut self, key: String) -> Session {
+        self.key = key;
+        self
+    }
+
     pub fn client_id(&self) -> &str {
         &self.client_id
+    }
+
+    /// Where the client's vector is remembered.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// What the session may read of `collection` (`Access::None` if it does not follow it).
+    pub fn access(&self, collection: &str) -> &Access {
+        match self.collections.binary_search_by(|c| c.as_str().cmp(collection)) {
+            Ok(i) => &self.access[i],
+            Err(_) => &Access::None,
+        }
+    }
+
+    /// Whether the session may be told about `collection/id`.
+    pub fn readable(&self, collection: &str, id: &str) -> bool {
+        self.access(collection).allows(id)
+    }
+
+    /// Applies a replaced token's grants (`access_of` for each followed collection): a collection
+    /// it cannot read at all is dropped (returned, so the client can be told), and documents it
+    /// can no longer read leave the vector and what waits for an acknowledgement — the client is
+    /// sent nothing more about them.
+    pub fn reauthorize(&mut self, access_of: impl Fn(&str) -> Access) -> Vec<String> {
+        let mut dropped = Vec::new();
+        let mut kept = Vec::new();
+        for (c, _) in std::mem::take(&mut self.collections)
+            .into_iter()
+            .zip(std::mem::take(&mut self.access))
+        {
+            let access = access_of(&c);
+            if access.is_none() {
+                self.vector.remove(&c);
+                if let Some(docs) = self.unacked.remove(&c) {
+                    self.unacked_len -= docs.len();
+                }
+                dropped.push(c);
+            } else {
+                kept.push((c, access));
+            }
+        }
+        let (collections, access): (Vec<String>, Vec<Access>) = kept.into_iter().unzip();
+        self.restricted = access.iter().any(|a| *a != Access::All);
+        self.collections = collections;
+        self.access = access;
+        for (c, a) in self.collections.iter().zip(&self.access) {
+            if *a == Access::All {
+                continue;
+            }
+            if let Some(docs) = self.vector.get_mut(c) {
+                docs.retain(|id, _| a.allows(id));
+            }
+            if let Some(docs) = self.unacked.get_mut(c) {
+                let before = docs.len();
+                docs.retain(|id, _| a.allows(id));
+                self.unacked_len -= before - docs.len();
+            }
+        }
+        dropped
     }
 
     pub fn collections(&self) -> &[String] {
@@ -164,11 +254,16 @@ impl Session {
         self.position
     }
 
-    /// Replaces what the server believes the client has (a `sync` with a vector).
+    /// Replaces what the server believes the client has (a `sync` with a vector). Entries for
+    /// documents the session may not read are dropped: the catch-up is planned without them, so
+    /// the client learns nothing about those documents, not even that its version is stale.
     pub fn reset_vector(&mut self, mut vector: StateVector) {
         vector.retain(|c, _| self.collections.binary_search(c).is_ok());
-        for c in &self.collections {
-            vector.entry(c.clone()).or_default();
+        for (c, a) in self.collections.iter().zip(&self.access) {
+            let docs = vector.entry(c.clone()).or_default();
+            if *a != Access::All {
+                docs.retain(|id, _| a.allows(id));
+            }
         }
         self.vector = vector;
     }
@@ -233,6 +328,10 @@ impl Session {
 
     /// Decides about a live event; when it is to be sent, records it as sent.
     pub fn live(&mut self, e: &Event) -> Live {
+        // Not restricted (every followed collection readable whole): one branch, no lookup.
+        if self.restricted && !self.readable(&e.collection, &e.id) {
+            return Live::Skip;
+        }
         let Some(docs) = self.vector.get_mut(&e.collection) else {
             return Live::Skip;
         };
@@ -309,6 +408,7 @@ pub fn restrict(vector: &StateVector, collections: &[String]) -> StateVector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::grants::IdPattern;
     use crate::time::Timestamp;
 
     fn ev(seq: Seq, id: &str, version: Version, op: Op) -> Event {
@@ -332,7 +432,17 @@ mod tests {
     }
 
     fn session() -> Session {
-        Session::new("c1".into(), &["games".to_string()], StateVector::new())
+        Session::unrestricted("c1".into(), &["games".to_string()], StateVector::new())
+    }
+
+    /// A session that may read only the `alice-` documents of `games`.
+    fn alices() -> Session {
+        let access = Access::Some(vec![IdPattern::Prefix("alice-".into())]);
+        Session::new(
+            "c1".into(),
+            vec![("games".to_string(), access)],
+            StateVector::new(),
+        )
     }
 
     fn catch_up(position: Seq, v: StateVector) -> CatchUp {
@@ -406,7 +516,7 @@ mod tests {
 
     #[test]
     fn a_catch_up_that_removes_a_document_is_acknowledged_as_version_zero() {
-        let mut s = Session::new("c".into(), &["games".to_string()], vector(&[("ghost", 4)]));
+        let mut s = Session::unrestricted("c".into(), &["games".to_string()], vector(&[("ghost", 4)]));
         s.caught_up(&catch_up(3, vector(&[])));
         s.ack(3);
         assert_eq!(s.take_acked().unwrap(), (3, vector(&[("ghost", 0)])));
@@ -416,9 +526,76 @@ mod tests {
     fn the_vector_is_restricted_to_subscriptions() {
         let mut v = vector(&[("a", 1)]);
         v.insert("other".into(), [("x".to_string(), 2)].into());
-        let s = Session::new("c".into(), &["games".to_string(), "games".to_string()], v);
+        let s = Session::unrestricted("c".into(), &["games".to_string(), "games".to_string()], v);
         assert_eq!(s.collections(), ["games".to_string()]);
         assert!(!s.vector().contains_key("other"));
+    }
+
+    #[test]
+    fn live_events_of_unreadable_documents_are_skipped() {
+        let mut s = alices();
+        s.caught_up(&catch_up(1, vector(&[])));
+        assert_eq!(s.live(&ev(2, "bob-1", 1, Op::Create)), Live::Skip);
+        assert_eq!(s.live(&ev(3, "alice-1", 1, Op::Create)), Live::Send);
+        // Unreadable documents never enter the vector, so their updates cannot look like gaps.
+        assert_eq!(s.live(&ev(4, "bob-1", 2, Op::Update)), Live::Skip);
+        assert_eq!(s.vector()["games"].keys().collect::<Vec<_>>(), ["alice-1"]);
+    }
+
+    #[test]
+    fn vector_entries_of_unreadable_documents_are_dropped() {
+        let mut s = alices();
+        s.reset_vector(vector(&[("alice-1", 2), ("bob-1", 7)]));
+        assert_eq!(s.vector(), &vector(&[("alice-1", 2)]));
+        assert!(s.readable("games", "alice-9"));
+        assert!(!s.readable("games", "bob-1"));
+        assert!(!s.readable("other", "alice-1"));
+    }
+
+    #[test]
+    fn collections_that_cannot_be_read_are_not_followed() {
+        let s = Session::new(
+            "c".into(),
+            vec![("games".into(), Access::All), ("secret".into(), Access::None)],
+            StateVector::new(),
+        );
+        assert_eq!(s.collections(), ["games".to_string()]);
+        assert_eq!(s.access("secret"), &Access::None);
+    }
+
+    #[test]
+    fn a_narrower_token_drops_collections_and_documents() {
+        let mut s = Session::unrestricted(
+            "c".into(),
+            &["games".to_string(), "chat".to_string()],
+            StateVector::new(),
+        );
+        let mut v = vector(&[("alice-1", 1), ("bob-1", 1)]);
+        v.insert("chat".into(), [("x".to_string(), 1)].into());
+        s.caught_up(&catch_up(5, v));
+        assert_eq!(s.live(&ev(6, "bob-1", 2, Op::Update)), Live::Send);
+        let dropped = s.reauthorize(|c| match c {
+            "games" => Access::Some(vec![IdPattern::Prefix("alice-".into())]),
+            _ => Access::None,
+        });
+        assert_eq!(dropped, ["chat".to_string()]);
+        assert_eq!(s.collections(), ["games".to_string()]);
+        assert_eq!(s.vector(), &vector(&[("alice-1", 1)]));
+        let mut chat = ev(7, "x", 2, Op::Update);
+        chat.collection = "chat".into();
+        assert_eq!(s.live(&chat), Live::Skip);
+        assert_eq!(s.live(&ev(8, "bob-1", 3, Op::Update)), Live::Skip);
+        assert_eq!(s.live(&ev(9, "alice-1", 2, Op::Update)), Live::Send);
+        // What was sent of bob-1 and not acknowledged is forgotten, not persisted later.
+        s.ack(9);
+        let (_, acked) = s.take_acked().unwrap();
+        assert_eq!(acked, vector(&[("alice-1", 2)]));
+    }
+
+    #[test]
+    fn the_key_defaults_to_the_client_id() {
+        assert_eq!(session().key(), "c1");
+        assert_eq!(session().with_key("alice/c1".into()).key(), "alice/c1");
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Writes over the protocol: every `write` message a session receives passes through
-//! [`Writes::start`] — the point where what a connection may write will be checked — and is then
-//! committed on its own task, so a slow write never holds up the connection's live events.
+//! [`Writes::start`] and is then checked and committed on its own task, so a slow write never
+//! holds up the connection's live events. The checks are the REST ones, in the same order: the
+//! write is built (`wire::from_message`, 400s), authorized (`Principal::authorize_write`:
+//! `forbidden`), counted against the client's write rate (`rate_limited`, with `retry_after_ms`),
+//! then committed. A refused write changes nothing.
 //!
 //! At most [`MAX_INFLIGHT_WRITES`] run per connection; one more is answered at once with
 //! `too_many_writes` (retryable). Results come back on a channel made with the first write: most
@@ -10,11 +13,20 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, Semaphore};
 
+use super::open::SyncContext;
 use super::protocol::{ResultMessage, WriteMessage};
 use super::MAX_INFLIGHT_WRITES;
+use crate::auth::limits::{ClientLimits, Over};
+use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::store::Store;
 use crate::write::wire;
+
+/// Who writes: the session's principal (as of the write) and what limits count it as.
+pub struct Writer<'a> {
+    pub principal: &'a Arc<Principal>,
+    pub limit_key: &'a str,
+}
 
 /// One connection's writes in flight, and the channel their results come back on.
 pub struct Writes {
@@ -33,11 +45,12 @@ impl Writes {
         }
     }
 
-    /// Starts committing `w` for `client_id` (creating `writes` on the first write). Too many writes
-    /// in flight: the `result` to answer at once instead.
+    /// Starts committing `w` for `client_id` as `writer` (creating `writes` on the first write).
+    /// Too many writes in flight: the `result` to answer at once instead.
     pub fn start(
         writes: &mut Option<Writes>,
-        store: &Arc<dyn Store>,
+        ctx: &SyncContext,
+        writer: Writer<'_>,
         client_id: &str,
         w: WriteMessage,
     ) -> Option<ResultMessage> {
@@ -49,13 +62,20 @@ impl Writes {
             );
             return Some(refused(w.op_id, w.id, error));
         };
-        let (store, client_id, results) = (
-            Arc::clone(store),
+        let (store, limits, client_id, results) = (
+            Arc::clone(&ctx.store),
+            Arc::clone(&ctx.limits),
             client_id.to_string(),
             writes.results_tx.clone(),
         );
+        let (principal, limit_key) = (Arc::clone(writer.principal), writer.limit_key.to_string());
         tokio::spawn(async move {
-            let result = commit(&*store, &client_id, w).await;
+            let who = Who {
+                principal: &principal,
+                limits: &limits,
+                limit_key: &limit_key,
+            };
+            let result = commit(&*store, who, &client_id, w).await;
             let _ = results.send(result).await;
             drop(permit);
         });
@@ -71,13 +91,26 @@ impl Writes {
     }
 }
 
-/// Commits a protocol write; its `op_id` is its idempotency key, so a retry is applied at most once.
-async fn commit(store: &dyn Store, client_id: &str, w: WriteMessage) -> ResultMessage {
+struct Who<'a> {
+    principal: &'a Principal,
+    limits: &'a ClientLimits,
+    limit_key: &'a str,
+}
+
+/// Checks and commits a protocol write; its `op_id` is its idempotency key (scoped to the
+/// subject), so a retry is applied at most once.
+async fn commit(store: &dyn Store, who: Who<'_>, client_id: &str, w: WriteMessage) -> ResultMessage {
     let (op_id, id) = (w.op_id.clone(), w.id.clone());
-    let write = match wire::from_message(client_id, w) {
+    let mut write = match wire::from_message(client_id, w) {
         Ok(write) => write,
         Err(e) => return refused(op_id, id, e.body()),
     };
+    if let Err(e) = who.principal.authorize_write(&mut write) {
+        return refused(op_id, id, ErrorBody::new(e.code, e.message));
+    }
+    if let Err(over) = who.limits.write(who.limit_key) {
+        return refused(op_id, id, rate_limited(over));
+    }
     match store.commit(write).await {
         Ok(c) => {
             let (id, version) = match (&c.document, &c.event) {
@@ -97,6 +130,12 @@ async fn commit(store: &dyn Store, client_id: &str, w: WriteMessage) -> ResultMe
         }
         Err(e) => refused(op_id, id, ApiError::from(e).body()),
     }
+}
+
+/// Over the write rate: `rate_limited`, with how long to wait in `retry_after_ms`.
+fn rate_limited(over: Over) -> ErrorBody {
+    let ms = over.retry_after().as_millis().max(1) as u64;
+    ErrorBody::new(ErrorCode::RateLimited, over.message()).with("retry_after_ms", ms)
 }
 
 fn refused(op_id: String, id: Option<String>, error: ErrorBody) -> ResultMessage {

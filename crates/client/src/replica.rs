@@ -113,9 +113,10 @@ impl Replica {
             ServerMessage::Snapshot(s) => self.apply_snapshot(s),
             ServerMessage::Event(e) => self.apply_event(e),
             ServerMessage::Synced(s) => self.apply_synced(s),
-            ServerMessage::Result(_) | ServerMessage::Error { .. } | ServerMessage::Pong { .. } => {
-                Applied::Ignored
-            }
+            ServerMessage::Result(_)
+            | ServerMessage::Error { .. }
+            | ServerMessage::Pong { .. }
+            | ServerMessage::Authenticated { .. } => Applied::Ignored,
         }
     }
 

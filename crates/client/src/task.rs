@@ -365,7 +365,7 @@ pub(crate) fn on_message(shared: &Shared, st: &mut TaskState, conn: &mut Conn, m
             shared.bump();
             Next::Continue
         }
-        ServerMessage::Pong { .. } => Next::Continue,
+        ServerMessage::Pong { .. } | ServerMessage::Authenticated { .. } => Next::Continue,
     }
 }
 

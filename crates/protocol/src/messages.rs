@@ -2,8 +2,9 @@
 //! reference with an example exchange per message; this module is its implementation, used by the
 //! server, the Rust client and the tests alike (the server re-exports it as `sync::protocol`).
 //!
-//! Client → server: [`ClientMessage`] (`hello`, `sync`, `write`, `ack`, `ping`).
-//! Server → client: [`ServerMessage`] (`snapshot`, `event`, `synced`, `result`, `error`, `pong`).
+//! Client → server: [`ClientMessage`] (`hello`, `auth`, `sync`, `write`, `ack`, `ping`).
+//! Server → client: [`ServerMessage`] (`snapshot`, `event`, `synced`, `result`, `error`, `pong`,
+//! `authenticated`).
 
 use std::collections::BTreeMap;
 
@@ -23,6 +24,10 @@ pub type StateVector = BTreeMap<String, BTreeMap<String, Version>>;
 pub enum ClientMessage {
     /// The first message on a WebSocket: who the client is, what it follows, what it has.
     Hello(Hello),
+    /// Replaces the session's token (before it expires, or to change its scope): answered with
+    /// `authenticated`, or `error` (`unauthenticated`: the old token stays in force; `forbidden`:
+    /// a token of another subject — a session is bound to its subject).
+    Auth { token: String },
     /// A manual re-sync: the server answers with what brings the client current, then `synced`.
     /// With a vector, that vector replaces the server's idea of what the client has.
     Sync {
@@ -51,7 +56,8 @@ pub struct Hello {
     /// (or nothing, for a new client). An empty vector means "I have nothing".
     #[serde(default)]
     pub state_vector: Option<StateVector>,
-    /// Reserved for authentication (JWT); accepted and ignored today.
+    /// The session's token (a JWT) when the server runs with `--auth jwt`; ignored with
+    /// `--auth none`. A WebSocket has no other place for it: browsers cannot set its headers.
     #[serde(default)]
     pub token: Option<String>,
 }
@@ -152,6 +158,12 @@ pub enum ServerMessage {
         #[serde(default)]
         id: Option<Value>,
     },
+    /// The answer to an `auth`: the new token is in force until `expires_at` (Unix seconds; `null`:
+    /// it never expires, e.g. `--auth none`).
+    Authenticated {
+        #[serde(default)]
+        expires_at: Option<u64>,
+    },
 }
 
 impl ServerMessage {
@@ -176,6 +188,7 @@ impl ServerMessage {
             ServerMessage::Result(_) => "result",
             ServerMessage::Error { .. } => "error",
             ServerMessage::Pong { .. } => "pong",
+            ServerMessage::Authenticated { .. } => "authenticated",
         }
     }
 }
@@ -231,6 +244,31 @@ mod tests {
             serde_json::from_value::<ClientMessage>(json!({"type": "sync"})).unwrap(),
             ClientMessage::Sync { state_vector: None }
         );
+        assert_eq!(
+            serde_json::from_value::<ClientMessage>(json!({"type": "auth", "token": "t"})).unwrap(),
+            ClientMessage::Auth { token: "t".into() }
+        );
+    }
+
+    #[test]
+    fn authenticated_serializes_with_its_expiry_or_null() {
+        let m = ServerMessage::Authenticated {
+            expires_at: Some(1700000000),
+        };
+        assert_eq!(
+            serde_json::to_value(&m).unwrap(),
+            json!({"type": "authenticated", "expires_at": 1700000000u64})
+        );
+        assert_eq!(m.kind(), "authenticated");
+        let none = ServerMessage::Authenticated { expires_at: None };
+        assert_eq!(
+            serde_json::to_value(&none).unwrap(),
+            json!({"type": "authenticated", "expires_at": null})
+        );
+        assert_eq!(
+            serde_json::from_str::<ServerMessage>(&none.to_json()).unwrap(),
+            none
+        );
     }
 
     #[test]
@@ -245,6 +283,8 @@ mod tests {
             json!({"type": "ack", "seq": -1}),
             json!({"type": "write", "op_id": "o", "op": "frobnicate", "collection": "g"}),
             json!({"type": "hello", "client_id": "c", "surprise": true}),
+            json!({"type": "auth"}),
+            json!({"type": "auth", "token": 5}),
         ] {
             assert!(
                 serde_json::from_value::<ClientMessage>(bad.clone()).is_err(),
