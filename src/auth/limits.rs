@@ -109,7 +109,7 @@ impl ClientLimits {
 /// Open things per key, at most `max` each (0: no limit).
 struct Counter {
     max: usize,
-    open: Arc<Mutex<HashMap<String, usize>>>,
+    open: OpenCounts,
 }
 
 impl Counter {
@@ -135,7 +135,10 @@ impl Counter {
 }
 
 /// One open socket or stream; dropping it frees the place.
-pub struct Slot(Option<(Arc<Mutex<HashMap<String, usize>>>, String)>);
+pub struct Slot(Option<(OpenCounts, String)>);
+
+/// Open things per key, shared by a counter and its slots.
+type OpenCounts = Arc<Mutex<HashMap<String, usize>>>;
 
 impl Drop for Slot {
     fn drop(&mut self) {

@@ -80,6 +80,17 @@ pub(super) fn default_node_id(listen: SocketAddr) -> Option<String> {
     (!host.is_empty()).then(|| format!("{host}:{}", listen.port()))
 }
 
+/// `none` or `jwt`.
+pub(super) fn auth_mode(s: &str) -> Result<AuthMode, Refusal> {
+    match s {
+        "none" => Ok(AuthMode::None),
+        "jwt" => Ok(AuthMode::Jwt),
+        other => Err(Refusal(format!(
+            "unknown auth mode '{other}'; use 'none' or 'jwt'"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,16 +103,5 @@ mod tests {
         assert_eq!(duration("10").unwrap(), Duration::from_secs(10));
         assert!(duration("-1s").is_err());
         assert!(duration("1y").is_err());
-    }
-}
-
-/// `none` or `jwt`.
-pub(super) fn auth_mode(s: &str) -> Result<AuthMode, Refusal> {
-    match s {
-        "none" => Ok(AuthMode::None),
-        "jwt" => Ok(AuthMode::Jwt),
-        other => Err(Refusal(format!(
-            "unknown auth mode '{other}'; use 'none' or 'jwt'"
-        ))),
     }
 }

@@ -368,6 +368,7 @@ mod tests {
             client_id: "c".into(),
             op_id: format!("op-{seq}"),
             ts: Timestamp(0),
+            user: None,
         })
     }
 

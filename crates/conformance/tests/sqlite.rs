@@ -64,6 +64,7 @@ fn write(collection: &str, id: &str, mutation: Mutation) -> Write {
         expected_version: None,
         client_id: "reopen".into(),
         idempotency_key: None,
+        user: None,
         fingerprint: 0,
     }
 }
