@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::limits::ClientLimits;
+use crate::auth::origin::{self, Origins};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
@@ -67,6 +68,12 @@ impl AppState {
 /// The whole HTTP surface: the API under `/api`, the UI at `/`.
 pub fn router(state: AppState) -> Router {
     let limits = state.config.limits;
+    let origins = Arc::new(Origins::from_config(&state.config.access).unwrap_or_else(|e| {
+        // The server's start refuses a malformed list before it gets here; should one slip
+        // through, allow no other origin rather than guess.
+        tracing::error!("{e}; allowing only same-origin requests");
+        Origins::same_origin_only()
+    }));
     let api = Router::new()
         .route("/health", get(health))
         .route("/events", get(events::list))
@@ -97,6 +104,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         // Each `layer` wraps the ones before it: the body limit is innermost, the JSON error
         // rewrite outermost (so it also sees the timeout's and the panic catcher's responses).
+        // CORS and the origin check come before any limit or handler: a request from an origin
+        // that is not allowed is refused before it costs anything (the WebSocket upgrade and SSE
+        // included), and a preflight is answered by the CORS layer itself.
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests))
         .layer(TimeoutLayer::with_status_code(
@@ -106,6 +116,8 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(ErrorCode::Internal, "internal error").into_response()
         }))
+        .layer(origins.cors_layer())
+        .layer(axum::middleware::from_fn_with_state(origins, origin::check))
         .layer(axum::middleware::map_response(json_errors))
 }
 
