@@ -319,7 +319,7 @@ function webStorage(name) {
 }
 
 // Write results that mean "try again later, same op_id".
-const RETRY_CODES = new Set(['overloaded', 'shutting_down', 'too_many_writes', 'unavailable']);
+const RETRY_CODES = new Set(['overloaded', 'rate_limited', 'shutting_down', 'too_many_writes', 'unavailable']);
 
 const CLIENT_ID_KEY = 'eventsync:clientId';
 

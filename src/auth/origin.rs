@@ -125,7 +125,7 @@ impl Origins {
             return true;
         }
         let normalized = origin.to_string();
-        self.list.iter().any(|allowed| *allowed == normalized)
+        self.list.contains(&normalized)
     }
 
     /// The CORS layer for these origins (decision 11 in docs/AUTH.md): it answers preflights and

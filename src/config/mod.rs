@@ -324,6 +324,7 @@ impl Config {
                 "jwt needs --jwt-secret, --jwt-secret-file or --jwt-keys",
             ));
         }
+        crate::auth::origin::Origins::from_config(a).map_err(|e| invalid("cors_origin", e))?;
         Ok(())
     }
 

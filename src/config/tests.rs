@@ -23,7 +23,7 @@ fn with_file(path: &Path, flags: &[&str]) -> Result<Config, ConfigError> {
 
 /// The names deployments already use. Each is a file key, and (by the rule of the test below) a
 /// flag and a variable.
-const KEYS: [&str; 24] = [
+const KEYS: [&str; 37] = [
     "listen",
     "data_dir",
     "store",
@@ -48,6 +48,19 @@ const KEYS: [&str; 24] = [
     "compact_interval",
     "retain_events",
     "retain_for",
+    "auth",
+    "jwt_secret",
+    "jwt_secret_file",
+    "jwt_keys",
+    "jwt_issuer",
+    "jwt_audience",
+    "jwt_leeway",
+    "jwt_claim",
+    "cors_origin",
+    "write_rate",
+    "write_burst",
+    "max_sockets_per_client",
+    "max_streams_per_client",
 ];
 
 #[test]
@@ -196,8 +209,21 @@ fn help_lists_every_option_with_its_variable() {
     let help = layers::command().render_long_help().to_string();
     for arg in layers::command().get_arguments() {
         let long = format!("--{} ", arg.get_long().unwrap());
-        let env = format!("[env: {}=", arg.get_env().unwrap().to_str().unwrap());
+        // A secret's variable is listed without its value (`[env: NAME]`, not `[env: NAME=…]`).
+        let name = arg.get_env().unwrap().to_str().unwrap();
+        let env = [format!("[env: {name}="), format!("[env: {name}]")];
         assert!(help.contains(&long), "{long} is missing from\n{help}");
-        assert!(help.contains(&env), "{env} is missing from\n{help}");
+        assert!(
+            env.iter().any(|e| help.contains(e)),
+            "{name} is missing from\n{help}"
+        );
     }
+}
+
+#[test]
+fn cors_origins_are_checked_at_start() {
+    let c = parse(&["--cors-origin", "https://app.example.com,http://localhost:3000"]).unwrap();
+    assert_eq!(c.access.cors_origin.len(), 2);
+    let err = parse(&["--cors-origin", "app.example.com"]).unwrap_err();
+    assert!(err.to_string().starts_with("cors_origin:"), "{err}");
 }

@@ -318,6 +318,15 @@ pub struct WsClient {
 }
 
 impl WsClient {
+    /// A client over a socket opened elsewhere (with headers of the test's choosing).
+    pub fn from_stream(ws: WsStream) -> WsClient {
+        WsClient {
+            ws,
+            log: Vec::new(),
+            pings: 0,
+        }
+    }
+
     /// Connects to `GET /sync/ws` (no hello yet).
     pub async fn connect(server: &TestServer) -> WsClient {
         let url = format!("{}/sync/ws", server.url.replacen("http://", "ws://", 1));
