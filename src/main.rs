@@ -1,4 +1,5 @@
-//! The `eventsync` binary: configuration in, [`eventsync::server::run`] out.
+//! The `eventsync` binary: configuration in, [`eventsync::server::run`] out; `eventsync token ...`
+//! mints a token instead ([`eventsync::auth::command`]).
 
 use std::process::ExitCode;
 
@@ -18,6 +19,21 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let mut args = std::env::args_os().skip(1).peekable();
+    if args.peek().is_some_and(|a| a == "token") {
+        return match eventsync::auth::command::run(args.skip(1).collect()) {
+            Ok(token) => {
+                use std::io::Write;
+                // A closed stdout (`| head`) is the reader's choice, not a failure to report.
+                let _ = writeln!(std::io::stdout(), "{}", token.trim_end());
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("eventsync token: {message}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let config = match Config::from_env_and_args() {
         Ok(c) => c,
         // `--help`, `--version` or a malformed command line: clap prints it and picks the exit code.

@@ -12,6 +12,7 @@
 //! session's per-collection [`Access`]) and per protocol write; writes of both kinds through
 //! [`Principal::authorize_write`]. `docs/AUTH.md` is the reference for operators.
 
+pub mod command;
 pub mod grants;
 pub mod limits;
 pub mod origin;

@@ -106,16 +106,7 @@ pub enum KeyError {
 
 impl Verifier {
     pub fn from_config(c: &AccessConfig) -> Result<Verifier, KeyError> {
-        let secret = match (&c.jwt_secret, &c.jwt_secret_file) {
-            (Some(s), _) => Some(s.clone()),
-            (None, Some(path)) => Some(read(path)?.trim().to_string()),
-            (None, None) => None,
-        };
-        if secret.as_ref().is_some_and(|s| s.len() < 16) {
-            return Err(KeyError::Invalid(
-                "the JWT secret must be at least 16 bytes (32 or more recommended)".into(),
-            ));
-        }
+        let secret = shared_secret(c)?;
         let keys = match &c.jwt_keys {
             None => PublicKeys::None,
             Some(path) => public_keys(&read(path)?, path)?,
@@ -274,18 +265,30 @@ fn refusal(kind: &ErrorKind) -> AuthError {
     AuthError::unauthenticated(why)
 }
 
+/// The HS256 secret, from `--jwt-secret` or the file `--jwt-secret-file` names (trimmed), if any;
+/// one shorter than 16 bytes is refused (it could be guessed).
+fn shared_secret(c: &AccessConfig) -> Result<Option<String>, KeyError> {
+    let secret = match (&c.jwt_secret, &c.jwt_secret_file) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(path)) => Some(read(path)?.trim().to_string()),
+        (None, None) => None,
+    };
+    if secret.as_ref().is_some_and(|s| s.len() < 16) {
+        return Err(KeyError::Invalid(
+            "the JWT secret must be at least 16 bytes (32 or more recommended)".into(),
+        ));
+    }
+    Ok(secret)
+}
+
 /// A signed HS256 token: `sub`, `iat`, `exp` (`ttl` from now), the issuer and audience when
 /// configured, and the permissions at the configured claim path (`eventsync token`).
 pub fn mint(c: &AccessConfig, subject: &str, permissions: Value, ttl: Duration) -> Result<String, KeyError> {
-    let secret =
-        match (&c.jwt_secret, &c.jwt_secret_file) {
-            (Some(s), _) => s.clone(),
-            (None, Some(path)) => read(path)?.trim().to_string(),
-            (None, None) => return Err(KeyError::Invalid(
-                "minting needs the shared secret: --jwt-secret, --jwt-secret-file or EVENTSYNC_JWT_SECRET"
-                    .into(),
-            )),
-        };
+    let secret = shared_secret(c)?.ok_or_else(|| {
+        KeyError::Invalid(
+            "minting needs the shared secret: --jwt-secret, --jwt-secret-file or EVENTSYNC_JWT_SECRET".into(),
+        )
+    })?;
     let now = jsonwebtoken::get_current_timestamp();
     let mut claims = serde_json::Map::new();
     claims.insert("sub".into(), subject.into());

@@ -333,3 +333,9 @@ impl Config {
         self.data_dir.join("eventsync.db")
     }
 }
+
+/// A duration as every option takes it (`500ms`, `30s`, `5m`, `1h`, `2d`, or seconds), for the
+/// commands beside the server (`eventsync token --ttl`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    values::duration(s).map_err(|e| e.to_string())
+}
