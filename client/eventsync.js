@@ -216,6 +216,9 @@ export function validateMessage(m) {
     case 'result':
       if (typeof m.op_id !== 'string' || typeof m.ok !== 'boolean') return 'malformed result';
       return null;
+    case 'authenticated':
+      if (m.expires_at !== null && m.expires_at !== undefined && !isNat(m.expires_at)) return 'malformed authenticated';
+      return null;
     case 'error':
     case 'pong':
       return null;
@@ -443,6 +446,24 @@ function holdClaim(clientId, shared) {
   }
 }
 
+/** A JWT's `exp` (unix seconds), read without verifying (the server verifies); null if none. */
+export function tokenExpiry(token) {
+  try {
+    const part = String(token).split('.')[1];
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const text = typeof atob === 'function' ? atob(b64) : Buffer.from(b64, 'base64').toString('binary');
+    const exp = JSON.parse(text).exp;
+    return Number.isFinite(exp) ? exp : null;
+  } catch {
+    return null;
+  }
+}
+
+/** When to fetch a replacement for a token valid `msLeft` more: well before it runs out. */
+export function refreshDelay(msLeft) {
+  return Math.max(1000, Math.min(msLeft * 0.8, msLeft - 10_000));
+}
+
 export class EventSyncClient {
   constructor(options = {}) {
     const o = options;
@@ -452,6 +473,10 @@ export class EventSyncClient {
     this._WebSocket = o.WebSocket || globalThis.WebSocket;
     this._fetch = o.fetch || (globalThis.fetch ? globalThis.fetch.bind(globalThis) : undefined);
     this.backoff = { initialMs: 100, maxMs: 5000, ...(o.backoff || {}) };
+    // A string, or a function (sync or async) asked for a token at every connection, REST write and
+    // refresh — the way to keep a session alive past its token's expiry.
+    this._tokenSource = o.token === undefined ? null : o.token;
+    this._authStopped = false; // a fixed token was refused: no reconnecting until setToken()
     this._listeners = new Map();
     let clientId = o.clientId;
     if (o.storage) {
@@ -585,6 +610,80 @@ export class EventSyncClient {
     return v;
   }
 
+  // --- tokens ---
+  /** Calls `fn` with the current token (null without one): at once for a fixed token, after the
+   *  promise for a token function. */
+  _withToken(fn) {
+    const src = this._tokenSource;
+    if (typeof src !== 'function') return fn(src || null);
+    return Promise.resolve()
+      .then(() => src())
+      .then(
+        (t) => fn(t || null),
+        (e) => {
+          this._emit('error', e);
+          return fn(null);
+        },
+      );
+  }
+
+  /** Replaces the token (a string or a function). A live WebSocket session is re-authenticated in
+   *  place with an `auth` message; an SSE stream is reopened with it. */
+  setToken(token) {
+    this._tokenSource = token === undefined ? null : token;
+    const conn = this._conn;
+    if (this._authStopped) {
+      this._authStopped = false;
+      if (this._wanted && !conn && !this._reconnectTimer) this._open();
+      return;
+    }
+    if (!conn) return;
+    if (conn.kind === 'ws') {
+      if (conn.ws && conn.ws.readyState === 1) this._sendAuth(conn);
+    } else {
+      this._closeConn();
+      this._open();
+    }
+  }
+
+  _sendAuth(conn) {
+    this._withToken((token) => {
+      if (conn !== this._conn || conn.closed || !token) return;
+      conn.token = token;
+      this._wsSend(conn, { type: 'auth', token });
+    });
+  }
+
+  /** With a token function, replace the session's token before it runs out. */
+  _scheduleRefresh(conn) {
+    if (conn.refreshTimer) clearTimeout(conn.refreshTimer);
+    conn.refreshTimer = null;
+    if (typeof this._tokenSource !== 'function' || !conn.token) return;
+    const exp = tokenExpiry(conn.token);
+    if (exp === null) return;
+    conn.refreshTimer = setTimeout(() => {
+      conn.refreshTimer = null;
+      if (conn === this._conn && !conn.closed) this._sendAuth(conn);
+    }, refreshDelay(exp * 1000 - Date.now()));
+  }
+
+  /** The server refused the token (close 4401, HTTP 401). A token function is asked again at the
+   *  next attempt; a fixed token would be refused again, so the client stops until setToken(). */
+  _refused(conn, reason) {
+    const err = Object.assign(new Error(`token refused: ${reason}`), { code: 'unauthenticated' });
+    this._emit('unauthenticated', err);
+    if (typeof this._tokenSource === 'function') {
+      this._dropped(conn, err);
+      return;
+    }
+    if (conn !== this._conn) return;
+    this._closeConn();
+    this._inflight = null;
+    this._authStopped = true;
+    this._emit('error', err);
+    this._setStatus('offline');
+  }
+
   // --- connection ---
   connect() {
     this._wanted = true;
@@ -612,6 +711,7 @@ export class EventSyncClient {
     if (!c) return;
     c.closed = true;
     if (c.ackTimer) clearTimeout(c.ackTimer);
+    if (c.refreshTimer) clearTimeout(c.refreshTimer);
     try {
       if (c.ws) c.ws.close();
       if (c.abort) c.abort.abort();
@@ -667,14 +767,24 @@ export class EventSyncClient {
     conn.ws = ws;
     ws.onopen = () => {
       if (conn !== this._conn) return;
-      this._wsSend(conn, {
-        type: 'hello',
-        client_id: this.clientId,
-        subscribe: this.subscribe,
-        state_vector: this._subscribedVector(),
+      this._withToken((token) => {
+        if (conn !== this._conn || conn.closed) return;
+        const hello = {
+          type: 'hello',
+          client_id: this.clientId,
+          subscribe: this.subscribe,
+          state_vector: this._subscribedVector(),
+        };
+        if (token) {
+          hello.token = token;
+          conn.token = token;
+        }
+        this._wsSend(conn, hello);
+        conn.helloSent = true;
+        this._scheduleRefresh(conn);
+        this._setStatus('syncing');
+        this._pumpWrites();
       });
-      this._setStatus('syncing');
-      this._pumpWrites();
     };
     ws.onmessage = (ev) => {
       if (conn !== this._conn) return;
@@ -701,6 +811,10 @@ export class EventSyncClient {
     ws.onclose = (ev) => {
       if (conn !== this._conn) return;
       const code = ev && ev.code;
+      if (code === 4401) {
+        this._refused(conn, ev.reason || 'unauthenticated');
+        return;
+      }
       this._dropped(conn, code && code !== 1000 && code !== 1001 && code !== 1005 && code !== 1006
         ? new Error(`WebSocket closed ${code} ${ev.reason || ''}`.trim())
         : null);
@@ -737,8 +851,22 @@ export class EventSyncClient {
     const headers = { accept: 'text/event-stream' };
     if (this._lastEventId) headers['last-event-id'] = this._lastEventId;
     (async () => {
+      // The token goes in a header (fetch can send one, unlike EventSource), not the URL.
+      const token = await this._withToken((t) => t);
+      if (conn !== this._conn) return;
+      if (token) headers.authorization = `Bearer ${token}`;
       const res = await f(`${this.url}/sync/sse?${params}`, { headers, signal: conn.abort.signal });
       if (conn !== this._conn) return;
+      if (res.status === 401) {
+        let detail = '';
+        try {
+          detail = (await res.json()).error.message;
+        } catch {
+          // ignore
+        }
+        this._refused(conn, detail || 'HTTP 401');
+        return;
+      }
       if (!res.ok || !res.body) {
         let detail = '';
         try {
@@ -865,6 +993,10 @@ export class EventSyncClient {
       case 'result':
         this._onResult(m);
         return;
+      case 'authenticated':
+        this._emit('authenticated', m);
+        this._scheduleRefresh(conn);
+        return;
       case 'error': {
         const err = Object.assign(new Error(`server error ${m.code}: ${m.message}`), { code: m.code });
         this._emit('error', err);
@@ -957,7 +1089,7 @@ export class EventSyncClient {
   _online() {
     const c = this._conn;
     if (!c || c.closed) return false;
-    if (c.kind === 'ws') return !!c.ws && c.ws.readyState === 1;
+    if (c.kind === 'ws') return !!c.ws && c.ws.readyState === 1 && !!c.helloSent;
     return this.status === 'syncing' || this.status === 'live';
   }
 
@@ -1001,6 +1133,8 @@ export class EventSyncClient {
   async _restWrite(w) {
     const c = encodeURIComponent(w.collection);
     const headers = { 'x-client-id': this.clientId, 'idempotency-key': w.op_id };
+    const token = await this._withToken((t) => t);
+    if (token) headers.authorization = `Bearer ${token}`;
     if (w.expected_version !== undefined) headers['if-match'] = `"${w.expected_version}"`;
     let method;
     let path;
@@ -1037,6 +1171,8 @@ export class EventSyncClient {
       return null; // network: retry later
     }
     if (res.status === 503 || res.status === 502 || res.status === 504) return null;
+    // A token function may have a fresh token next time; a fixed one would be refused again.
+    if (res.status === 401 && typeof this._tokenSource === 'function') return null;
     let json = null;
     try {
       json = await res.json();

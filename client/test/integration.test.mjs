@@ -1,51 +1,21 @@
 // Integration tests against the real server (../target/debug/eventsync, built by `cargo build`).
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
 import { EventSyncClient, MemoryStorage } from '../eventsync.js';
+import { startServer } from './server.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const BIN = join(here, '..', '..', 'target', 'debug', 'eventsync');
-
-let server;
 let base;
-let dataDir;
+let stopServer;
 const clients = [];
 
-async function startServer() {
-  assert.ok(existsSync(BIN), `${BIN} missing: run cargo build first`);
-  dataDir = mkdtempSync(join(tmpdir(), 'eventsync-js-'));
-  server = spawn(BIN, ['--listen', '127.0.0.1:0', '--data-dir', dataDir], { stdio: ['ignore', 'pipe', 'pipe'] });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('server did not start in 15 s')), 15000);
-    let out = '';
-    const onData = (d) => {
-      out += d;
-      const m = out.match(/listening on (http:\/\/[^\s]+)/);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]);
-      }
-    };
-    server.stdout.on('data', onData);
-    server.stderr.on('data', onData);
-    server.on('exit', (code) => reject(new Error(`server exited ${code}: ${out}`)));
-  });
-}
-
 before(async () => {
-  base = await startServer();
+  ({ url: base, stop: stopServer } = await startServer());
 });
 
 after(() => {
   for (const c of clients) c.disconnect();
-  if (server) server.kill('SIGKILL');
-  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+  if (stopServer) stopServer();
 });
 
 function client(transport, opts = {}) {
