@@ -11,6 +11,12 @@
  *     status               text = client.status exactly: offline | connecting | syncing | live
  *                          (also in attribute data-status).
  *     client-id            text = client.clientId.
+ *     token, token-apply   the token (a JWT, for a server run with --auth jwt), kept in this tab's
+ *                          sessionStorage["eventsync.token"]; "Use" hands it to the client (a live WebSocket
+ *                          session is re-authenticated in place) and to the page's own REST calls.
+ *     auth-banner          shown when the server refuses the token (data-reason="unauthenticated") or a
+ *                          subscription (data-reason="forbidden"); hidden again once the client is live
+ *                          after an unauthenticated refusal.
  *   Games
  *     create-name, create-gold, create-level, create-experience, create-id (optional id), create-submit
  *                          (Enter in any field submits). Numbers are sent as integers; empty → 0. After a
@@ -66,6 +72,7 @@ const NUMERIC = new Set(['gold', 'level', 'experience']);
 const LOG_MAX = 500;
 const HISTORY = 50; // events loaded from the REST API on page load
 const STORE_KEY = 'eventsync.transport';
+const TOKEN_KEY = 'eventsync.token';
 
 const $ = (id) => document.getElementById(id);
 const el = (tag, attrs = {}, ...children) => {
@@ -107,6 +114,50 @@ function saveTransport(t) {
   try { localStorage.setItem(STORE_KEY, t); } catch { /* private mode */ }
 }
 
+function savedToken() {
+  try { return sessionStorage.getItem(TOKEN_KEY) || ''; } catch { return ''; }
+}
+
+function saveToken(t) {
+  try {
+    if (t) sessionStorage.setItem(TOKEN_KEY, t);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  } catch { /* private mode */ }
+}
+
+/** The token the page uses now: the field's (what "Use" stored). */
+function currentToken() {
+  return savedToken() || null;
+}
+
+/** Headers for the page's own REST calls. */
+function authHeaders() {
+  const t = currentToken();
+  return t ? { authorization: `Bearer ${t}` } : {};
+}
+
+function showAuthBanner(reason, text) {
+  const b = $('auth-banner');
+  b.textContent = text;
+  b.dataset.reason = reason;
+  show(b, true);
+}
+
+function hideAuthBanner(reason) {
+  const b = $('auth-banner');
+  if (!reason || b.dataset.reason === reason) show(b, false);
+}
+
+function onTokenApply(ev) {
+  ev.preventDefault();
+  const t = $('token').value.trim();
+  saveToken(t);
+  hideAuthBanner();
+  if (client) client.setToken(() => currentToken());
+  notify(t ? 'Token set.' : 'Token cleared.');
+  loadHistory();
+}
+
 function on(c, name, fn) {
   if (typeof c.on !== 'function') return;
   const off = c.on(name, fn);
@@ -127,7 +178,8 @@ function dropClient() {
 
 function makeClient(transport) {
   dropClient();
-  const opts = { url: location.origin, transport, subscribe: [COLLECTION] };
+  // The client asks for the token at each connection, so "Use" also applies to the next one.
+  const opts = { url: location.origin, transport, subscribe: [COLLECTION], token: () => currentToken() };
   const forced = new URLSearchParams(location.search).get('client');
   if (forced) opts.clientId = forced;
   const c = new EventSyncClient(opts);
@@ -139,7 +191,16 @@ function makeClient(transport) {
   on(c, 'synced', () => { if (c === client) scheduleRender(); });
   on(c, 'event', (ev) => { if (c === client) { logEvent(ev); scheduleRender(); } });
   on(c, 'conflict', (info) => { if (c === client) onConflictEvent(info); });
-  on(c, 'error', (err) => { if (c === client) notify(`Error: ${errorText(err)}`, 'error'); });
+  on(c, 'error', (err) => {
+    if (c !== client) return;
+    notify(`Error: ${errorText(err)}`, 'error');
+    if (err && err.code === 'forbidden') showAuthBanner('forbidden', `Refused: ${err.message}`);
+  });
+  on(c, 'unauthenticated', (err) => {
+    if (c !== client) return;
+    showAuthBanner('unauthenticated', `The server refused the token (${err.message}). Enter a valid token above and press Use.`);
+  });
+  on(c, 'status', (st) => { if (c === client && st === 'live') hideAuthBanner('unauthenticated'); });
   return c;
 }
 
@@ -363,7 +424,7 @@ async function currentOf(id, currentVersion) {
     return { version: local.version, data: local.data || {} };
   }
   try {
-    const r = await fetch(`/api/${COLLECTION}/${encodeURIComponent(id)}`);
+    const r = await fetch(`/api/${COLLECTION}/${encodeURIComponent(id)}`, { headers: authHeaders() });
     if (r.ok) {
       const doc = await r.json();
       return { version: doc.version, data: doc.data || {} };
@@ -576,7 +637,8 @@ async function loadHistory() {
     const last = Number((await health.json()).last_seq) || 0;
     if (last <= 0) return;
     const after = Math.max(0, last - HISTORY);
-    const res = await fetch(`/api/events?collection=${encodeURIComponent(COLLECTION)}&after=${after}&limit=${HISTORY}`);
+    const res = await fetch(`/api/events?collection=${encodeURIComponent(COLLECTION)}&after=${after}&limit=${HISTORY}`, { headers: authHeaders() });
+    if (res.status === 401 || res.status === 403) return; // the banner says why once the client connects
     if (!res.ok) throw new Error(`GET /api/events: HTTP ${res.status}`);
     const body = await res.json();
     for (const ev of Array.isArray(body.items) ? body.items : []) logEvent(ev);
@@ -638,12 +700,14 @@ function wire() {
   $('conflict-reload').addEventListener('click', onConflictReload);
   $('detail-refresh').addEventListener('click', onDetailRefresh);
   $('sync').addEventListener('click', onSync);
+  $('token-form').addEventListener('submit', onTokenApply);
 }
 
 async function boot() {
   window.eventsyncUI = { client: null, select };
   const t = savedTransport();
   $(`transport-${t}`).checked = true;
+  $('token').value = savedToken();
   wire();
   renderAll();
   try {

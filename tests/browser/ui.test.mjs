@@ -3,61 +3,24 @@
 // page 2 on SSE. Screenshots of both pages go to test-artifacts/ at the repository root.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { ROOT, WAIT, startServer, launchBrowser, byId, waitLive } from './harness.mjs';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const SERVER = join(ROOT, 'target', 'debug', 'eventsync');
 const ARTIFACTS = join(ROOT, 'test-artifacts');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const WAIT = 10_000;
 
-let server, url, dataDir, browser;
-
-function startServer() {
-  dataDir = mkdtempSync(join(tmpdir(), 'eventsync-ui-'));
-  const child = spawn(SERVER, ['--listen', '127.0.0.1:0', '--data-dir', dataDir], {
-    cwd: ROOT,
-    env: { ...process.env, EVENTSYNC_LOG: 'warn' },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  return new Promise((resolveUrl, reject) => {
-    const timer = setTimeout(() => reject(new Error('the server printed no address in 30 s')), 30_000);
-    let buffered = '';
-    child.stdout.on('data', (chunk) => {
-      buffered += chunk;
-      const m = buffered.match(/listening on (http:\/\/\S+)/);
-      if (m) {
-        clearTimeout(timer);
-        resolveUrl([child, m[1]]);
-      }
-    });
-    child.on('exit', (code) => reject(new Error(`the server exited with ${code}`)));
-  });
-}
+let stopServer, url, browser;
 
 before(async () => {
-  [server, url] = await startServer();
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
-      '--no-first-run', '--disable-component-update', '--disable-sync'],
-  });
+  ({ url, stop: stopServer } = await startServer());
+  browser = await launchBrowser();
   mkdirSync(ARTIFACTS, { recursive: true });
 });
 
 after(async () => {
   await browser?.close();
-  server?.kill('SIGKILL');
-  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+  stopServer?.();
 });
-
-const byId = (page, id) => page.locator(`[data-testid="${id}"]`);
 
 async function chooseTransport(page, transport) {
   const control = byId(page, 'transport');
@@ -78,13 +41,6 @@ async function open(context, transport) {
   await byId(page, 'connect').click();
   await waitLive(page);
   return page;
-}
-
-async function waitLive(page) {
-  await page.waitForFunction(
-    () => document.querySelector('[data-testid="status"]')?.textContent.trim().toLowerCase().includes('live'),
-    null, { timeout: WAIT },
-  );
 }
 
 const row = (page, id) => page.locator(`[data-testid="game-row"][data-id="${id}"]`);
