@@ -180,6 +180,27 @@ pub struct ClientOptions {
     /// WebSocket: most writes sent and unanswered at once (the server refuses more than 64 with
     /// `too_many_writes`); the others wait their turn, in order.
     pub max_inflight_writes: usize,
+    /// The token for a server with `--auth jwt`: sent in `hello` (WebSocket) and as
+    /// `Authorization: Bearer` (SSE, REST writes). Replace it before it expires with
+    /// [`Client::set_token`]; a refused token (close 4401, HTTP 401) is retried with backoff, so a
+    /// replacement set meanwhile is used at the next attempt.
+    pub token: Option<Token>,
+}
+
+/// A bearer token; its `Debug` does not show it (options get logged).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(pub String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+impl<T: Into<String>> From<T> for Token {
+    fn from(t: T) -> Token {
+        Token(t.into())
+    }
 }
 
 impl ClientOptions {
@@ -205,6 +226,7 @@ impl ClientOptions {
             changes_capacity: 4096,
             max_pending_writes: 1024,
             max_inflight_writes: 64,
+            token: None,
         }
     }
 }
@@ -260,6 +282,10 @@ pub struct ClientStats {
     /// Writes sent (retries included) and results received.
     pub writes_sent: u64,
     pub results: u64,
+    /// Times the server refused the token (close 4401, HTTP 401 on the SSE stream).
+    pub unauthenticated: u64,
+    /// `authenticated` answers to a replaced token.
+    pub authenticated: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -295,6 +321,8 @@ pub(crate) enum Command {
     Sync,
     Disconnect,
     Reconnect,
+    /// The token was replaced ([`Shared::token`]): re-authenticate the session.
+    Auth,
 }
 
 /// What the handles and the task share.
@@ -307,6 +335,8 @@ pub(crate) struct Shared {
     pub notify: watch::Sender<u64>,
     /// `None` once the task has stopped, so that receivers end.
     changes: Mutex<Option<broadcast::Sender<Change>>>,
+    /// The current token ([`ClientOptions::token`], then [`Client::set_token`]'s).
+    token: Mutex<Option<String>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -365,6 +395,10 @@ impl Shared {
     /// Ends every [`Client::changes`] receiver (after what was sent).
     pub fn close_changes(&self) {
         self.changes.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    pub fn token(&self) -> Option<String> {
+        self.token.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn stat(&self, f: impl FnOnce(&mut ClientStats)) {
@@ -449,6 +483,7 @@ impl Client {
             }),
             notify: watch::channel(0).0,
             changes: Mutex::new(Some(changes)),
+            token: Mutex::new(options.token.as_ref().map(|t| t.0.clone())),
             options,
         });
         let (commands, command_rx) = mpsc::channel(64);
@@ -606,6 +641,14 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Replaces the token: a live WebSocket session is re-authenticated in place (`auth`; its
+    /// answer counts in [`ClientStats::authenticated`]), an SSE stream is reopened with it, and the
+    /// next connection and REST write use it.
+    pub async fn set_token(&self, token: impl Into<String>) -> Result<(), ClientError> {
+        *self.inner.shared.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token.into());
+        self.command(Command::Auth, Duration::from_secs(5)).await
     }
 
     /// Drops the connection and stays offline until [`Client::reconnect`] (writes made meanwhile

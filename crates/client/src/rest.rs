@@ -104,6 +104,9 @@ fn build(
     if let Some(v) = w.expected_version {
         request = request.header(IF_MATCH, format!("\"{v}\""));
     }
+    if let Some(token) = shared.token() {
+        request = request.bearer_auth(token);
+    }
     if let Some(body) = body {
         let bytes = serde_json::to_vec(&body).map_err(|e| ClientError::InvalidWrite(e.to_string()))?;
         request = request.header(CONTENT_TYPE, content_type).body(bytes);

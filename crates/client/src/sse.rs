@@ -35,6 +35,9 @@ pub(crate) async fn session(
     if st.resume_seq > 0 {
         request = request.header("Last-Event-ID", st.resume_seq.to_string());
     }
+    if let Some(token) = shared.token() {
+        request = request.bearer_auth(token);
+    }
     let response = tokio::select! {
         _ = cancel.cancelled() => return End::Exit,
         r = tokio::time::timeout(options.connect_timeout, request.send()) => r,
@@ -67,7 +70,12 @@ pub(crate) async fn session(
             .map(|b| String::from_utf8_lossy(&b[..b.len().min(512)]).into_owned())
             .unwrap_or_default();
         tracing::warn!(%client, %status, %body, "SSE refused; reconnecting");
-        shared.stat(|s| s.connect_failures += 1);
+        shared.stat(|s| {
+            s.connect_failures += 1;
+            if status == StatusCode::UNAUTHORIZED {
+                s.unauthenticated += 1;
+            }
+        });
         // Our request was refused (4xx): do not hammer the server with it.
         return if status.is_client_error() || (status.is_success() && !is_stream) {
             End::PENALTY
@@ -98,6 +106,8 @@ pub(crate) async fn session(
                 Some(Command::Sync) => Next::Resync,
                 Some(Command::Disconnect) => return End::Offline,
                 Some(Command::Reconnect) => Next::Continue,
+                // The stream carries the token it was opened with: reopen it with the new one.
+                Some(Command::Auth) => return End::RETRY,
             },
             chunk = response.chunk() => match chunk {
                 Ok(Some(bytes)) => {

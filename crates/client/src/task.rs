@@ -365,7 +365,11 @@ pub(crate) fn on_message(shared: &Shared, st: &mut TaskState, conn: &mut Conn, m
             shared.bump();
             Next::Continue
         }
-        ServerMessage::Pong { .. } | ServerMessage::Authenticated { .. } => Next::Continue,
+        ServerMessage::Pong { .. } => Next::Continue,
+        ServerMessage::Authenticated { .. } => {
+            shared.stat(|s| s.authenticated += 1);
+            Next::Continue
+        }
     }
 }
 
@@ -467,6 +471,13 @@ async fn wait(
                 }
                 Some(Command::Disconnect) => return Wake::Offline,
                 Some(Command::Reconnect) => return Wake::Connect,
+                // A new token: the next attempt uses it, without waiting out a refusal's backoff
+                // (but a disconnected client stays so).
+                Some(Command::Auth) => {
+                    if until.is_some() {
+                        return Wake::Connect;
+                    }
+                }
                 Some(Command::Sync) => {
                     if until.is_some() {
                         return Wake::Connect;

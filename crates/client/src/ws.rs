@@ -60,7 +60,7 @@ pub(crate) async fn session(
         client_id: options.client_id.clone(),
         subscribe: options.subscribe.clone(),
         state_vector: Some(shared.replica().vector().clone()),
-        token: None,
+        token: shared.token(),
     });
     if send(&mut ws, &hello).await.is_err() {
         return End::RETRY;
@@ -100,6 +100,15 @@ pub(crate) async fn session(
                     return End::Offline;
                 }
                 Some(Command::Reconnect) => Next::Continue,
+                Some(Command::Auth) => match shared.token() {
+                    Some(token) => {
+                        if send(&mut ws, &ClientMessage::Auth { token }).await.is_err() {
+                            return End::RETRY;
+                        }
+                        Next::Continue
+                    }
+                    None => Next::Continue,
+                },
             },
             message = ws.next() => match message {
                 None => {
@@ -191,6 +200,13 @@ pub(crate) async fn session(
 fn closed(shared: &Shared, code: u16, reason: &str) -> End {
     let client = shared.options.client_id.as_str();
     match code {
+        4401 => {
+            // The token was refused or ran out: try again after a backoff, with whatever token
+            // `set_token` has put in place by then.
+            tracing::warn!(%client, code, %reason, "the server refused the token; reconnecting");
+            shared.stat(|s| s.unauthenticated += 1);
+            End::PENALTY
+        }
         1000 | 1001 | 1005 | 1006 | 1012 | 1013 => {
             tracing::debug!(%client, code, %reason, "closed by the server; reconnecting");
             End::RETRY
