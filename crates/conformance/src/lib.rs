@@ -140,6 +140,8 @@ macro_rules! conformance_tests {
             idempotent_retry_replays_the_first_result,
             idempotency_key_reused_for_another_request_is_refused,
             idempotency_keys_are_scoped_per_client,
+            idempotency_keys_are_scoped_per_user,
+            events_record_their_user_and_filter_by_it,
             refused_write_does_not_consume_its_idempotency_key,
             event_op_id_is_the_idempotency_key,
             sequence_numbers_are_global_and_gapless,
@@ -252,6 +254,7 @@ trait WriteExt {
     fn if_version(self, v: Version) -> Self;
     fn by(self, client: &str) -> Self;
     fn keyed(self, key: &str, fingerprint: u64) -> Self;
+    fn as_user(self, user: &str) -> Self;
 }
 
 impl WriteExt for Write {
@@ -266,6 +269,10 @@ impl WriteExt for Write {
     fn keyed(mut self, key: &str, fingerprint: u64) -> Write {
         self.idempotency_key = Some(key.to_string());
         self.fingerprint = fingerprint;
+        self
+    }
+    fn as_user(mut self, user: &str) -> Write {
+        self.user = Some(user.to_string());
         self
     }
 }
@@ -1057,6 +1064,77 @@ pub async fn idempotency_keys_are_scoped_per_client(store: Arc<dyn Store>, _hub:
         get(s, "games", "g1").await.doc.data["log"],
         json!(["x", "x", "y"])
     );
+}
+
+/// With access control, keys belong to the subject too: the same key and client id from another
+/// subject is another write (neither replayed to it nor refused as a reuse of the first's key).
+pub async fn idempotency_keys_are_scoped_per_user(store: Arc<dyn Store>, _hub: Hub) {
+    let s = &*store;
+    ok(s, create("games", "g1", json!({"log": []}))).await;
+    let alice = append("games", "g1", json!("a"))
+        .keyed("k", 1)
+        .by("tab")
+        .as_user("alice");
+    let mallory = append("games", "g1", json!("m"))
+        .keyed("k", 2)
+        .by("tab")
+        .as_user("mallory");
+    let (alice_first, a) = changed(s, alice.clone()).await;
+    let (_, m) = changed(s, mallory.clone()).await;
+    assert_eq!((a.version, m.version), (2, 3), "mallory's write is a fresh write");
+    // The same key without a user (no auth) is a third scope.
+    let (_, anon) = changed(s, append("games", "g1", json!("n")).keyed("k", 3).by("tab")).await;
+    assert_eq!(anon.version, 4);
+    // Each scope still replays and refuses within itself.
+    let before = state(s, "games", "g1").await;
+    assert_replay_of(&ok(s, alice).await, &alice_first, "alice's retry");
+    assert_eq!(
+        refused(
+            s,
+            append("games", "g1", json!("x"))
+                .keyed("k", 9)
+                .by("tab")
+                .as_user("mallory")
+        )
+        .await,
+        StoreError::IdempotencyKeyReused
+    );
+    assert_eq!(state(s, "games", "g1").await, before);
+    // A user whose name ends like another scope's does not collide with it (`a/b` + `c` is not
+    // `a` + `b/c`: client ids have no `/`).
+    let (_, x) = changed(
+        s,
+        append("games", "g1", json!("s"))
+            .keyed("k", 4)
+            .by("tab")
+            .as_user("alice/tab"),
+    )
+    .await;
+    assert_eq!(x.version, 5);
+}
+
+/// Events carry their writer's subject, and the log filters by it.
+pub async fn events_record_their_user_and_filter_by_it(store: Arc<dyn Store>, _hub: Hub) {
+    let s = &*store;
+    let (_, a) = changed(s, create("games", "g1", json!({"log": []})).as_user("alice")).await;
+    let (_, b) = changed(s, append("games", "g1", json!(1)).as_user("bob")).await;
+    let (_, n) = changed(s, append("games", "g1", json!(2))).await;
+    assert_eq!(
+        (a.user.as_deref(), b.user.as_deref(), n.user.as_deref()),
+        (Some("alice"), Some("bob"), None)
+    );
+    // As read back, not only as answered.
+    let all = all_events(s).await;
+    assert_eq!(all, vec![a.clone(), b.clone(), n]);
+    let page = events(
+        s,
+        EventFilter {
+            user: Some("bob".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(page, vec![b]);
 }
 
 /// A refused write records nothing under its key: retrying it once it can apply is a fresh write.
