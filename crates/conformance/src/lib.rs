@@ -254,7 +254,7 @@ trait WriteExt {
     fn if_version(self, v: Version) -> Self;
     fn by(self, client: &str) -> Self;
     fn keyed(self, key: &str, fingerprint: u64) -> Self;
-    fn as_user(self, user: &str) -> Self;
+    fn by_user(self, user: &str) -> Self;
 }
 
 impl WriteExt for Write {
@@ -271,7 +271,7 @@ impl WriteExt for Write {
         self.fingerprint = fingerprint;
         self
     }
-    fn as_user(mut self, user: &str) -> Write {
+    fn by_user(mut self, user: &str) -> Write {
         self.user = Some(user.to_string());
         self
     }
@@ -1074,11 +1074,11 @@ pub async fn idempotency_keys_are_scoped_per_user(store: Arc<dyn Store>, _hub: H
     let alice = append("games", "g1", json!("a"))
         .keyed("k", 1)
         .by("tab")
-        .as_user("alice");
+        .by_user("alice");
     let mallory = append("games", "g1", json!("m"))
         .keyed("k", 2)
         .by("tab")
-        .as_user("mallory");
+        .by_user("mallory");
     let (alice_first, a) = changed(s, alice.clone()).await;
     let (_, m) = changed(s, mallory.clone()).await;
     assert_eq!((a.version, m.version), (2, 3), "mallory's write is a fresh write");
@@ -1094,7 +1094,7 @@ pub async fn idempotency_keys_are_scoped_per_user(store: Arc<dyn Store>, _hub: H
             append("games", "g1", json!("x"))
                 .keyed("k", 9)
                 .by("tab")
-                .as_user("mallory")
+                .by_user("mallory")
         )
         .await,
         StoreError::IdempotencyKeyReused
@@ -1107,7 +1107,7 @@ pub async fn idempotency_keys_are_scoped_per_user(store: Arc<dyn Store>, _hub: H
         append("games", "g1", json!("s"))
             .keyed("k", 4)
             .by("tab")
-            .as_user("alice/tab"),
+            .by_user("alice/tab"),
     )
     .await;
     assert_eq!(x.version, 5);
@@ -1116,8 +1116,8 @@ pub async fn idempotency_keys_are_scoped_per_user(store: Arc<dyn Store>, _hub: H
 /// Events carry their writer's subject, and the log filters by it.
 pub async fn events_record_their_user_and_filter_by_it(store: Arc<dyn Store>, _hub: Hub) {
     let s = &*store;
-    let (_, a) = changed(s, create("games", "g1", json!({"log": []})).as_user("alice")).await;
-    let (_, b) = changed(s, append("games", "g1", json!(1)).as_user("bob")).await;
+    let (_, a) = changed(s, create("games", "g1", json!({"log": []})).by_user("alice")).await;
+    let (_, b) = changed(s, append("games", "g1", json!(1)).by_user("bob")).await;
     let (_, n) = changed(s, append("games", "g1", json!(2))).await;
     assert_eq!(
         (a.user.as_deref(), b.user.as_deref(), n.user.as_deref()),
