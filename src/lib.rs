@@ -7,9 +7,12 @@
 //! ## The data's path, in order
 //!
 //! ```text
-//!  HTTP request ── api/ ─────────── extract and validate (names, content type, size, depth, headers)
+//!  HTTP request ── auth/origin.rs ── a browser Origin that is not allowed: 403, before anything
+//!        │        api/ ─────────── extract and validate (names, content type, size, depth, headers)
+//!        │        api/auth.rs ───── the Caller: Bearer token → auth/ Principal (who, what it may do)
 //!        │        api/documents.rs  REST bodies ─┐
 //!        │        sync/driver.rs    protocol `write`s ─┴─ write/wire.rs: one conversion to a Write
+//!        │        auth/ ─────────── Principal::authorize_write (both kinds), then the write rate
 //!        ▼
 //!  write/ ───────────────────────── plan(): version check → apply → diff      (pure, no I/O)
 //!        │                          commit::decide(): replay, refuse, unchanged, or apply: the
@@ -23,7 +26,8 @@
 //!  hub.rs ───────────────────────── publish in sequence order; each event serialized once
 //!        │
 //!        ▼
-//!  sync/open.rs ─────────────────── every session's opening: accept the hello, subscribe, start vector
+//!  sync/open.rs ─────────────────── every session's opening: accept the hello (its token), subscribe
+//!        │                          to what the token may read, start vector
 //!  plan/ ────────────────────────── what a client with state vector V needs, and the reads that
 //!        │                          takes (pure, sans-IO); the store answers them in one read
 //!  sync/catch_up.rs ─────────────── those rows as messages and the client's resulting vector
@@ -34,6 +38,8 @@
 //!  api/sync.rs ──────────────────── POST /api/sync (the same opening, once), client vectors
 //!
 //!  error.rs ─────────────────────── ApiError over the protocol crate's ErrorCode (one enum)
+//!  auth/ ────────────────────────── tokens (jsonwebtoken), grants (pure), per-client limits
+//!        │                          (governor), origins (tower-http CORS); docs/AUTH.md
 //!  config/ ──────────────────────── every option declared once: flag, EVENTSYNC_* variable, file key
 //!  maintenance.rs ───────────────── timed snapshots and compaction keep the log bounded
 //!  server/ ──────────────────────── wiring, connection limit, graceful shutdown

@@ -6,6 +6,7 @@
 //! - [`grants`]: what a token allows (patterns per collection and id), pure and densely tested.
 //! - [`limits`]: per-client write rate (`governor`) and open sockets and streams.
 //! - [`origin`]: which browser origins may call (CORS, and the same check for WebSocket and SSE).
+//! - [`command`]: `eventsync token`, which mints a token with the server's own secret.
 //!
 //! Every path in asks the same [`Principal`]: REST handlers through the `Caller` extractor
 //! (`api/auth.rs`), sync sessions at `hello` (their subscriptions), per live event (through the
