@@ -225,12 +225,25 @@ fn bad_tokens() -> Vec<(&'static str, Option<String>)> {
         &jsonwebtoken::EncodingKey::from_secret(b"another-secret-another-secret-0123"),
     )
     .unwrap();
+    let wrong_key_type = common::auth::sign_with(
+        &good,
+        jsonwebtoken::Algorithm::RS256,
+        &common::auth::private_key("rsa"),
+        None,
+    );
+    let mut not_yet = good.clone();
+    not_yet["nbf"] = json!(now() + 300);
+    let mut no_sub = good.clone();
+    no_sub.as_object_mut().unwrap().remove("sub");
     vec![
         ("no token", None),
         ("malformed", Some("not.a.jwt".to_string())),
         ("bad signature", Some(other_key)),
+        ("wrong key type", Some(wrong_key_type)),
         ("expired", Some(sign(&expired))),
+        ("not yet valid", Some(sign(&not_yet))),
         ("wrong audience", Some(sign(&wrong_aud))),
+        ("no subject", Some(sign(&no_sub))),
     ]
 }
 
@@ -429,6 +442,36 @@ async fn a_reader_of_alices_games_never_sees_bobs_over_sse_and_post_sync() {
         );
         assert_eq!(body["synced"]["state_vector"], json!({"games": {"alice-1": 2}}));
     }
+}
+
+#[tokio::test]
+async fn an_auth_message_with_each_kind_of_refused_token_changes_nothing() {
+    let s = audience_server();
+    create(&s, "games", "g1", json!({})).await;
+    let mut good = claims("alice", &["games"], &[], false);
+    good["aud"] = json!("eventsync");
+    let (mut ws, _, _) = open_ws(&s, "tab", &["games"], &sign(&good), None).await;
+    for (what, token) in bad_tokens() {
+        let msg = match &token {
+            Some(t) => json!({"type": "auth", "token": t}),
+            None => json!({"type": "auth"}),
+        };
+        ws.send(&msg).await;
+        let answer = ws.recv().await;
+        assert_eq!(answer["type"], "error", "{what}: {answer}");
+        let code = answer["code"].as_str().unwrap();
+        // A missing token member is a malformed message rather than a refused token.
+        let expected = if token.is_some() {
+            "unauthenticated"
+        } else {
+            "invalid_message"
+        };
+        assert_eq!(code, expected, "{what}: {answer}");
+        // The old token stays in force: the session still receives.
+        let seq = replace(&s, "games", "g1", json!({"after": what})).await;
+        assert_eq!(ids(&ws.recv_through_seq(seq).await), ["games/g1"], "{what}");
+    }
+    ws.close().await;
 }
 
 #[tokio::test]
