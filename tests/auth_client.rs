@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::auth::{admin_token, bearer, claims, jwt_flags, sign, token};
 use common::TestServer;
-use eventsync_client::{Client, ClientOptions, Replica, Status, Transport};
+use eventsync_client::{Client, ClientOptions, Replica, Status, TokenProvider, Transport};
 use eventsync_protocol::messages::{WriteMessage, WriteOp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -145,6 +145,49 @@ async fn a_refused_token_is_counted_and_a_good_one_set_meanwhile_connects() {
         // Without any token: refused the same way.
         let c = client(&s, transport, "tab2", None).await;
         c.wait_stats(|st| st.unauthenticated >= 1, WAIT).await.unwrap();
+        c.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_token_provider_is_asked_again_before_expiry_and_after_a_refusal() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    for transport in TRANSPORTS {
+        let s = server();
+        admin(&s, Method::POST, "/api/games", json!({"id": "g", "gold": 1})).await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        // The first answer is refused; then 3-second tokens, each to be replaced before it ends.
+        let provider = TokenProvider::new(move || {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    return Some("refused".to_string());
+                }
+                let mut c = claims("alice", &["games"], &[], false);
+                c["exp"] = json!(common::auth::now() + 3);
+                Some(sign(&c))
+            }
+        });
+        let mut options = ClientOptions::new(s.url.clone(), "tab", ["games"]);
+        options.transport = transport;
+        options.token_provider = Some(provider);
+        options.reconnect.initial = Duration::from_millis(20);
+        options.reconnect.max = Duration::from_millis(200);
+        let c = Client::connect(options).await.unwrap();
+        c.wait_synced(WAIT).await.unwrap();
+        let connects = c.stats().connects;
+        assert!(c.stats().unauthenticated >= 1, "{transport:?}: {:?}", c.stats());
+        tokio::time::sleep(Duration::from_millis(4500)).await;
+        admin(&s, Method::PUT, "/api/games/g", json!({"gold": 5})).await;
+        c.wait_until(|r| gold(r, "g") == Some(5), WAIT).await.unwrap();
+        let stats = c.stats();
+        assert!(calls.load(Ordering::SeqCst) >= 3, "{transport:?}: {stats:?}");
+        if transport == Transport::WebSocket {
+            assert_eq!(stats.connects, connects, "replaced in place: {stats:?}");
+            assert!(stats.authenticated >= 1, "{stats:?}");
+        }
         c.close().await;
     }
 }

@@ -18,6 +18,11 @@
 //! [`ResultMessage`] and are retried across reconnects under the same `op_id` (so applied at most
 //! once) until [`ClientOptions::write_timeout`].
 //!
+//! For a server with `--auth jwt`, give [`ClientOptions::token`] (replace it with
+//! [`Client::set_token`]) or a [`ClientOptions::token_provider`], which is asked before every
+//! connection and, on a WebSocket, before the token runs out (the session is re-authenticated in
+//! place with `auth`). The token goes in `hello` and as `Authorization: Bearer` on SSE and REST.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use eventsync_client::{Client, ClientOptions, Transport};
@@ -185,6 +190,54 @@ pub struct ClientOptions {
     /// [`Client::set_token`]; a refused token (close 4401, HTTP 401) is retried with backoff, so a
     /// replacement set meanwhile is used at the next attempt.
     pub token: Option<Token>,
+    /// Asked for a token before every connection attempt (so after a refusal too) and, on a
+    /// WebSocket, again before the current one runs out (at 80 % of its lifetime, at least 10 s
+    /// before its `exp`), the answer replacing it in place with `auth`. Overrides `token`.
+    pub token_provider: Option<TokenProvider>,
+}
+
+/// What [`TokenProvider`]'s function returns.
+pub type TokenFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send>>;
+
+/// A function that fetches a token (from an identity provider, a file, ...).
+#[derive(Clone)]
+pub struct TokenProvider(Arc<dyn Fn() -> TokenFuture + Send + Sync>);
+
+impl TokenProvider {
+    pub fn new<F, Fut>(f: F) -> TokenProvider
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Option<String>> + Send + 'static,
+    {
+        TokenProvider(Arc::new(move || Box::pin(f())))
+    }
+}
+
+impl std::fmt::Debug for TokenProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenProvider(..)")
+    }
+}
+
+/// A JWT's `exp` (unix seconds), read without verifying it (the server does that).
+pub fn token_expiry(token: &str) -> Option<u64> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()?
+        .get("exp")?
+        .as_u64()
+}
+
+/// When to replace a token valid `left` more: at 80 % of it, at least 10 s before the end, and
+/// not sooner than in a second.
+pub fn refresh_delay(left: Duration) -> Duration {
+    left.mul_f64(0.8)
+        .min(left.saturating_sub(Duration::from_secs(10)))
+        .max(Duration::from_secs(1))
 }
 
 /// A bearer token; its `Debug` does not show it (options get logged).
@@ -227,6 +280,7 @@ impl ClientOptions {
             max_pending_writes: 1024,
             max_inflight_writes: 64,
             token: None,
+            token_provider: None,
         }
     }
 }
@@ -335,8 +389,9 @@ pub(crate) struct Shared {
     pub notify: watch::Sender<u64>,
     /// `None` once the task has stopped, so that receivers end.
     changes: Mutex<Option<broadcast::Sender<Change>>>,
-    /// The current token ([`ClientOptions::token`], then [`Client::set_token`]'s).
-    token: Mutex<Option<String>>,
+    /// The current token ([`ClientOptions::token`], then [`Client::set_token`]'s or the
+    /// provider's), and when the provider should be asked for the next one.
+    token: Mutex<(Option<String>, Option<tokio::time::Instant>)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -398,7 +453,42 @@ impl Shared {
     }
 
     pub fn token(&self) -> Option<String> {
-        self.token.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.token.lock().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    pub fn set_token(&self, token: Option<String>) {
+        let refresh_at = match (
+            &self.options.token_provider,
+            token.as_deref().and_then(token_expiry),
+        ) {
+            (Some(_), Some(exp)) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                let left = Duration::from_secs(exp).saturating_sub(now);
+                Some(tokio::time::Instant::now() + refresh_delay(left))
+            }
+            _ => None,
+        };
+        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = (token, refresh_at);
+    }
+
+    /// With a provider: asks it for a token (bounded by the connect timeout) and keeps the answer.
+    /// Returns the token to use now.
+    pub async fn fresh_token(&self) -> Option<String> {
+        if let Some(provider) = &self.options.token_provider {
+            match tokio::time::timeout(self.options.connect_timeout, (provider.0)()).await {
+                Ok(token) => self.set_token(token),
+                Err(_) => tracing::warn!(client = %self.options.client_id, "the token provider timed out"),
+            }
+        }
+        self.token()
+    }
+
+    /// Whether the provider should be asked for a replacement now.
+    pub fn refresh_due(&self) -> bool {
+        let at = self.token.lock().unwrap_or_else(|e| e.into_inner()).1;
+        at.is_some_and(|at| tokio::time::Instant::now() >= at)
     }
 
     pub fn stat(&self, f: impl FnOnce(&mut ClientStats)) {
@@ -483,7 +573,7 @@ impl Client {
             }),
             notify: watch::channel(0).0,
             changes: Mutex::new(Some(changes)),
-            token: Mutex::new(options.token.as_ref().map(|t| t.0.clone())),
+            token: Mutex::new((options.token.as_ref().map(|t| t.0.clone()), None)),
             options,
         });
         let (commands, command_rx) = mpsc::channel(64);
@@ -647,7 +737,7 @@ impl Client {
     /// answer counts in [`ClientStats::authenticated`]), an SSE stream is reopened with it, and the
     /// next connection and REST write use it.
     pub async fn set_token(&self, token: impl Into<String>) -> Result<(), ClientError> {
-        *self.inner.shared.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token.into());
+        self.inner.shared.set_token(Some(token.into()));
         self.command(Command::Auth, Duration::from_secs(5)).await
     }
 

@@ -35,7 +35,7 @@ pub(crate) async fn session(
     if st.resume_seq > 0 {
         request = request.header("Last-Event-ID", st.resume_seq.to_string());
     }
-    if let Some(token) = shared.token() {
+    if let Some(token) = shared.fresh_token().await {
         request = request.bearer_auth(token);
     }
     let response = tokio::select! {

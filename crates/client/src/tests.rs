@@ -1070,3 +1070,30 @@ async fn real_server_with(url: &str, transport: Transport) {
     client.close().await;
     other.close().await;
 }
+
+#[test]
+fn token_expiry_and_refresh_delay() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let token = format!(
+        "{}.{}.sig",
+        b64.encode("{}"),
+        b64.encode(r#"{"sub":"a","exp":1767225600}"#)
+    );
+    assert_eq!(crate::token_expiry(&token), Some(1767225600));
+    assert_eq!(crate::token_expiry("not-a-token"), None);
+    assert_eq!(crate::token_expiry("a.b.c"), None);
+    assert_eq!(
+        crate::refresh_delay(Duration::from_secs(3600)),
+        Duration::from_secs(2880)
+    );
+    assert_eq!(
+        crate::refresh_delay(Duration::from_secs(30)),
+        Duration::from_secs(20)
+    );
+    assert_eq!(
+        crate::refresh_delay(Duration::from_secs(2)),
+        Duration::from_secs(1)
+    );
+    assert_eq!(crate::refresh_delay(Duration::ZERO), Duration::from_secs(1));
+}

@@ -56,11 +56,12 @@ pub(crate) async fn session(
     shared.stat(|s| s.connects += 1);
     tracing::debug!(%client, "WebSocket connected");
     let mut conn = Conn::new();
+    let token = shared.fresh_token().await;
     let hello = ClientMessage::Hello(Hello {
         client_id: options.client_id.clone(),
         subscribe: options.subscribe.clone(),
         state_vector: Some(shared.replica().vector().clone()),
-        token: shared.token(),
+        token,
     });
     if send(&mut ws, &hello).await.is_err() {
         return End::RETRY;
@@ -145,6 +146,13 @@ pub(crate) async fn session(
                 if let Some(end) = task::housekeeping(shared, st, &conn).await {
                     close(&mut ws).await;
                     return end;
+                }
+                if shared.refresh_due() {
+                    if let Some(token) = shared.fresh_token().await {
+                        if send(&mut ws, &ClientMessage::Auth { token }).await.is_err() {
+                            return End::RETRY;
+                        }
+                    }
                 }
                 let quiet = conn.last_received.elapsed().min(last_ping.elapsed());
                 if quiet >= options.ping_interval {
