@@ -24,13 +24,13 @@ pub struct Caller {
 
 impl Caller {
     /// What per-client limits count this caller as.
-    pub fn limit_key(&self) -> String {
+    pub fn limit_key(&self) -> Option<String> {
         self.principal.limit_key(self.peer)
     }
 
     /// Takes one write from the caller's allowance, or refuses with 429 `rate_limited`.
     pub fn count_write(&self, state: &AppState) -> Result<(), ApiError> {
-        state.limits.write(&self.limit_key()).map_err(over)
+        state.limits.write(self.limit_key().as_deref()).map_err(over)
     }
 }
 

@@ -88,7 +88,9 @@ pub async fn stream(
         None => Start::Hello,
     };
     let peer = peer_of(&extensions);
-    let slot = state.limits.stream(&accepted.principal.limit_key(peer))?;
+    let slot = state
+        .limits
+        .stream(accepted.principal.limit_key(peer).as_deref())?;
     let ctx = state.sync();
     let opened = open(&ctx, accepted, start).await?;
     let (tx, frames) = mpsc::channel::<Bytes>(SSE_QUEUE);

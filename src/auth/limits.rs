@@ -1,6 +1,7 @@
 //! Per-client limits: how fast one client may write, and how many WebSocket sessions and SSE
 //! streams it may hold open. A client is its token's subject, or its IP address without auth
-//! ([`super::Principal::limit_key`]), so one noisy client is held back and no one else is.
+//! ([`super::Principal::limit_key`]), so one noisy client is held back and no one else is. A
+//! caller with no key (an anonymous loopback peer) is not limited.
 //!
 //! The write rate is a GCRA token bucket from `governor` (keyed, lock-free per check; the crate
 //! tower-governor and most Rust rate limiters build on): `--write-rate` per second, with bursts
@@ -77,8 +78,8 @@ impl ClientLimits {
     }
 
     /// Takes one write from `key`'s allowance.
-    pub fn write(&self, key: &str) -> Result<(), Over> {
-        let Some(limiter) = &self.writes else {
+    pub fn write(&self, key: Option<&str>) -> Result<(), Over> {
+        let (Some(limiter), Some(key)) = (&self.writes, key) else {
             return Ok(());
         };
         limiter
@@ -87,12 +88,12 @@ impl ClientLimits {
     }
 
     /// A place for one more WebSocket session of `key`.
-    pub fn socket(&self, key: &str) -> Result<Slot, Over> {
+    pub fn socket(&self, key: Option<&str>) -> Result<Slot, Over> {
         self.sockets.take(key).ok_or(Over::Sockets(self.sockets.max))
     }
 
     /// A place for one more SSE stream of `key`.
-    pub fn stream(&self, key: &str) -> Result<Slot, Over> {
+    pub fn stream(&self, key: Option<&str>) -> Result<Slot, Over> {
         self.streams.take(key).ok_or(Over::Streams(self.streams.max))
     }
 
@@ -120,10 +121,10 @@ impl Counter {
         }
     }
 
-    fn take(&self, key: &str) -> Option<Slot> {
-        if self.max == 0 {
+    fn take(&self, key: Option<&str>) -> Option<Slot> {
+        let Some(key) = key.filter(|_| self.max > 0) else {
             return Some(Slot(None));
-        }
+        };
         let mut open = self.open.lock().expect("the counter lock is never poisoned");
         let n = open.entry(key.to_string()).or_insert(0);
         if *n >= self.max {
@@ -167,9 +168,9 @@ mod tests {
     fn a_burst_is_allowed_then_the_rate_holds_per_client() {
         let l = limits(&["--write-rate", "1", "--write-burst", "3"]);
         for _ in 0..3 {
-            assert_eq!(l.write("a"), Ok(()));
+            assert_eq!(l.write(Some("a")), Ok(()));
         }
-        let Err(Over::Writes(wait)) = l.write("a") else {
+        let Err(Over::Writes(wait)) = l.write(Some("a")) else {
             panic!("the fourth write of a burst of 3 must be refused")
         };
         assert!(
@@ -177,23 +178,29 @@ mod tests {
             "{wait:?}"
         );
         // Another client is not held back by the first.
-        assert_eq!(l.write("b"), Ok(()));
-        assert_eq!(limits(&["--write-rate", "0"]).write("a"), Ok(()));
+        assert_eq!(l.write(Some("b")), Ok(()));
+        assert_eq!(limits(&["--write-rate", "0"]).write(Some("a")), Ok(()));
+        // No key: not limited.
+        for _ in 0..10 {
+            assert_eq!(l.write(None), Ok(()));
+        }
     }
 
     #[test]
     fn slots_are_counted_per_client_and_freed_when_dropped() {
         let l = limits(&["--max-sockets-per-client", "2", "--max-streams-per-client", "1"]);
-        let a1 = l.socket("a").unwrap();
-        let _a2 = l.socket("a").unwrap();
-        assert_eq!(l.socket("a").err(), Some(Over::Sockets(2)));
-        let _b = l.socket("b").unwrap();
+        let a1 = l.socket(Some("a")).unwrap();
+        let _a2 = l.socket(Some("a")).unwrap();
+        assert_eq!(l.socket(Some("a")).err(), Some(Over::Sockets(2)));
+        let _b = l.socket(Some("b")).unwrap();
         drop(a1);
-        assert!(l.socket("a").is_ok());
-        let s = l.stream("a").unwrap();
-        assert_eq!(l.stream("a").err(), Some(Over::Streams(1)));
+        assert!(l.socket(Some("a")).is_ok());
+        let s = l.stream(Some("a")).unwrap();
+        assert_eq!(l.stream(Some("a")).err(), Some(Over::Streams(1)));
         drop(s);
-        assert!(l.stream("a").is_ok());
+        assert!(l.stream(Some("a")).is_ok());
         assert!(l.sockets.open.lock().unwrap().len() <= 2);
+        let unkeyed: Vec<Slot> = (0..5).map(|_| l.socket(None).unwrap()).collect();
+        assert_eq!(unkeyed.len(), 5);
     }
 }

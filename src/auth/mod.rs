@@ -146,13 +146,24 @@ impl Principal {
         }
     }
 
-    /// What per-client limits count this caller as: its subject, else its address.
-    pub fn limit_key(&self, peer: Option<std::net::IpAddr>) -> String {
+    /// What per-client limits count this caller as: its subject, else its address — except a
+    /// loopback address, which is not limited (`None`): without a token, every client of a
+    /// reverse proxy on the same host arrives from loopback and would share one budget, as do
+    /// tests and benchmarks; there is no one client to hold back.
+    pub fn limit_key(&self, peer: Option<std::net::IpAddr>) -> Option<String> {
         match (&self.subject, peer) {
-            (Some(s), _) => format!("sub:{s}"),
-            (None, Some(ip)) => format!("ip:{ip}"),
-            (None, None) => "local".to_string(),
+            (Some(s), _) => Some(format!("sub:{s}")),
+            (None, Some(ip)) if !ip.is_loopback() && !is_mapped_loopback(ip) => Some(format!("ip:{ip}")),
+            (None, _) => None,
         }
+    }
+}
+
+/// `::ffff:127.0.0.1`, as a dual-stack listener reports an IPv4 loopback peer.
+fn is_mapped_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        std::net::IpAddr::V4(_) => false,
     }
 }
 
@@ -219,5 +230,28 @@ impl Auth {
             AuthError::unauthenticated("this server needs a token (Authorization: Bearer ...)")
         })?;
         v.verify(token).map(Arc::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_count_the_subject_else_a_remote_address_and_never_loopback() {
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        let alice = Principal::new("alice", Grants::nothing(), None);
+        assert_eq!(alice.limit_key(ip("10.0.0.7")).as_deref(), Some("sub:alice"));
+        assert_eq!(alice.limit_key(ip("127.0.0.1")).as_deref(), Some("sub:alice"));
+        let anon = Principal::anonymous();
+        assert_eq!(anon.limit_key(ip("10.0.0.7")).as_deref(), Some("ip:10.0.0.7"));
+        assert_eq!(
+            anon.limit_key(ip("2001:db8::1")).as_deref(),
+            Some("ip:2001:db8::1")
+        );
+        for local in ["127.0.0.1", "127.3.4.5", "::1", "::ffff:127.0.0.1"] {
+            assert_eq!(anon.limit_key(ip(local)), None, "{local}");
+        }
+        assert_eq!(anon.limit_key(None), None);
     }
 }

@@ -102,7 +102,7 @@ pub async fn serve<T: Transport>(ctx: &SyncContext, t: &mut T, peer: Option<IpAd
         Ok(accepted) => accepted,
         Err(end) => return end,
     };
-    let _slot = match ctx.limits.socket(&accepted.principal.limit_key(peer)) {
+    let _slot = match ctx.limits.socket(accepted.principal.limit_key(peer).as_deref()) {
         Ok(slot) => slot,
         Err(over) => {
             let _ = send(t, &ServerMessage::error(ErrorCode::RateLimited, over.message())).await;
@@ -151,7 +151,7 @@ async fn await_hello<T: Transport>(ctx: &SyncContext, t: &mut T) -> Result<Accep
 /// stops counting.
 struct Conn {
     principal: Arc<Principal>,
-    limit_key: String,
+    limit_key: Option<String>,
     expires: Option<tokio::time::Instant>,
 }
 
@@ -410,7 +410,7 @@ async fn handle<T: Transport>(
         ClientMessage::Write(w) => {
             let writer = Writer {
                 principal: &conn.principal,
-                limit_key: &conn.limit_key,
+                limit_key: conn.limit_key.as_deref(),
             };
             if let Some(refused) = Writes::start(writes, ctx, writer, session.client_id(), w) {
                 send(t, &ServerMessage::Result(refused)).await?;

@@ -25,7 +25,7 @@ use crate::write::wire;
 /// Who writes: the session's principal (as of the write) and what limits count it as.
 pub struct Writer<'a> {
     pub principal: &'a Arc<Principal>,
-    pub limit_key: &'a str,
+    pub limit_key: Option<&'a str>,
 }
 
 /// One connection's writes in flight, and the channel their results come back on.
@@ -68,12 +68,12 @@ impl Writes {
             client_id.to_string(),
             writes.results_tx.clone(),
         );
-        let (principal, limit_key) = (Arc::clone(writer.principal), writer.limit_key.to_string());
+        let (principal, limit_key) = (Arc::clone(writer.principal), writer.limit_key.map(str::to_string));
         tokio::spawn(async move {
             let who = Who {
                 principal: &principal,
                 limits: &limits,
-                limit_key: &limit_key,
+                limit_key: limit_key.as_deref(),
             };
             let result = commit(&*store, who, &client_id, w).await;
             let _ = results.send(result).await;
@@ -94,7 +94,7 @@ impl Writes {
 struct Who<'a> {
     principal: &'a Principal,
     limits: &'a ClientLimits,
-    limit_key: &'a str,
+    limit_key: Option<&'a str>,
 }
 
 /// Checks and commits a protocol write; its `op_id` is its idempotency key (scoped to the
