@@ -30,12 +30,18 @@ async fn admin(s: &TestServer, method: Method, path: &str, body: Value) -> (Stat
     common::send(req).await
 }
 
-async fn client(s: &TestServer, transport: Transport, id: &str, token: Option<String>) -> Client {
+/// Options for a client of `s` following games, reconnecting fast.
+fn options(s: &TestServer, transport: Transport, id: &str) -> ClientOptions {
     let mut options = ClientOptions::new(s.url.clone(), id, ["games"]);
     options.transport = transport;
-    options.token = token.map(Into::into);
     options.reconnect.initial = Duration::from_millis(20);
     options.reconnect.max = Duration::from_millis(200);
+    options
+}
+
+async fn client(s: &TestServer, transport: Transport, id: &str, token: Option<String>) -> Client {
+    let mut options = options(s, transport, id);
+    options.token = token.map(Into::into);
     Client::connect(options).await.expect("client options")
 }
 
@@ -170,11 +176,8 @@ async fn a_token_provider_is_asked_again_before_expiry_and_after_a_refusal() {
                 Some(sign(&c))
             }
         });
-        let mut options = ClientOptions::new(s.url.clone(), "tab", ["games"]);
-        options.transport = transport;
+        let mut options = options(&s, transport, "tab");
         options.token_provider = Some(provider);
-        options.reconnect.initial = Duration::from_millis(20);
-        options.reconnect.max = Duration::from_millis(200);
         let c = Client::connect(options).await.unwrap();
         c.wait_synced(WAIT).await.unwrap();
         let connects = c.stats().connects;

@@ -106,8 +106,8 @@ async fn unchanged(s: &TestServer, seq: u64) {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
-async fn every_route_refuses_every_bad_token_with_401_and_changes_nothing() {
+/// A [`strict_server`] with `games/g1` at version 1; and the seq that [`unchanged`] checks.
+async fn with_g1() -> (TestServer, u64) {
     let s = strict_server();
     let (status, body) = as_token(
         &s,
@@ -119,6 +119,12 @@ async fn every_route_refuses_every_bad_token_with_401_and_changes_nothing() {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let seq = health_seq(&s).await;
+    (s, seq)
+}
+
+#[tokio::test]
+async fn every_route_refuses_every_bad_token_with_401_and_changes_nothing() {
+    let (s, seq) = with_g1().await;
 
     let expired = {
         let mut c = good("alice", &["*"], &["*"], true);
@@ -230,17 +236,7 @@ async fn every_route_refuses_every_bad_token_with_401_and_changes_nothing() {
 
 #[tokio::test]
 async fn a_token_without_the_permission_is_refused_with_403_on_every_route() {
-    let s = strict_server();
-    let (status, body) = as_token(
-        &s,
-        Method::POST,
-        "/api/games",
-        Some(&json!({"id": "g1", "gold": 1})),
-        &root(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let seq = health_seq(&s).await;
+    let (s, seq) = with_g1().await;
     // Reads and writes chat only; not an admin.
     let chat = sign(&good("carol", &["chat"], &["chat"], false));
     for (method, path, body) in routes() {

@@ -5,9 +5,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
-import { WebSocket } from 'ws';
-import { EventSyncClient, MemoryStorage, tokenExpiry, refreshDelay } from '../eventsync.js';
-import { startServer } from './server.mjs';
+import { tokenExpiry, refreshDelay } from '../eventsync.js';
+import { startServer, testClient, waitFor } from './server.mjs';
 
 const SECRET = 'client-test-secret-0123456789abcdef';
 let base;
@@ -43,28 +42,9 @@ async function rest(method, path, body) {
 }
 
 function client(transport, token, opts = {}) {
-  const c = new EventSyncClient({
-    url: base,
-    transport,
-    subscribe: ['games'],
-    storage: new MemoryStorage(),
-    WebSocket,
-    backoff: { initialMs: 20, maxMs: 200 },
-    token,
-    ...opts,
-  });
-  clients.push(c);
-  return c;
+  return testClient(base, transport, { token, ...opts }, clients);
 }
 
-async function waitFor(pred, what, ms = 8000) {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await pred()) return;
-    await new Promise((r) => setTimeout(r, 15));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
 let n = 0;
 const uid = (p) => `${p}-${Date.now().toString(36)}${n++}`;

@@ -2,8 +2,8 @@
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { WebSocket } from 'ws';
-import { EventSyncClient, MemoryStorage } from '../eventsync.js';
-import { startServer } from './server.mjs';
+import { MemoryStorage } from '../eventsync.js';
+import { startServer, testClient, waitFor } from './server.mjs';
 
 let base;
 let stopServer;
@@ -19,27 +19,9 @@ after(() => {
 });
 
 function client(transport, opts = {}) {
-  const c = new EventSyncClient({
-    url: base,
-    transport,
-    subscribe: ['games'],
-    storage: new MemoryStorage(),
-    WebSocket,
-    backoff: { initialMs: 20, maxMs: 200 },
-    ...opts,
-  });
-  clients.push(c);
-  return c;
+  return testClient(base, transport, opts, clients);
 }
 
-async function waitFor(pred, what = 'condition', ms = 5000) {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await pred()) return;
-    await new Promise((r) => setTimeout(r, 15));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
 async function rest(method, path, body, headers = {}) {
   const res = await fetch(base + path, {
