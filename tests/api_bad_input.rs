@@ -414,6 +414,10 @@ fn rows() -> Vec<Row> {
         row("If-Match 1.5", "PUT", KNOWN, &[JSON, ("if-match", "1.5")], r#"{"a":1}"#, 400, "invalid_if_match"),
         row("If-Match with an open quote", "PATCH", KNOWN, &[MERGE_PATCH, ("if-match", "\"2")], r#"{"n":9}"#, 400, "invalid_if_match"),
         row("If-Match list", "DELETE", KNOWN, &[("if-match", "\"1\", \"2\"")], "", 400, "invalid_if_match"),
+        // The document is at version 2: these once meant 2 and applied.
+        row("If-Match +2", "PUT", KNOWN, &[JSON, ("if-match", "+2")], r#"{"a":1}"#, 400, "invalid_if_match"),
+        row("If-Match \"+2\"", "PATCH", KNOWN, &[MERGE_PATCH, ("if-match", "\"+2\"")], r#"{"n":9}"#, 400, "invalid_if_match"),
+        row("If-Match 02", "DELETE", KNOWN, &[("if-match", "02")], "", 400, "invalid_if_match"),
         row("If-Match on a create", "POST", "/api/games", &[JSON, ("if-match", "abc")], r#"{"a":1}"#, 400, "invalid_if_match"),
         // --- X-Client-Id: 400 invalid_client_id ---
         row("client id with a space", "PATCH", KNOWN, &[MERGE_PATCH, ("x-client-id", "a b")], r#"{"n":9}"#, 400, "invalid_client_id"),

@@ -142,7 +142,12 @@ impl<S: Send + Sync> FromRequestParts<S> for WriteHeaders {
 pub fn parse_version_tag(s: &str) -> Option<Version> {
     let s = s.strip_prefix("W/").unwrap_or(s);
     let s = s.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(s);
-    s.parse().ok().filter(|v| *v > 0)
+    // Digits only, as the server writes them: `+1`, `01` or ` 1` are not a version it sent (Rust's
+    // integer parser would take the first two).
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || s.starts_with('0') {
+        return None;
+    }
+    s.parse().ok()
 }
 
 #[cfg(test)]
@@ -154,7 +159,21 @@ mod tests {
         assert_eq!(parse_version_tag("\"3\""), Some(3));
         assert_eq!(parse_version_tag("W/\"12\""), Some(12));
         assert_eq!(parse_version_tag("7"), Some(7));
-        for bad in ["", "\"\"", "abc", "0", "-1", "\"3", "1.5"] {
+        for bad in [
+            "",
+            "\"\"",
+            "abc",
+            "0",
+            "-1",
+            "\"3",
+            "1.5",
+            "+1",
+            "\"+1\"",
+            "01",
+            "\" 1\"",
+            "1e3",
+            "99999999999999999999999",
+        ] {
             assert_eq!(parse_version_tag(bad), None, "{bad}");
         }
     }

@@ -4,6 +4,7 @@ pub mod auth;
 mod documents;
 mod events;
 mod extract;
+mod files;
 mod history;
 mod sse;
 mod sync;
@@ -20,7 +21,6 @@ use axum::{Json, Router};
 use serde_json::json;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::services::ServeDir;
 use tower_http::timeout::TimeoutLayer;
 
 use tokio_util::sync::CancellationToken;
@@ -94,13 +94,18 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
         });
-    let ui = ServeDir::new(&state.config.static_dir).append_index_html_on_directories(true);
-    Router::new()
+    let ui = files::StaticDir::new(&state.config.static_dir);
+    // Of the client's directory, only its module is published.
+    let client_module = state.config.client_dir.join("eventsync.js");
+    let router = Router::new()
         .nest("/api", api)
         .route("/sync/ws", get(ws::upgrade))
         .route("/sync/sse", get(sse::stream))
-        .nest_service("/client", ServeDir::new(&state.config.client_dir))
-        .fallback_service(ui)
+        .route(
+            "/client/eventsync.js",
+            get(move |request: axum::extract::Request| files::serve_file(client_module.clone(), request)),
+        )
+        .fallback(move |request: axum::extract::Request| ui.clone().serve(request))
         .with_state(state)
         // Each `layer` wraps the ones before it: the body limit is innermost, the JSON error
         // rewrite outermost (so it also sees the timeout's and the panic catcher's responses).
@@ -118,7 +123,10 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(origins.cors_layer())
         .layer(axum::middleware::from_fn_with_state(origins, origin::check))
-        .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::map_response(json_errors));
+    files::security_headers()
+        .into_iter()
+        .fold(router, |router, layer| router.layer(layer))
 }
 
 async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {

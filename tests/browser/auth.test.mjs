@@ -5,6 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
+import { createServer } from 'node:http';
 import { WAIT, startServer, launchBrowser, byId, waitLive } from './harness.mjs';
 
 const SECRET = 'browser-test-secret-0123456789abcdef';
@@ -27,6 +28,17 @@ after(async () => {
   await browser?.close();
   for (const stop of stops) stop();
 });
+
+/** A plain HTTP server on 127.0.0.1:0 answering every request with an empty page; its origin. */
+async function pageServer() {
+  const srv = createServer((_, res) => {
+    res.writeHead(200, { 'content-type': 'text/html' });
+    res.end('<!doctype html><title>app</title>');
+  });
+  await new Promise((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  stops.push(() => srv.close());
+  return `http://127.0.0.1:${srv.address().port}`;
+}
 
 async function server(args) {
   const s = await startServer(args);
@@ -63,15 +75,17 @@ test('with --auth jwt the UI shows the refusal, then works with a token', { time
 });
 
 test('another origin reaches the API and the WebSocket only when --cors-origin lists it', { timeout: 60_000 }, async () => {
-  // Two servers only to serve pages from two origins; the API server lists the first.
-  const allowed = await server([]);
-  const other = await server([]);
+  // Two plain HTTP servers serve a page each, from two origins (not EventSync's UI, whose own
+  // Content-Security-Policy would rightly keep it from calling any other origin); the API server
+  // lists the first.
+  const allowed = await pageServer();
+  const other = await pageServer();
   const api = await server(['--auth', 'jwt', '--jwt-secret', SECRET, '--cors-origin', allowed]);
   const token = sign('app', ['games'], ['games']);
   const ctx = await browser.newContext();
   const tryFrom = async (origin) => {
     const page = await ctx.newPage();
-    await page.goto(origin);
+    await page.goto(`${origin}/app.html`);
     const out = await page.evaluate(async ({ api, token }) => {
       const result = {};
       try {
