@@ -144,3 +144,216 @@ mod tests {
         }
     }
 }
+
+/// Why raw JSON was refused by [`check_strict`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Strictness {
+    /// An object names a member twice (parsers disagree on which one counts; RFC 6902 calls a
+    /// patch operation with a repeated member invalid).
+    #[error("duplicate member {0:?} in an object")]
+    DuplicateMember(String),
+    /// A number that a 64-bit integer or float cannot hold exactly: storing it would change it.
+    #[error("the number {0} cannot be kept exactly (integers must fit in 64 bits, other numbers in a 64-bit float without rounding)")]
+    InexactNumber(String),
+}
+
+/// Refuses JSON that would be taken in a different meaning than it says: an object with a
+/// repeated member, or a number that would change on the way in (`123456789012345678901234567890`
+/// becoming `1.2345678901234568e29`, `1e-400` becoming `0`). One linear scan of the raw bytes
+/// (keys compared after unescaping), meant to run before the parser; malformed JSON is left for
+/// the parser to report.
+pub fn check_strict(bytes: &[u8]) -> Result<(), Strictness> {
+    use std::collections::HashSet;
+    // Per open container: the keys seen, if it is an object.
+    let mut stack: Vec<Option<HashSet<String>>> = Vec::new();
+    // In an object, whether the next string is a key.
+    let mut expect_key = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let end = string_end(bytes, i);
+                if expect_key {
+                    let raw = &bytes[i..end];
+                    let key = if raw.contains(&b'\\') {
+                        serde_json::from_slice::<String>(raw).unwrap_or_default()
+                    } else {
+                        String::from_utf8_lossy(&raw[1..raw.len().saturating_sub(1)]).into_owned()
+                    };
+                    if let Some(Some(keys)) = stack.last_mut() {
+                        if !keys.insert(key.clone()) {
+                            return Err(Strictness::DuplicateMember(key));
+                        }
+                    }
+                    expect_key = false;
+                }
+                i = end;
+                continue;
+            }
+            b'{' => {
+                stack.push(Some(HashSet::new()));
+                expect_key = true;
+            }
+            b'[' => {
+                stack.push(None);
+                expect_key = false;
+            }
+            b'}' | b']' => {
+                stack.pop();
+                expect_key = false;
+            }
+            b',' => expect_key = matches!(stack.last(), Some(Some(_))),
+            b'-' | b'0'..=b'9' => {
+                let end = bytes[i..]
+                    .iter()
+                    .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                    .map_or(bytes.len(), |n| i + n);
+                let token = std::str::from_utf8(&bytes[i..end]).unwrap_or_default();
+                if !number_is_exact(token) {
+                    return Err(Strictness::InexactNumber(token.to_string()));
+                }
+                i = end;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The index just past the string starting at `start` (a `"`), or the end of the input.
+fn string_end(bytes: &[u8], start: usize) -> usize {
+    let mut escaped = false;
+    for (n, &b) in bytes[start + 1..].iter().enumerate() {
+        match (escaped, b) {
+            (true, _) => escaped = false,
+            (false, b'\\') => escaped = true,
+            (false, b'"') => return start + 2 + n,
+            _ => {}
+        }
+    }
+    bytes.len()
+}
+
+/// Whether `serde_json` (without `arbitrary_precision`) keeps this number token's value: an
+/// integer that fits `i64`/`u64`, or a number whose shortest `f64` rendering has the same decimal
+/// value. A token that is not a number is left for the parser (`true`).
+pub fn number_is_exact(token: &str) -> bool {
+    let is_integer = !token.contains(['.', 'e', 'E']);
+    if is_integer {
+        return token.parse::<i64>().is_ok() || token.parse::<u64>().is_ok() || token.parse::<f64>().is_err();
+    }
+    let Ok(f) = token.parse::<f64>() else {
+        return true;
+    };
+    if !f.is_finite() {
+        return false;
+    }
+    match (decimal(token), decimal(&format!("{:e}", f))) {
+        (Some(written), Some(kept)) => written == kept,
+        _ => true,
+    }
+}
+
+/// A decimal number as (negative, significant digits without leading or trailing zeros, the power
+/// of ten of the last digit); zero is `(false, "", 0)`.
+fn decimal(s: &str) -> Option<(bool, String, i64)> {
+    let (negative, s) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let (mantissa, exponent) = match s.find(['e', 'E']) {
+        Some(at) => (&s[..at], s[at + 1..].parse::<i64>().ok()?),
+        None => (s, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let mut digits: String = format!("{whole}{fraction}");
+    let mut power = exponent.checked_sub(fraction.len() as i64)?;
+    let trimmed = digits.trim_end_matches('0');
+    power += (digits.len() - trimmed.len()) as i64;
+    digits = trimmed.trim_start_matches('0').to_string();
+    if digits.is_empty() {
+        return Some((false, String::new(), 0));
+    }
+    Some((negative, digits, power))
+}
+
+#[cfg(test)]
+mod strict_tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_members_are_refused_at_any_depth_after_unescaping() {
+        for ok in [
+            r#"{"a":1,"b":2}"#,
+            r#"{"a":{"a":1},"b":[{"a":1},{"a":2}]}"#,
+            r#"[{"a":1},{"a":1}]"#,
+            r#"{"a":"\"a\"","b":"a"}"#,
+            r#"{"k":"{\"k\":1,\"k\":2}"}"#,
+            r#"[["a","a"],{"x":["a","a"]}]"#,
+            "{}",
+            "\"a\"",
+        ] {
+            assert_eq!(check_strict(ok.as_bytes()), Ok(()), "{ok}");
+        }
+        for (bad, key) in [
+            (r#"{"id":"x1","id":"x2"}"#, "id"),
+            (r#"{"a":{"b":1,"b":2}}"#, "b"),
+            (r#"[{"op":"add","op":"remove","path":"/a"}]"#, "op"),
+            (r#"{"a":1,"\u0061":2}"#, "a"),
+            (r#"{ "a" : 1 , "a" : 1 }"#, "a"),
+            (r#"{"a":[1,{"c":1}],"b":{},"a":0}"#, "a"),
+        ] {
+            assert_eq!(
+                check_strict(bad.as_bytes()),
+                Err(Strictness::DuplicateMember(key.into())),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_that_would_change_are_refused() {
+        for ok in [
+            "0",
+            "-0",
+            "1",
+            "-1",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "18446744073709551615",
+            "0.1",
+            "1.10",
+            "1e5",
+            "1E+5",
+            "2.5e-3",
+            "-0.0",
+            "1.7976931348623157e308",
+            "5e-324",
+            "123.456",
+            "0.30000000000000004",
+            "1e22",
+        ] {
+            assert!(number_is_exact(ok), "{ok}");
+        }
+        for bad in [
+            "123456789012345678901234567890",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "1e-400",
+            "1e400",
+            "0.12345678901234567890",
+            "9007199254740993.0",
+            "2e-324",
+        ] {
+            assert!(!number_is_exact(bad), "{bad}");
+        }
+        assert_eq!(
+            check_strict(br#"{"a":[1, 2.5, {"b": 123456789012345678901234567890}]}"#),
+            Err(Strictness::InexactNumber("123456789012345678901234567890".into()))
+        );
+        // Inside strings, digits are text.
+        assert_eq!(check_strict(br#"{"a":"123456789012345678901234567890"}"#), Ok(()));
+    }
+}

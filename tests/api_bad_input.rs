@@ -266,6 +266,14 @@ fn rows() -> Vec<Row> {
         row("trailing comma", "PUT", KNOWN, &[JSON], r#"{"a":1,}"#, 400, "invalid_json"),
         row("unquoted key in a merge patch", "PATCH", KNOWN, &[MERGE_PATCH], "{bad: 1}", 400, "invalid_json"),
         row("truncated JSON Patch", "PATCH", KNOWN, &[JSON_PATCH], r#"[{"op":"#, 400, "invalid_json"),
+        // --- valid JSON taken in another meaning: 400 invalid_json ---
+        row("a repeated id", "POST", "/api/games", &[JSON], r#"{"id":"x1","id":"x2"}"#, 400, "invalid_json"),
+        row("a repeated member, nested", "PUT", KNOWN, &[JSON], r#"{"a":{"b":1,"b":2}}"#, 400, "invalid_json"),
+        row("a repeated op in a patch", "PATCH", KNOWN, &[JSON_PATCH], r#"[{"op":"add","op":"remove","path":"/n","value":1}]"#, 400, "invalid_json"),
+        row("an escaped repeat", "PATCH", KNOWN, &[MERGE_PATCH], r#"{"n":1,"\u006e":2}"#, 400, "invalid_json"),
+        row("an integer beyond 64 bits", "POST", "/api/games", &[JSON], r#"{"n":123456789012345678901234567890}"#, 400, "invalid_json"),
+        row("an underflowing number", "PUT", KNOWN, &[JSON], r#"{"n":1e-400}"#, 400, "invalid_json"),
+        row("more digits than a float holds", "PATCH", KNOWN, &[MERGE_PATCH], r#"{"n":0.12345678901234567890}"#, 400, "invalid_json"),
         row("empty body", "POST", "/api/games", &[JSON], "", 400, "invalid_json"),
         row("empty PUT body", "PUT", KNOWN, &[JSON], "", 400, "invalid_json"),
         row("trailing garbage", "POST", "/api/games", &[JSON], r#"{"a":1} x"#, 400, "invalid_json"),
@@ -665,4 +673,47 @@ async fn history_positions_at_the_end_of_u64_are_not_server_errors() {
             || status == StatusCode::BAD_REQUEST && body["error"]["code"] == "invalid_cursor",
         "{status} {body}"
     );
+}
+
+/// Sends `head` (request line and headers, no body) on a fresh connection; the first response
+/// head the server sends, and what followed it within a moment.
+async fn first_answer(s: &TestServer, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(s.addr()).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .expect("no answer within 5 s: the server waited for the body")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn a_body_declared_over_the_limit_is_refused_before_it_is_sent() {
+    let s = TestServer::start(&[]);
+    let before = common::health_seq(&s).await;
+    for (what, extra) in [
+        ("Content-Length only", ""),
+        ("with Expect: 100-continue", "Expect: 100-continue\r\n"),
+    ] {
+        let head = format!(
+            "POST /api/games HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: 99999999999\r\n{extra}\r\n"
+        );
+        let answer = first_answer(&s, &head).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{what}: {answer}");
+        assert!(!answer.contains("100 Continue"), "{what}: {answer}");
+        assert!(answer.contains(r#""code":"body_too_large""#), "{what}: {answer}");
+    }
+    // A body within the limit still gets its 100 Continue.
+    let body = r#"{"id":"ok"}"#;
+    let head = format!(
+        "POST /api/games HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    let answer = first_answer(&s, &head).await;
+    assert!(answer.starts_with("HTTP/1.1 100"), "{answer}");
+    assert_eq!(common::health_seq(&s).await, before);
 }

@@ -343,3 +343,28 @@ async fn no_hello_within_10_seconds_closes_with_4408() {
     other.close().await;
     server_is_fine(&s).await;
 }
+
+/// A message that parses, but would be taken in another meaning than it says — a repeated member,
+/// a number a 64-bit value cannot hold — is refused `invalid_json` and changes nothing.
+#[tokio::test]
+async fn repeated_members_and_inexact_numbers_are_refused_and_change_nothing() {
+    let s = TestServer::start(&[]);
+    rest_create(&s, "games", "g", json!({"n": 1})).await;
+    let before = health_seq(&s).await;
+    let (mut ws, _, _) = WsClient::open(&s, "strict", &["games"], Some(json!({}))).await;
+    let write = |rest: &str| {
+        format!(r#"{{"type":"write","op_id":"s1","op":"create","collection":"games","id":"x",{rest}}}"#)
+    };
+    for frame in [
+        write(r#""data":{"a":1,"a":2}"#),
+        write(r#""data":{"n":123456789012345678901234567890}"#),
+        write(r#""data":{"n":1e-400}"#),
+        r#"{"type":"write","op_id":"s2","op":"patch","collection":"games","id":"g","patch":[{"op":"add","op":"remove","path":"/n","value":2}]}"#.to_string(),
+        r#"{"type":"write","op_id":"s3","op":"merge","collection":"games","id":"g","patch":{"n":0.12345678901234567890}}"#.to_string(),
+    ] {
+        expect_error(&mut ws, text(&frame), "invalid_json").await;
+    }
+    still_usable(&mut ws).await;
+    assert_eq!(health_seq(&s).await, before, "a refused message committed");
+    ws.close().await;
+}

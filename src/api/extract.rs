@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::AppState;
 use crate::error::{ApiError, ErrorCode};
-use crate::json::raw_depth;
+use crate::json::{check_strict, raw_depth};
 use crate::model::{validate_id, Version};
 
 /// `Query<T>` with our error format.
@@ -72,6 +72,8 @@ impl FromRequest<AppState> for JsonBody {
         }
         let value = serde_json::from_slice(&raw)
             .map_err(|e| ApiError::bad_request(ErrorCode::InvalidJson, format!("invalid JSON: {e}")))?;
+        // Valid JSON that would be taken in another meaning than it says.
+        check_strict(&raw).map_err(|e| ApiError::bad_request(ErrorCode::InvalidJson, e.to_string()))?;
         Ok(JsonBody { kind, value })
     }
 }

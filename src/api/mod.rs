@@ -121,12 +121,41 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(ErrorCode::Internal, "internal error").into_response()
         }))
+        // Outside the concurrency limit: a refusal takes no request slot.
+        .layer(axum::middleware::from_fn_with_state(
+            limits.max_body_bytes,
+            declared_too_large,
+        ))
         .layer(origins.cors_layer())
         .layer(axum::middleware::from_fn_with_state(origins, origin::check))
         .layer(axum::middleware::map_response(json_errors));
     files::security_headers()
         .into_iter()
         .fold(router, |router, layer| router.layer(layer))
+}
+
+/// A body declared larger than the limit (`Content-Length`) is refused at once, before a byte of
+/// it is read or a request slot waits for it — and so, with `Expect: 100-continue`, the client
+/// gets 413 instead of `100 Continue` (hyper sends that only when a handler starts reading).
+async fn declared_too_large(
+    State(max): State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return ApiError::new(
+            ErrorCode::BodyTooLarge,
+            format!("the request body is larger than {max} bytes"),
+        )
+        .with("limit", max)
+        .into_response();
+    }
+    next.run(request).await
 }
 
 async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -171,11 +171,15 @@ fn read_error(e: axum::Error) -> End {
 }
 
 fn parse(text: &str) -> Result<ClientMessage, ProtocolError> {
-    serde_json::from_str(text).map_err(|e| {
+    let message = serde_json::from_str(text).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             ProtocolError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}"))
         } else {
             ProtocolError::new(ErrorCode::InvalidMessage, e.to_string())
         }
-    })
+    })?;
+    // A repeated member or a number that would change: refused like a REST body.
+    crate::json::check_strict(text.as_bytes())
+        .map_err(|e| ProtocolError::new(ErrorCode::InvalidJson, e.to_string()))?;
+    Ok(message)
 }
