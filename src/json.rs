@@ -163,9 +163,11 @@ pub enum Strictness {
 /// (keys compared after unescaping), meant to run before the parser; malformed JSON is left for
 /// the parser to report.
 pub fn check_strict(bytes: &[u8]) -> Result<(), Strictness> {
+    use std::borrow::Cow;
     use std::collections::HashSet;
-    // Per open container: the keys seen, if it is an object.
-    let mut stack: Vec<Option<HashSet<String>>> = Vec::new();
+    // Per open container: the keys seen, if it is an object (borrowed from the input unless they
+    // had to be unescaped).
+    let mut stack: Vec<Option<HashSet<Cow<'_, [u8]>>>> = Vec::new();
     // In an object, whether the next string is a key.
     let mut expect_key = false;
     let mut i = 0;
@@ -175,15 +177,22 @@ pub fn check_strict(bytes: &[u8]) -> Result<(), Strictness> {
                 let end = string_end(bytes, i);
                 if expect_key {
                     let raw = &bytes[i..end];
-                    let key = if raw.contains(&b'\\') {
-                        serde_json::from_slice::<String>(raw).unwrap_or_default()
+                    let key: Cow<'_, [u8]> = if raw.contains(&b'\\') {
+                        Cow::Owned(
+                            serde_json::from_slice::<String>(raw)
+                                .unwrap_or_default()
+                                .into_bytes(),
+                        )
                     } else {
-                        String::from_utf8_lossy(&raw[1..raw.len().saturating_sub(1)]).into_owned()
+                        Cow::Borrowed(&raw[1..raw.len().saturating_sub(1).max(1)])
                     };
                     if let Some(Some(keys)) = stack.last_mut() {
-                        if !keys.insert(key.clone()) {
-                            return Err(Strictness::DuplicateMember(key));
+                        if keys.contains(&key) {
+                            return Err(Strictness::DuplicateMember(
+                                String::from_utf8_lossy(&key).into_owned(),
+                            ));
                         }
+                        keys.insert(key);
                     }
                     expect_key = false;
                 }

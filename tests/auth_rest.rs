@@ -9,7 +9,7 @@
 mod common;
 
 use common::auth::{bearer, claims, jwt_flags, keys_dir, now, private_key, sign, sign_with, token, SECRET};
-use common::{health_seq, send, TestServer};
+use common::{all_pages_as, health_seq, send, TestServer};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -450,23 +450,11 @@ async fn a_reader_of_its_own_documents_never_sees_another_subjects() {
         .map(|d| d["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["alice-1", "alice-2"], "{body}");
-    let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(c) => format!("/api/games?limit=1&cursor={c}"),
-            None => "/api/games?limit=1".to_string(),
-        };
-        let (status, body) = as_token(&s, Method::GET, &path, None, &alice).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        for d in body["items"].as_array().unwrap() {
-            seen.push(d["id"].as_str().unwrap().to_string());
-        }
-        match body["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
-            None => break,
-        }
-    }
+    let seen: Vec<String> = all_pages_as(&s, "/api/games?limit=1", Some(&alice))
+        .await
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(seen, ["alice-1", "alice-2"]);
 
     // One document, its history, snapshots and versions.
@@ -488,28 +476,18 @@ async fn a_reader_of_its_own_documents_never_sees_another_subjects() {
 
     // The event log, in pages of every size: alice's events only, all of them.
     for limit in [1, 2, 3, 100] {
-        let mut seen = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let path = match &cursor {
-                Some(c) => format!("/api/events?limit={limit}&cursor={c}"),
-                None => format!("/api/events?limit={limit}"),
-            };
-            let (status, body) = as_token(&s, Method::GET, &path, None, &alice).await;
-            assert_eq!(status, StatusCode::OK, "{body}");
-            for e in body["items"].as_array().unwrap() {
-                seen.push(format!(
+        let seen: Vec<String> = all_pages_as(&s, &format!("/api/events?limit={limit}"), Some(&alice))
+            .await
+            .iter()
+            .map(|e| {
+                format!(
                     "{}/{}@{}",
                     e["collection"].as_str().unwrap(),
                     e["id"].as_str().unwrap(),
                     e["version"]
-                ));
-            }
-            match body["next_cursor"].as_str() {
-                Some(c) => cursor = Some(c.to_string()),
-                None => break,
-            }
-        }
+                )
+            })
+            .collect();
         assert_eq!(
             seen,
             [

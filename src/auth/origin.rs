@@ -101,16 +101,6 @@ impl Origins {
         Ok(origins)
     }
 
-    /// Whether any origin is allowed (`*`).
-    pub fn allows_any(&self) -> bool {
-        self.any
-    }
-
-    /// The allowed origins besides the server's own, normalized.
-    pub fn list(&self) -> &[String] {
-        &self.list
-    }
-
     /// Whether a request with this `Origin` and this `Host` may proceed: same-origin (the origin's
     /// host and port are the `Host` header's), listed, or `*`. An origin that does not parse
     /// (`null` from a sandboxed frame or a `file:` page) is allowed only by `*`.
@@ -316,7 +306,7 @@ mod tests {
             "",
         ]);
         assert_eq!(
-            o.list(),
+            o.list,
             [
                 "https://app.example.com",
                 "http://localhost:3000",
@@ -324,8 +314,8 @@ mod tests {
                 "http://[::1]:8080"
             ]
         );
-        assert!(!o.allows_any());
-        assert!(origins(&["*"]).allows_any());
+        assert!(!o.any);
+        assert!(origins(&["*"]).any);
         assert_eq!(Origins::parse([]).unwrap(), Origins::same_origin_only());
     }
 

@@ -263,6 +263,11 @@ pub async fn send(req: RequestBuilder) -> (StatusCode, Value) {
 
 /// Every item of a paginated listing (`path` already has a query), following `next_cursor` to the end.
 pub async fn all_pages(server: &TestServer, path: &str) -> Vec<Value> {
+    all_pages_as(server, path, None).await
+}
+
+/// [`all_pages`], each request with this bearer token (none: `None`).
+pub async fn all_pages_as(server: &TestServer, path: &str, token: Option<&str>) -> Vec<Value> {
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -270,7 +275,11 @@ pub async fn all_pages(server: &TestServer, path: &str) -> Vec<Value> {
             Some(c) => format!("{path}&cursor={c}"),
             None => path.to_string(),
         };
-        let (status, body) = server.get(&page).await;
+        let mut request = server.request(Method::GET, &page);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let (status, body) = send(request).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         out.extend(body["items"].as_array().unwrap().iter().cloned());
         match body["next_cursor"].as_str() {
