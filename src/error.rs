@@ -60,7 +60,10 @@ impl ApiError {
             StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
             StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::BodyTooLarge,
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
-            StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => ErrorCode::Timeout,
+            StatusCode::REQUEST_TIMEOUT => ErrorCode::BodyTimeout,
+            StatusCode::GATEWAY_TIMEOUT => ErrorCode::Timeout,
+            StatusCode::URI_TOO_LONG => ErrorCode::UriTooLong,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => ErrorCode::HeadersTooLarge,
             StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
             s if s.is_client_error() => ErrorCode::BadRequest,
             _ => ErrorCode::Internal,
@@ -84,6 +87,7 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() && self.code == ErrorCode::Internal {
             tracing::error!(message = %self.message, "internal error");
         }
+        crate::metrics::refused(self.code.as_str());
         let status = self.status;
         let retry_after_ms = self.details.get("retry_after_ms").and_then(Value::as_u64);
         let mut response = (status, axum::Json(json!({ "error": self.body() }))).into_response();

@@ -42,7 +42,9 @@
 //!        │                          (governor), origins (tower-http CORS); docs/AUTH.md
 //!  config/ ──────────────────────── every option declared once: flag, EVENTSYNC_* variable, file key
 //!  maintenance.rs ───────────────── timed snapshots and compaction keep the log bounded
-//!  server/ ──────────────────────── wiring, connection limit, graceful shutdown
+//!  server/ ──────────────────────── wiring; serving connections (hyper, with the header, body and
+//!                                   write-progress limits); connection limit; graceful shutdown
+//!  metrics.rs ───────────────────── every metric's name, once; Prometheus on --metrics-listen
 //! ```
 //!
 //! Beside this crate, in the same workspace: `crates/protocol` (the wire types — documents,
@@ -63,6 +65,7 @@ pub mod error;
 pub mod hub;
 mod json;
 mod maintenance;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod server;

@@ -367,13 +367,20 @@ async fn write_updates(server: &TestServer) {
 // The scenario, for either transport
 // ---------------------------------------------------------------------------------------------------
 
-async fn stalled_client_is_resynced(transport: Transport) {
+/// The hub bounded by its count of events (`--hub-capacity 32`).
+const BY_COUNT: &[&str] = &["--hub-capacity", HUB_CAPACITY];
+/// The hub bounded by bytes alone: room for 100,000 events, but only 256 KB of them (some thirty
+/// of these updates' wire forms).
+const BY_BYTES: &[&str] = &["--hub-capacity", "100000", "--hub-bytes", "262144"];
+
+async fn stalled_client_is_resynced(transport: Transport, hub: &[&str]) {
     let _serial = SERIAL.lock().await;
     let name = match transport {
         Transport::WebSocket => "ws",
         Transport::Sse => "sse",
     };
-    let server = TestServer::process(&["--hub-capacity", HUB_CAPACITY, "--durability", "normal"]);
+    let flags: Vec<&str> = hub.iter().copied().chain(["--durability", "normal"]).collect();
+    let server = TestServer::process(&flags);
     for i in 0..DOCS {
         common::rest_create(
             &server,
@@ -519,10 +526,20 @@ async fn stalled_client_is_resynced(transport: Transport) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stalled_websocket_client_is_resynced_while_a_fast_one_keeps_receiving() {
-    stalled_client_is_resynced(Transport::WebSocket).await;
+    stalled_client_is_resynced(Transport::WebSocket, BY_COUNT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stalled_sse_client_is_resynced_while_a_fast_one_keeps_receiving() {
-    stalled_client_is_resynced(Transport::Sse).await;
+    stalled_client_is_resynced(Transport::Sse, BY_COUNT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_hub_bounded_in_bytes_resyncs_a_stalled_websocket_client_too() {
+    stalled_client_is_resynced(Transport::WebSocket, BY_BYTES).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_hub_bounded_in_bytes_resyncs_a_stalled_sse_client_too() {
+    stalled_client_is_resynced(Transport::Sse, BY_BYTES).await;
 }

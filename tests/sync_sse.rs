@@ -374,6 +374,17 @@ async fn sse_refuses_bad_parameters_with_400_json() {
             None,
             "invalid_state_vector",
         ),
+        // A repeated member, a number that would change: refused, not taken in another meaning.
+        (
+            "client_id=ok&subscribe=games&state_vector=%7B%22games%22%3A%7B%22g%22%3A1%2C%22g%22%3A2%7D%7D",
+            None,
+            "invalid_state_vector",
+        ),
+        (
+            "client_id=ok&subscribe=games&state_vector=%7B%22games%22%3A%7B%22g%22%3A1e400%7D%7D",
+            None,
+            "invalid_state_vector",
+        ),
         (
             "client_id=ok&subscribe=games",
             Some("abc"),

@@ -18,7 +18,7 @@ use super::AppState;
 use crate::error::{ApiError, ErrorCode};
 use crate::model::{Data, Document};
 use crate::protocol::WriteOp;
-use crate::store::Committed;
+use crate::store::{Budget, Committed, Paged};
 use crate::write::kind_of;
 use crate::write::wire::{self, Named, Target, WireError, WriteSpec};
 
@@ -277,15 +277,17 @@ pub async fn list(
     let access = caller.check_read_collection(&collection)?;
     let store = &state.store;
     let collection = &collection;
+    let budget = page_budget(limit, &state);
     let page = filtered_page(
         after,
-        limit,
-        |after: Option<String>| async move {
-            let items = store.list(collection, after.as_deref(), limit).await?;
-            let next = (items.len() == limit)
-                .then(|| items.last().map(|d| d.id.clone()))
+        budget,
+        |after: Option<String>, budget| async move {
+            let page = store.list_page(collection, after.as_deref(), budget).await?;
+            let next = page
+                .full
+                .then(|| page.items.last().map(|d| d.id.clone()))
                 .flatten();
-            Ok((items, next))
+            Ok((page, next))
         },
         |d: &Document| access.allows(&d.id),
         |d: &Document| d.id.clone(),
@@ -305,32 +307,43 @@ pub struct Page<T, C> {
     pub next: Option<C>,
 }
 
-/// A page of at most `limit` items that pass `keep`, read from the store page by page (`read`
-/// from a cursor gives a page and the cursor after it; `cursor_of` is the cursor after an item). A
-/// caller whose grant covers the whole collection keeps everything, so this is one read, as
-/// before. Otherwise it reads on until the page is full or [`MAX_SCANNED_PAGES`] were scanned: a
-/// reader of a few documents among many may get a short (even empty) page with a cursor, never an
-/// unbounded scan per request.
+/// The budget of one page of a listing: `limit` items, `--max-page-bytes`.
+pub fn page_budget(limit: usize, state: &AppState) -> Budget {
+    Budget {
+        items: limit,
+        bytes: state.config.limits.max_page_bytes,
+    }
+}
+
+/// A page within `budget` of items that pass `keep`, read from the store page by page (`read`
+/// from a cursor, within a budget, gives a page and the cursor after it; `cursor_of` is the
+/// cursor after an item). A caller whose grant covers the whole collection keeps everything, so
+/// this is one read. Otherwise it reads on until the page is full, the bytes of what was
+/// *scanned* (kept or not) reach the byte budget, or [`MAX_SCANNED_PAGES`] were scanned: a
+/// reader of a few documents among many may get a short (even empty) page with a cursor, never
+/// an unbounded scan, nor more than the byte budget in memory, per request.
 pub async fn filtered_page<T, C, F, Fut>(
     mut cursor: Option<C>,
-    limit: usize,
+    budget: Budget,
     read: F,
     keep: impl Fn(&T) -> bool,
     cursor_of: impl Fn(&T) -> C,
 ) -> Result<Page<T, C>, ApiError>
 where
     C: Clone,
-    F: Fn(Option<C>) -> Fut,
-    Fut: std::future::Future<Output = Result<(Vec<T>, Option<C>), crate::store::StoreError>>,
+    F: Fn(Option<C>, Budget) -> Fut,
+    Fut: std::future::Future<Output = Result<(Paged<T>, Option<C>), crate::store::StoreError>>,
 {
     let mut items = Vec::new();
+    let mut left = budget;
     for _ in 0..MAX_SCANNED_PAGES {
-        let (page, next) = read(cursor.clone()).await?;
-        let mut rest = page.into_iter();
+        let (page, next) = read(cursor.clone(), left).await?;
+        left.bytes = left.bytes.saturating_sub(page.bytes);
+        let mut rest = page.items.into_iter();
         while let Some(item) = rest.next() {
             if keep(&item) {
                 items.push(item);
-                if items.len() == limit {
+                if items.len() == budget.items {
                     let more = rest.len() > 0 || next.is_some();
                     let next = more.then(|| cursor_of(items.last().expect("just pushed")));
                     return Ok(Page { items, next });
@@ -338,7 +351,7 @@ where
             }
         }
         cursor = next;
-        if cursor.is_none() {
+        if cursor.is_none() || left.bytes == 0 {
             break;
         }
     }

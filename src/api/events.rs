@@ -101,19 +101,17 @@ pub async fn list(
     // than `GET /api/health`).
     let store = &state.store;
     let filter = &filter;
-    let read = |after: Option<u64>| async move {
+    let read = |after: Option<u64>, budget| async move {
         let mut f = filter.clone();
         f.after = after.unwrap_or(f.after);
-        let items = store.events(&f, limit).await?;
-        let next = (items.len() == limit)
-            .then(|| items.last().map(|e| e.seq))
-            .flatten();
-        Ok((items, next))
+        let page = store.events_page(&f, budget).await?;
+        let next = page.full.then(|| page.items.last().map(|e| e.seq)).flatten();
+        Ok((page, next))
     };
     let (page, last_seq) = tokio::try_join!(
         filtered_page(
             None,
-            limit,
+            super::documents::page_budget(limit, &state),
             read,
             |e: &crate::model::Event| caller.may_read(&e.collection, &e.id),
             |e: &crate::model::Event| e.seq,

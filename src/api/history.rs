@@ -61,10 +61,20 @@ pub async fn history(
         .max(doc.compacted_through);
     let from = after.saturating_add(1);
     let to = after.saturating_add(limit).min(doc.doc.version);
-    let items = if from <= to {
-        state.store.document_events(&collection, &id, from, to).await?
+    let budget = super::documents::page_budget(limit as usize, &state);
+    let (items, to) = if from <= to {
+        let page = state
+            .store
+            .document_events_page(&collection, &id, from, to, budget)
+            .await?;
+        // Cut by the byte budget: the page ends at its last event's version.
+        let to = match page.items.last() {
+            Some(last) if page.full => last.version,
+            _ => to,
+        };
+        (page.items, to)
     } else {
-        Vec::new()
+        (Vec::new(), to)
     };
     let next = (to < doc.doc.version && from <= to).then(|| to.to_string());
     Ok(Json(json!({

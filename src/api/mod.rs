@@ -94,6 +94,16 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
         });
+    let buffer_total = limits
+        .body_buffer_bytes
+        .min(tokio::sync::Semaphore::MAX_PERMITS)
+        .min(u32::MAX as usize);
+    let body_limits = BodyLimits {
+        max_bytes: limits.max_body_bytes,
+        timeout: limits.body_timeout,
+        buffer: Arc::new(tokio::sync::Semaphore::new(buffer_total)),
+        buffer_total,
+    };
     let ui = files::StaticDir::new(&state.config.static_dir);
     // Of the client's directory, only its module is published.
     let client_module = state.config.client_dir.join("eventsync.js");
@@ -121,11 +131,8 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(ErrorCode::Internal, "internal error").into_response()
         }))
-        // Outside the concurrency limit: a refusal takes no request slot.
-        .layer(axum::middleware::from_fn_with_state(
-            limits.max_body_bytes,
-            declared_too_large,
-        ))
+        // Outside the concurrency limit: a body still arriving, or refused, takes no request slot.
+        .layer(axum::middleware::from_fn_with_state(body_limits, receive_body))
         .layer(origins.cors_layer())
         .layer(axum::middleware::from_fn_with_state(origins, origin::check))
         .layer(axum::middleware::map_response(json_errors));
@@ -134,28 +141,90 @@ pub fn router(state: AppState) -> Router {
         .fold(router, |router, layer| router.layer(layer))
 }
 
-/// A body declared larger than the limit (`Content-Length`) is refused at once, before a byte of
-/// it is read or a request slot waits for it — and so, with `Expect: 100-continue`, the client
-/// gets 413 instead of `100 Continue` (hyper sends that only when a handler starts reading).
-async fn declared_too_large(
-    State(max): State<usize>,
+/// What [`receive_body`] holds to.
+#[derive(Clone)]
+struct BodyLimits {
+    max_bytes: usize,
+    timeout: std::time::Duration,
+    /// The bytes of bodies being received, over all requests (`--body-buffer-bytes`).
+    buffer: Arc<tokio::sync::Semaphore>,
+    /// The semaphore's size: the most one body's share can be.
+    buffer_total: usize,
+}
+
+/// Receives a request's body whole before the request takes a request slot, within
+/// `--body-timeout` and the byte limits — so slow uploads hold no slot, only their connection,
+/// and for a bounded time; the handlers then read a body that is already here.
+///
+/// - A body declared larger than the limit (`Content-Length`) is refused at once, before a byte
+///   of it is read — and so, with `Expect: 100-continue`, the client gets 413 instead of
+///   `100 Continue` (hyper sends that only when the body is first read).
+/// - While it arrives a body holds its share of `--body-buffer-bytes` (its declared length, or
+///   the limit when it is chunked); a request whose share is not free is answered 503
+///   `overloaded` at once (with `Retry-After`), rather than held waiting.
+/// - A body that has not arrived whole within `--body-timeout`: 408 `body_timeout`.
+async fn receive_body(
+    State(limits): State<BodyLimits>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return ApiError::new(
+    let max = limits.max_bytes;
+    let too_large = || {
+        ApiError::new(
             ErrorCode::BodyTooLarge,
             format!("the request body is larger than {max} bytes"),
         )
         .with("limit", max)
-        .into_response();
+        .into_response()
+    };
+    let headers = request.headers();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return too_large();
     }
-    next.run(request).await
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    let share = match declared {
+        Some(n) => n as usize,
+        None if chunked => max,
+        None => 0,
+    };
+    if share == 0 {
+        return next.run(request).await;
+    }
+    let share = u32::try_from(share.min(limits.buffer_total)).unwrap_or(u32::MAX);
+    let Ok(permit) = Arc::clone(&limits.buffer).try_acquire_many_owned(share) else {
+        return ApiError::new(
+            ErrorCode::Overloaded,
+            "too many request bodies are arriving at once; retry shortly",
+        )
+        .into_response();
+    };
+    let (parts, body) = request.into_parts();
+    let received = tokio::time::timeout(
+        limits.timeout,
+        http_body_util::BodyExt::collect(http_body_util::Limited::new(body, max)),
+    )
+    .await;
+    drop(permit);
+    let bytes = match received {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Ok(Err(_)) => {
+            return ApiError::new(ErrorCode::BadRequest, "the request body could not be read").into_response()
+        }
+        Err(_) => {
+            return ApiError::new(
+                ErrorCode::BodyTimeout,
+                format!("the request body did not arrive within {:?}", limits.timeout),
+            )
+            .into_response()
+        }
+    };
+    next.run(axum::extract::Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {

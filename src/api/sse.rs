@@ -19,6 +19,7 @@
 //! frame queue and the keep-alive comments; the session is the driver's.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -27,7 +28,7 @@ use axum::http::{header, Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
@@ -45,6 +46,9 @@ use crate::sync::{SEND_TIMEOUT, SSE_KEEPALIVE};
 
 /// Frames queued for one SSE response before the session waits (and, if it stays full, lags).
 const SSE_QUEUE: usize = 64;
+/// Bytes of frames queued for one SSE response: a frame waits for its share (a frame larger than
+/// this takes all of it), and each share is given back as hyper takes the frame to write.
+const SSE_QUEUE_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,15 +97,19 @@ pub async fn stream(
         .stream(accepted.principal.limit_key(peer).as_deref())?;
     let ctx = state.sync();
     let opened = open(&ctx, accepted, start).await?;
-    let (tx, frames) = mpsc::channel::<Bytes>(SSE_QUEUE);
+    let (tx, frames) = mpsc::channel::<(Bytes, OwnedSemaphorePermit)>(SSE_QUEUE);
+    let room = Arc::new(Semaphore::new(SSE_QUEUE_BYTES));
     state.sessions.spawn(async move {
         // The stream's place among its client's is held as long as the session runs.
         let _slot = slot;
-        let mut sse = Sse { tx };
+        let _open = crate::metrics::SessionGauge::open("sse");
+        let mut sse = Sse { tx, room };
         let _ = sse.send(Bytes::from_static(b"retry: 1000\n\n")).await;
         driver::run(&ctx, &mut sse, opened, peer).await;
     });
-    let body = Body::from_stream(ReceiverStream::new(frames).map(Ok::<_, Infallible>));
+    // The share of a frame is given back as hyper takes it (its own buffer is bounded too).
+    let body =
+        Body::from_stream(ReceiverStream::new(frames).map(|(frame, _share)| Ok::<_, Infallible>(frame)));
     Ok((
         StatusCode::OK,
         [
@@ -127,7 +135,12 @@ fn hello(q: SseQuery) -> Result<Hello, ApiError> {
         .collect();
     let state_vector = q
         .state_vector
-        .map(|s| serde_json::from_str::<StateVector>(&s))
+        .map(|s| {
+            let vector = serde_json::from_str::<StateVector>(&s).map_err(|e| e.to_string())?;
+            // A repeated member or a number that would change: refused like a WebSocket hello's.
+            crate::json::check_strict(s.as_bytes()).map_err(|e| e.to_string())?;
+            Ok::<_, String>(vector)
+        })
         .transpose()
         .map_err(|e| ApiError::bad_request(ErrorCode::InvalidStateVector, format!("state_vector: {e}")))?;
     Ok(Hello {
@@ -165,22 +178,29 @@ fn frame(msg: &ServerMessage) -> Bytes {
     Bytes::from(format!("event: {}\n{id}data: {}\n\n", msg.kind(), msg.to_json()))
 }
 
-/// One response's frame queue.
+/// One response's frame queue, bounded in frames and in bytes.
 struct Sse {
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<(Bytes, OwnedSemaphorePermit)>,
+    room: Arc<Semaphore>,
 }
 
 impl Sse {
     /// Queues a frame, waiting at most [`SEND_TIMEOUT`] for room.
     async fn send(&mut self, bytes: Bytes) -> Result<(), End> {
-        match tokio::time::timeout(SEND_TIMEOUT, self.tx.send(bytes)).await {
-            Ok(Ok(())) => Ok(()),
+        let share = bytes.len().clamp(1, SSE_QUEUE_BYTES) as u32;
+        let queued = async {
+            let permit = Arc::clone(&self.room).acquire_many_owned(share).await.ok()?;
+            self.tx.send((bytes, permit)).await.ok()
+        };
+        match tokio::time::timeout(SEND_TIMEOUT, queued).await {
+            Ok(Some(())) => Ok(()),
             _ => Err(End::Gone),
         }
     }
 }
 
 impl Transport for Sse {
+    const NAME: &'static str = "sse";
     const HEARTBEAT: Duration = SSE_KEEPALIVE;
     const ACKS_WHAT_IT_SENDS: bool = true;
 

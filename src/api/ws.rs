@@ -60,6 +60,7 @@ pub async fn upgrade(
 
 async fn run(socket: WebSocket, ctx: SyncContext, peer: Option<IpAddr>) {
     let mut ws = Ws { socket, fed_by: None };
+    let _open = crate::metrics::SessionGauge::open("ws");
     // The driver watches the token itself (so it can flush acknowledgements first); this outer
     // watch covers a session stuck elsewhere, e.g. in a send.
     let end = tokio::select! {
@@ -103,6 +104,7 @@ impl Ws {
 }
 
 impl Transport for Ws {
+    const NAME: &'static str = "ws";
     const HEARTBEAT: Duration = PING_INTERVAL;
     const ACKS_WHAT_IT_SENDS: bool = false;
 

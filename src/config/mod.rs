@@ -74,6 +74,10 @@ pub struct Config {
     /// How long shutdown waits for in-flight requests and the store before giving up.
     #[arg(long, env = "EVENTSYNC_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = values::duration)]
     pub shutdown_timeout: Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`), apart from the API: e.g.
+    /// `127.0.0.1:9090` (off when unset).
+    #[arg(long, env = "EVENTSYNC_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten, next_help_heading = "Limits")]
     pub limits: LimitsConfig,
     #[command(flatten, next_help_heading = "Snapshots and compaction")]
@@ -181,12 +185,37 @@ pub struct LimitsConfig {
     /// Largest page a listing returns.
     #[arg(long, env = "EVENTSYNC_MAX_PAGE", default_value_t = 1000)]
     pub max_page: usize,
+    /// Most bytes of documents or events one page of a listing (documents, the event log) holds:
+    /// the page ends early, with a cursor, before the item that would pass it (a page always
+    /// holds at least one item).
+    #[arg(long, env = "EVENTSYNC_MAX_PAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_page_bytes: usize,
     /// How long an `Idempotency-Key` is remembered.
     #[arg(long, env = "EVENTSYNC_IDEMPOTENCY_TTL", default_value = "24h", value_parser = values::duration)]
     pub idempotency_ttl: Duration,
     /// Live events a sync session may fall behind before it is re-synced from the store.
     #[arg(long, env = "EVENTSYNC_HUB_CAPACITY", default_value_t = 16_384)]
     pub hub_capacity: usize,
+    /// Most bytes of live events (their wire forms) kept for sessions that have not sent them
+    /// yet; a session behind by more is re-synced from the store.
+    #[arg(long, env = "EVENTSYNC_HUB_BYTES", default_value_t = crate::hub::DEFAULT_RETAINED_BYTES)]
+    pub hub_bytes: usize,
+    /// How long a client has to send a request's head (the request line and headers), counted
+    /// from the connection's start or the end of the previous response; an idle keep-alive
+    /// connection is closed after it too.
+    #[arg(long, env = "EVENTSYNC_HEADER_TIMEOUT", default_value = "15s", value_parser = values::duration)]
+    pub header_timeout: Duration,
+    /// How long a client has to send a request's whole body (408 `body_timeout` after it).
+    #[arg(long, env = "EVENTSYNC_BODY_TIMEOUT", default_value = "30s", value_parser = values::duration)]
+    pub body_timeout: Duration,
+    /// Request bodies the server holds at once while they arrive, in bytes, over all requests: a
+    /// body waits for its share (up to --body-timeout, then 503 `overloaded`).
+    #[arg(long, env = "EVENTSYNC_BODY_BUFFER_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub body_buffer_bytes: usize,
+    /// How long a connection's write may wait for the client to take a byte before the
+    /// connection is closed (REST responses, SSE streams, WebSocket frames).
+    #[arg(long, env = "EVENTSYNC_WRITE_TIMEOUT", default_value = "30s", value_parser = values::duration)]
+    pub write_timeout: Duration,
 }
 
 /// When snapshots are taken and how much history compaction keeps.
@@ -281,7 +310,10 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        let positive: [(&'static str, u64); 10] = [
+        let positive: [(&'static str, u64); 13] = [
+            ("max_page_bytes", l.max_page_bytes as u64),
+            ("hub_bytes", l.hub_bytes as u64),
+            ("body_buffer_bytes", l.body_buffer_bytes as u64),
             ("hub_capacity", l.hub_capacity as u64),
             ("max_connections", l.max_connections as u64),
             ("max_document_bytes", l.max_document_bytes as u64),
@@ -306,6 +338,9 @@ impl Config {
         }
         for (key, d) in [
             ("request_timeout", l.request_timeout),
+            ("header_timeout", l.header_timeout),
+            ("body_timeout", l.body_timeout),
+            ("write_timeout", l.write_timeout),
             ("snapshot_interval", self.snapshots.interval),
             ("compact_interval", self.snapshots.compact_interval),
         ] {

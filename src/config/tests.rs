@@ -23,7 +23,7 @@ fn with_file(path: &Path, flags: &[&str]) -> Result<Config, ConfigError> {
 
 /// The names deployments already use. Each is a file key, and (by the rule of the test below) a
 /// flag and a variable.
-const KEYS: [&str; 37] = [
+const KEYS: [&str; 44] = [
     "listen",
     "data_dir",
     "store",
@@ -61,6 +61,13 @@ const KEYS: [&str; 37] = [
     "write_burst",
     "max_sockets_per_client",
     "max_streams_per_client",
+    "header_timeout",
+    "body_timeout",
+    "body_buffer_bytes",
+    "write_timeout",
+    "metrics_listen",
+    "max_page_bytes",
+    "hub_bytes",
 ];
 
 #[test]

@@ -5,6 +5,7 @@
 //! stop, and the store closes cleanly (queued writes committed, WAL checkpointed) — all within
 //! `shutdown_timeout`.
 
+mod http;
 pub mod listener;
 
 use std::net::SocketAddr;
@@ -42,6 +43,8 @@ pub enum ServerError {
 /// A running server.
 pub struct Server {
     pub addr: SocketAddr,
+    /// Where `GET /metrics` is served (`--metrics-listen`), if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
     pub hub: Hub,
     pub store: Arc<dyn Store>,
     shutdown: CancellationToken,
@@ -61,8 +64,17 @@ impl Server {
                  OVERWRITE AND DELETE EVERY DOCUMENT. Use --auth jwt (docs/AUTH.md)."
             );
         }
+        let metrics = match config.metrics_listen {
+            Some(at) => {
+                // Installed before anything is served, so that the first requests count.
+                crate::metrics::handle();
+                Some(TcpListener::bind(at).await?)
+            }
+            None => None,
+        };
+        let metrics_addr = metrics.as_ref().map(TcpListener::local_addr).transpose()?;
         let client_limits = Arc::new(ClientLimits::from_config(&config.access));
-        let hub = Hub::new(config.limits.hub_capacity);
+        let hub = Hub::with_bytes(config.limits.hub_capacity, config.limits.hub_bytes);
         let store = open_store(&config, hub.clone()).await?;
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
@@ -78,18 +90,31 @@ impl Server {
         };
         let tasks = TaskTracker::new();
         tasks.spawn(forget_idle_clients(client_limits, shutdown.child_token()));
+        if let Some(listener) = metrics {
+            tasks.spawn(serve_metrics(
+                listener,
+                Arc::clone(&store),
+                Arc::clone(&config),
+                shutdown.child_token(),
+            ));
+        }
         tasks.spawn(crate::maintenance::run(
             Arc::clone(&store),
             config.snapshots,
             config.limits.idempotency_ttl,
             shutdown.child_token(),
         ));
-        let listener = LimitedListener::new(listener, config.limits.max_connections);
-        let serve = axum::serve(
+        let listener = LimitedListener::new(
             listener,
-            router(state).into_make_service_with_connect_info::<listener::Peer>(),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+            config.limits.max_connections,
+            config.limits.write_timeout,
+        );
+        let serve = http::serve(
+            listener,
+            router(state),
+            config.limits.header_timeout,
+            shutdown.clone(),
+        );
         let task = tokio::spawn(serve_then_close(
             serve,
             Arc::clone(&store),
@@ -99,6 +124,7 @@ impl Server {
         ));
         Ok(Server {
             addr,
+            metrics_addr,
             hub,
             store,
             shutdown,
@@ -118,6 +144,43 @@ impl Server {
             .unwrap_or_else(|e| Err(ServerError::Io(std::io::Error::other(e.to_string()))))
     }
 }
+
+/// `GET /metrics` on its own address: the Prometheus text format of [`crate::metrics`], with
+/// the follower lag read at each scrape. Nothing else is served there.
+async fn serve_metrics(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    config: Arc<Config>,
+    stop: CancellationToken,
+) {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let Some(handle) = crate::metrics::handle() else {
+        return;
+    };
+    let scrape = move || {
+        let store = Arc::clone(&store);
+        async move {
+            if let (Some(published), Ok(last)) = (store.published_seq(), store.last_seq().await) {
+                crate::metrics::follower_lag(last.saturating_sub(published));
+            }
+            handle.run_upkeep();
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                handle.render(),
+            )
+                .into_response()
+        }
+    };
+    let router = axum::Router::new()
+        .route("/metrics", axum::routing::get(scrape))
+        .fallback(|| async { crate::error::ApiError::not_found("metrics are at /metrics") });
+    let listener = LimitedListener::new(listener, METRICS_CONNECTIONS, config.limits.write_timeout);
+    http::serve(listener, router, config.limits.header_timeout, stop).await;
+}
+
+/// Connections the metrics address takes at once (scrapers, not clients).
+const METRICS_CONNECTIONS: usize = 16;
 
 /// Every minute, the write limiter forgets clients whose allowance is full again.
 async fn forget_idle_clients(limits: Arc<ClientLimits>, stop: CancellationToken) {
@@ -186,13 +249,13 @@ async fn open_store(config: &Config, hub: Hub) -> Result<Arc<dyn Store>, ServerE
 }
 
 async fn serve_then_close(
-    serve: impl std::future::IntoFuture<Output = std::io::Result<()>>,
+    serve: impl std::future::Future<Output = ()>,
     store: Arc<dyn Store>,
     trees: [TaskTracker; 2],
     shutdown: CancellationToken,
     config: Arc<Config>,
 ) -> Result<(), ServerError> {
-    let served = serve.into_future().await;
+    serve.await;
     // Whatever stopped the server (a signal or an error), stop everything else with it.
     shutdown.cancel();
     let deadline = config.shutdown_timeout;
@@ -207,7 +270,6 @@ async fn serve_then_close(
     let closed = tokio::time::timeout(deadline, finish)
         .await
         .map_err(|_| ServerError::ShutdownTimeout(deadline))?;
-    served?;
     closed?;
     Ok(())
 }
@@ -217,6 +279,9 @@ pub async fn run(listener: TcpListener, config: Config) -> Result<(), ServerErro
     let deadline = config.shutdown_timeout;
     let server = Server::start(listener, config).await?;
     println!("listening on http://{}", server.addr);
+    if let Some(metrics) = server.metrics_addr {
+        println!("metrics on http://{metrics}");
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown();

@@ -53,6 +53,90 @@ pub struct EventFilter {
     pub until: Option<Timestamp>,
 }
 
+/// How much one read of a listing may return: at most `items`, and no more items once their
+/// stored size passes `bytes` (the first item is always returned, whatever its size, so that a
+/// page always moves on). The size of an item is what the backend holds of it (the JSON text of a
+/// body or a patch in SQLite, the BSON record in MongoDB): close to what it costs in memory and on
+/// the wire, and known before the item is decoded — an item that would not fit is never read
+/// into memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub items: usize,
+    pub bytes: usize,
+}
+
+impl Budget {
+    /// A budget of `items` alone.
+    pub fn items(items: usize) -> Budget {
+        Budget {
+            items,
+            bytes: usize::MAX,
+        }
+    }
+}
+
+/// What a read within a [`Budget`] returned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    /// The budget (in items or in bytes) ended the read: there may be more after the last item.
+    pub full: bool,
+    /// The stored size of the items, as counted against the budget.
+    pub bytes: usize,
+}
+
+/// A page being filled within its budget, item by item, by a backend that reads the items'
+/// stored sizes before it decodes them.
+pub struct Filling<T> {
+    budget: Budget,
+    items: Vec<T>,
+    bytes: usize,
+}
+
+impl<T> Filling<T> {
+    pub fn new(budget: Budget) -> Filling<T> {
+        Filling {
+            budget,
+            items: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Whether an item of `size` stored bytes may be taken (then [`Filling::push`] it); `false`
+    /// ends the page: stop reading and return [`Filling::stopped`].
+    pub fn fits(&mut self, size: usize) -> bool {
+        if self.items.len() >= self.budget.items
+            || (!self.items.is_empty() && self.bytes.saturating_add(size) > self.budget.bytes)
+        {
+            return false;
+        }
+        self.bytes = self.bytes.saturating_add(size);
+        true
+    }
+
+    pub fn push(&mut self, item: T) {
+        self.items.push(item);
+    }
+
+    /// The budget ended the page (an item was left for the next).
+    pub fn stopped(self) -> Paged<T> {
+        Paged {
+            items: self.items,
+            full: true,
+            bytes: self.bytes,
+        }
+    }
+
+    /// The items ran out first.
+    pub fn ended(self) -> Paged<T> {
+        Paged {
+            items: self.items,
+            full: false,
+            bytes: self.bytes,
+        }
+    }
+}
+
 /// How much history compaction must keep, per document.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Retention {
@@ -128,6 +212,7 @@ impl From<Refusal> for StoreError {
 impl StoreError {
     /// A backend failure described by `what` alone.
     pub fn backend(what: impl Into<String>) -> StoreError {
+        crate::metrics::store_error();
         StoreError::Backend(BackendError {
             what: what.into(),
             source: None,
@@ -139,6 +224,7 @@ impl StoreError {
         what: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> StoreError {
+        crate::metrics::store_error();
         StoreError::Backend(BackendError {
             what: what.into(),
             source: Some(Arc::new(source)),
@@ -188,16 +274,44 @@ pub trait Store: Send + Sync + 'static {
     /// The document, live or a tombstone; `None` if the id was never used.
     async fn get(&self, collection: &str, id: &str) -> Result<Option<StoredDoc>, StoreError>;
 
-    /// Live documents of a collection in id order, starting after `after`.
+    /// Live documents of a collection in id order, starting after `after`, within `budget`.
+    async fn list_page(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        budget: Budget,
+    ) -> Result<Paged<Document>, StoreError>;
+
+    /// Events matching `filter`, in sequence order, within `budget`.
+    async fn events_page(&self, filter: &EventFilter, budget: Budget) -> Result<Paged<Event>, StoreError>;
+
+    /// Live documents of a collection in id order, starting after `after`, at most `limit`.
     async fn list(
         &self,
         collection: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<Document>, StoreError>;
+    ) -> Result<Vec<Document>, StoreError> {
+        Ok(self
+            .list_page(collection, after, Budget::items(limit))
+            .await?
+            .items)
+    }
 
     /// Events matching `filter`, in sequence order, at most `limit`.
-    async fn events(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Event>, StoreError>;
+    async fn events(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Event>, StoreError> {
+        Ok(self.events_page(filter, Budget::items(limit)).await?.items)
+    }
+
+    /// One document's retained events with versions in `from..=to`, ascending, within `budget`.
+    async fn document_events_page(
+        &self,
+        collection: &str,
+        id: &str,
+        from: Version,
+        to: Version,
+        budget: Budget,
+    ) -> Result<Paged<Event>, StoreError>;
 
     /// One document's retained events with versions in `from..=to`, ascending.
     async fn document_events(
@@ -206,7 +320,13 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         from: Version,
         to: Version,
-    ) -> Result<Vec<Event>, StoreError>;
+    ) -> Result<Vec<Event>, StoreError> {
+        let all = Budget::items(usize::MAX);
+        Ok(self
+            .document_events_page(collection, id, from, to, all)
+            .await?
+            .items)
+    }
 
     /// Metadata of a document's retained snapshots, oldest first.
     async fn snapshots(&self, collection: &str, id: &str) -> Result<Vec<SnapshotInfo>, StoreError>;

@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::broadcast::Receiver;
 
 use super::open::{accept, open, read_catch_up, Accepted, Opened, Start, SyncContext};
 use super::protocol::{ClientMessage, ServerMessage};
@@ -38,7 +37,7 @@ use super::{
 };
 use crate::auth::{Access, Principal};
 use crate::error::ErrorCode;
-use crate::hub::LiveEvent;
+use crate::hub::{LiveEvent, Subscription};
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +66,8 @@ pub enum Incoming {
 /// One connection's way to its client. Writes are bounded by the transport (a client that stops
 /// reading must not hold its session forever): `Err(End::Gone)` when one does not finish in time.
 pub trait Transport: Send {
+    /// Its name in metrics (`ws`, `sse`).
+    const NAME: &'static str;
     /// How often [`Transport::heartbeat`] runs once the session is live.
     const HEARTBEAT: Duration;
     /// Whether what was written counts as acknowledged — a transport with no back channel (SSE).
@@ -199,6 +200,7 @@ pub async fn run<T: Transport>(ctx: &SyncContext, t: &mut T, opened: Opened, pee
 
 /// Sends what brings the client from its session vector to current, then `synced`.
 async fn catch_up<T: Transport>(ctx: &SyncContext, t: &mut T, session: &mut Session) -> Result<(), End> {
+    let started = Instant::now();
     let c = read_catch_up(ctx, session).await.map_err(|e| {
         tracing::warn!(error = %e, "catch-up failed");
         End::Close(CLOSE_INTERNAL, "catch-up failed")
@@ -209,6 +211,7 @@ async fn catch_up<T: Transport>(ctx: &SyncContext, t: &mut T, session: &mut Sess
     t.flush().await?;
     session.caught_up(&c);
     send(t, &session.synced(&c)).await?;
+    crate::metrics::caught_up(started.elapsed(), c.snapshots, c.events);
     if T::ACKS_WHAT_IT_SENDS {
         // A stream that dies with frames in flight is corrected on reconnect (see `resume`).
         session.ack(c.position);
@@ -221,7 +224,7 @@ async fn live_loop<T: Transport>(
     t: &mut T,
     session: &mut Session,
     conn: &mut Conn,
-    live: &mut Receiver<Arc<LiveEvent>>,
+    live: &mut Subscription,
 ) -> End {
     let mut writes: Option<Writes> = None;
     let start = tokio::time::Instant::now();
@@ -259,7 +262,7 @@ async fn live_loop<T: Transport>(
             received = live.recv() => {
                 let forwarded = match received {
                     Ok(first) => forward(t, session, first, live).await,
-                    Err(RecvError::Lagged(_)) => Ok(Forwarded { sent: false, resync: true }),
+                    Err(RecvError::Lagged(_)) => Ok(Forwarded { sent: false, resync: Some("lagged") }),
                     Err(RecvError::Closed) => Err(End::Gone),
                 };
                 match forwarded {
@@ -269,8 +272,10 @@ async fn live_loop<T: Transport>(
                             // (its pong may be queued behind what we sent).
                             last_seen = Instant::now();
                         }
-                        if resync {
-                            // Behind the hub, or a gap: re-plan from the store.
+                        if let Some(reason) = resync {
+                            // Behind the hub, or a gap: re-plan from the store, from now on.
+                            crate::metrics::resynced(reason);
+                            live.skip_to_now();
                             if let Err(end) = Box::pin(catch_up(ctx, t, session)).await {
                                 return end;
                             }
@@ -321,8 +326,8 @@ async fn on_incoming<T: Transport>(
 struct Forwarded {
     /// Something was written to the client.
     sent: bool,
-    /// The session fell behind or found a gap: re-plan its catch-up.
-    resync: bool,
+    /// The session fell behind (`lagged`) or found a `gap`: re-plan its catch-up.
+    resync: Option<&'static str>,
 }
 
 /// Every live event passes here: `first` and whatever else is already waiting (up to a batch),
@@ -331,7 +336,7 @@ async fn forward<T: Transport>(
     t: &mut T,
     session: &mut Session,
     first: Arc<LiveEvent>,
-    live: &mut Receiver<Arc<LiveEvent>>,
+    live: &mut Subscription,
 ) -> Result<Forwarded, End> {
     let mut batch = vec![first];
     let mut lagged = false;
@@ -346,11 +351,11 @@ async fn forward<T: Transport>(
         }
     }
     let mut gap = false;
-    let mut sent = false;
+    let mut sent = 0;
     for e in &batch {
         match session.live(e) {
             Live::Send => {
-                sent = true;
+                sent += 1;
                 t.feed_live(e).await?;
                 if T::ACKS_WHAT_IT_SENDS {
                     session.ack(e.seq);
@@ -363,12 +368,17 @@ async fn forward<T: Transport>(
             }
         }
     }
-    if sent {
+    if sent > 0 {
         t.flush().await?;
+        crate::metrics::delivered(T::NAME, sent);
     }
     Ok(Forwarded {
-        sent,
-        resync: lagged || gap,
+        sent: sent > 0,
+        resync: if lagged {
+            Some("lagged")
+        } else {
+            gap.then_some("gap")
+        },
     })
 }
 

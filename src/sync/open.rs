@@ -15,7 +15,6 @@
 
 use std::sync::Arc;
 
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{Hello, ServerMessage, StateVector};
@@ -23,7 +22,7 @@ use super::resume::vector_at;
 use super::session::{validate_hello, ProtocolError, Session};
 use super::CatchUp;
 use crate::auth::{Access, Principal};
-use crate::hub::{Hub, LiveEvent};
+use crate::hub::{Hub, Subscription};
 use crate::model::Seq;
 use crate::store::{Store, StoreError};
 
@@ -97,7 +96,7 @@ pub enum Start {
 /// A session, subscribed to the hub, not yet caught up.
 pub struct Opened {
     pub session: Session,
-    pub live: broadcast::Receiver<Arc<LiveEvent>>,
+    pub live: Subscription,
     pub principal: Arc<Principal>,
     /// Sent before the catch-up (refused subscriptions).
     pub refusals: Vec<ServerMessage>,

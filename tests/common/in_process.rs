@@ -36,6 +36,8 @@ pub fn config_from_flags(flags: Vec<std::ffi::OsString>) -> Config {
 
 /// A server running on its own thread; stopped when dropped.
 pub struct InProcess {
+    /// Where its metrics are served (`--metrics-listen`), if anywhere.
+    pub metrics: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     /// Returns how the shutdown went.
     thread: Option<JoinHandle<Result<(), String>>>,
@@ -52,8 +54,9 @@ impl InProcess {
             .spawn(move || serve(config, ready_tx, stop_rx))
             .expect("spawn the server's thread");
         match ready_rx.recv_timeout(START_TIMEOUT) {
-            Ok(Ok(addr)) => {
+            Ok(Ok((addr, metrics))) => {
                 let server = InProcess {
+                    metrics,
                     stop: Some(stop_tx),
                     thread: Some(thread),
                 };
@@ -94,7 +97,7 @@ impl Drop for InProcess {
 /// The server's thread: start, report the address (or why not), serve until told to stop, stop.
 fn serve(
     config: Config,
-    ready: mpsc::Sender<Result<SocketAddr, String>>,
+    ready: mpsc::Sender<Result<(SocketAddr, Option<SocketAddr>), String>>,
     stop: oneshot::Receiver<()>,
 ) -> Result<(), String> {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -116,7 +119,7 @@ fn serve(
                 return Ok(());
             }
         };
-        let _ = ready.send(Ok(server.addr));
+        let _ = ready.send(Ok((server.addr, server.metrics_addr)));
         // A dropped sender (the test gave up on the start) also means stop.
         let _ = stop.await;
         server.shutdown();

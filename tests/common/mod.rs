@@ -126,6 +126,14 @@ impl TestServer {
         }
     }
 
+    /// `http://HOST:PORT/metrics`, when the (in-process) server serves metrics.
+    pub fn metrics_url(&self) -> Option<String> {
+        match &self.running {
+            Running::InProcess(s) => s.metrics.map(|a| format!("http://{a}/metrics")),
+            Running::Process(_) => None,
+        }
+    }
+
     /// The server process's id (process servers only).
     pub fn pid(&self) -> u32 {
         match &self.running {

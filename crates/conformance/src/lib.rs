@@ -64,7 +64,7 @@ use tokio::sync::broadcast;
 use eventsync::hub::Hub;
 use eventsync::model::{validate_id, Data, Event, Op, Seq, SnapshotInfo, StoredDoc, Version};
 pub use eventsync::store::Store;
-use eventsync::store::{Committed, EventFilter, MaintenanceStats, Retention, StoreError};
+use eventsync::store::{Budget, Committed, EventFilter, MaintenanceStats, Retention, StoreError};
 use eventsync::time::Timestamp;
 use eventsync::write::{rebuild, Limits, Mutation, Write, WriteError};
 
@@ -150,6 +150,7 @@ macro_rules! conformance_tests {
             events_filters_narrow_the_selection,
             events_paginate_with_limit_and_after,
             list_paginates_in_id_order,
+            pages_end_at_their_byte_budget,
             document_events_returns_the_requested_versions,
             snapshots_are_taken_every_n_versions,
             snapshot_changed_snapshots_documents_changed_since_their_last_snapshot,
@@ -408,7 +409,7 @@ fn later() -> Timestamp {
     Timestamp(Timestamp::now().0 + 1_000)
 }
 
-async fn recv(rx: &mut broadcast::Receiver<Arc<eventsync::hub::LiveEvent>>) -> Event {
+async fn recv(rx: &mut eventsync::hub::Subscription) -> Event {
     match tokio::time::timeout(RECV_TIMEOUT, rx.recv()).await {
         Ok(Ok(e)) => Event::clone(e.event()),
         Ok(Err(e)) => panic!("hub subscription failed: {e}"),
@@ -1683,6 +1684,78 @@ pub async fn list_paginates_in_id_order(store: Arc<dyn Store>, _hub: Hub) {
     assert_eq!(s.list("items", Some("zzz"), 10).await.unwrap(), vec![]);
     assert_eq!(s.list("empty", None, 10).await.unwrap(), vec![]);
     assert_eq!(s.list("item", None, 10).await.unwrap().len(), 3);
+}
+
+/// A read within a byte budget ends before the item that would pass it (and says so, `full`),
+/// always returns at least one item, and read on from its last item covers everything once — for
+/// documents, the event log and one document's events alike.
+pub async fn pages_end_at_their_byte_budget(store: Arc<dyn Store>, _hub: Hub) {
+    let s = &*store;
+    // Ten documents of ~10 KB, each replaced twice (events of ~10 KB).
+    for i in 0..10 {
+        let id = format!("d{i}");
+        ok(s, create("big", &id, json!({ "fill": "a".repeat(10_000) }))).await;
+        ok(s, replace("big", &id, json!({ "fill": "b".repeat(10_000) }))).await;
+    }
+    ok(s, replace("big", "d0", json!({ "fill": "c".repeat(10_000) }))).await;
+    let all = s.list("big", None, 100).await.unwrap();
+    assert_eq!(all.len(), 10);
+    let budget = Budget {
+        items: 100,
+        bytes: 25_000,
+    };
+    let first = s.list_page("big", None, budget).await.unwrap();
+    assert!(first.full, "cut by bytes");
+    assert!(
+        (1..=2).contains(&first.items.len()),
+        "{} items of ~10 KB in 25 KB",
+        first.items.len()
+    );
+    assert!(first.bytes <= budget.bytes);
+    let mut listed = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = s.list_page("big", after.as_deref(), budget).await.unwrap();
+        assert!(!page.items.is_empty() || !page.full);
+        listed.extend(page.items.iter().cloned());
+        if !page.full {
+            break;
+        }
+        after = page.items.last().map(|d| d.id.clone());
+        assert!(listed.len() <= 10, "pagination does not end");
+    }
+    assert_eq!(listed, all);
+    // A budget smaller than any one item still moves on, one item at a time.
+    let tiny = Budget { items: 100, bytes: 1 };
+    let one = s.list_page("big", None, tiny).await.unwrap();
+    assert_eq!((one.items.len(), one.full), (1, true));
+    // By count, as before: full when there may be more.
+    let counted = s.list_page("big", None, Budget::items(10)).await.unwrap();
+    assert_eq!((counted.items.len(), counted.full), (10, false));
+    let counted = s.list_page("big", None, Budget::items(4)).await.unwrap();
+    assert_eq!((counted.items.len(), counted.full), (4, true));
+
+    let every = s.events(&EventFilter::default(), 1000).await.unwrap();
+    assert_eq!(every.len(), 21);
+    let mut read = Vec::new();
+    let mut filter = EventFilter::default();
+    loop {
+        let page = s.events_page(&filter, budget).await.unwrap();
+        assert!(page.items.len() <= 3, "~10 KB events in 25 KB");
+        read.extend(page.items.iter().cloned());
+        if !page.full {
+            break;
+        }
+        filter.after = page.items.last().unwrap().seq;
+        assert!(read.len() <= 21, "pagination does not end");
+    }
+    assert_eq!(read, every);
+
+    let history = s.document_events("big", "d0", 1, 3).await.unwrap();
+    assert_eq!(history.len(), 3);
+    let cut = s.document_events_page("big", "d0", 1, 3, budget).await.unwrap();
+    assert!(cut.full && (1..=2).contains(&cut.items.len()));
+    assert_eq!(cut.items[..], history[..cut.items.len()]);
 }
 
 /// `document_events` returns one document's events with versions in `from..=to`, ascending.

@@ -91,6 +91,12 @@ codes! {
     TooDeep = "too_deep", 422;
     /// The body is larger than `--max-body-bytes`.
     BodyTooLarge = "body_too_large", 413;
+    /// The request body did not arrive within `--body-timeout`.
+    BodyTimeout = "body_timeout", 408;
+    /// The request's URI is longer than the server reads (64 KiB).
+    UriTooLong = "uri_too_long", 414;
+    /// The request's head has more headers, or more bytes of them, than the server reads.
+    HeadersTooLarge = "headers_too_large", 431;
     /// The body's media type is not one the route takes.
     UnsupportedMediaType = "unsupported_media_type", 415;
     /// No such route.

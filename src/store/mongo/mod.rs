@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bson::{doc, Document as BsonDoc};
+use bson::{doc, Document as BsonDoc, RawDocumentBuf};
 use futures::TryStreamExt;
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{ClientSession, Collection, Database, IndexModel};
@@ -43,7 +43,10 @@ use crate::hub::Hub;
 use crate::model::{Document, Event, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
 use crate::plan::{Answer, CatchUpRows, DocSummary, Need, Planner};
 use crate::protocol::StateVector;
-use crate::store::{ClientState, Committed, EventFilter, MaintenanceStats, Retention, Store, StoreError};
+use crate::store::{
+    Budget, ClientState, Committed, EventFilter, Filling, MaintenanceStats, Paged, Retention, Store,
+    StoreError,
+};
 use crate::time::Timestamp;
 use crate::write::{Limits, Policy, Write};
 
@@ -174,7 +177,8 @@ impl MongoStore {
         }
     }
 
-    fn events_coll(&self) -> Collection<BsonDoc> {
+    /// The event log, read as raw records (their sizes count against a page's budget).
+    fn events_coll(&self) -> Collection<RawDocumentBuf> {
         self.db.collection(EVENTS)
     }
 
@@ -298,6 +302,27 @@ async fn document_collections(db: &Database) -> Result<Vec<String>, StoreError> 
 }
 
 /// Runs a query (outside any transaction) and decodes every record it returns.
+/// Reads a cursor's records while they fit `budget` (a record's size is its BSON length, known
+/// before it is decoded), decoding each taken.
+async fn decode_within<T>(
+    budget: Budget,
+    find: impl std::future::IntoFuture<Output = mongodb::error::Result<mongodb::Cursor<RawDocumentBuf>>>,
+    decode: impl Fn(&BsonDoc) -> Result<T, StoreError>,
+) -> Result<Paged<T>, StoreError> {
+    let mut cursor = find.await.map_err(codec::backend)?;
+    let mut page = Filling::new(budget);
+    while let Some(raw) = cursor.try_next().await.map_err(codec::backend)? {
+        if !page.fits(raw.as_bytes().len()) {
+            return Ok(page.stopped());
+        }
+        let record = raw
+            .to_document()
+            .map_err(|e| StoreError::backend_source("a record", e))?;
+        page.push(decode(&record)?);
+    }
+    Ok(page.ended())
+}
+
 async fn decode_all<T>(
     find: impl std::future::IntoFuture<Output = mongodb::error::Result<mongodb::Cursor<BsonDoc>>>,
     decode: impl Fn(&BsonDoc) -> Result<T, StoreError>,
@@ -372,7 +397,10 @@ impl Store for MongoStore {
         sender
             .try_send(Command::Write(Box::new(write), tx))
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+                mpsc::error::TrySendError::Full(_) => {
+                    crate::metrics::write("overloaded");
+                    StoreError::Overloaded
+                }
                 mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
             })?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -389,51 +417,55 @@ impl Store for MongoStore {
         found.map(|d| codec::stored_doc(collection, &d)).transpose()
     }
 
-    async fn list(
+    async fn list_page(
         &self,
         collection: &str,
         after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Document>, StoreError> {
+        budget: Budget,
+    ) -> Result<Paged<Document>, StoreError> {
         self.check_open()?;
-        if limit == 0 {
-            return Ok(Vec::new());
+        if budget.items == 0 {
+            return Ok(Filling::new(budget).ended());
         }
-        decode_all(
+        decode_within(
+            budget,
             self.db
-                .collection::<BsonDoc>(collection)
+                .collection::<RawDocumentBuf>(collection)
                 .find(doc! {"_id": {"$gt": after.unwrap_or("")}, "deleted": false})
                 .sort(doc! {"_id": 1})
-                .limit(limit_of(limit).unwrap_or(0)),
+                .limit(limit_of(budget.items.saturating_add(1)).unwrap_or(0)),
             |d| codec::stored_doc(collection, d).map(|s| s.doc),
         )
         .await
     }
 
-    async fn events(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Event>, StoreError> {
+    async fn events_page(&self, filter: &EventFilter, budget: Budget) -> Result<Paged<Event>, StoreError> {
         self.check_open()?;
-        if limit == 0 {
-            return Ok(Vec::new());
+        if budget.items == 0 {
+            return Ok(Filling::new(budget).ended());
         }
-        decode_all(
+        decode_within(
+            budget,
             self.events_coll()
                 .find(events_filter(filter))
                 .sort(doc! {"_id": 1})
-                .limit(limit_of(limit).unwrap_or(0)),
+                .limit(limit_of(budget.items.saturating_add(1)).unwrap_or(0)),
             codec::event,
         )
         .await
     }
 
-    async fn document_events(
+    async fn document_events_page(
         &self,
         collection: &str,
         id: &str,
         from: Version,
         to: Version,
-    ) -> Result<Vec<Event>, StoreError> {
+        budget: Budget,
+    ) -> Result<Paged<Event>, StoreError> {
         self.check_open()?;
-        decode_all(
+        decode_within(
+            budget,
             self.events_coll()
                 .find(doc_events_filter(collection, id, from, to))
                 .sort(doc! {"version": 1}),

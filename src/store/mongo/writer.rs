@@ -78,13 +78,15 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let batch = batch
+            let batch: Vec<_> = batch
                 .into_iter()
                 .map(|cmd| match cmd {
                     Command::Write(w, reply) => (w, reply),
                 })
                 .collect();
+            let (size, started) = (batch.len(), std::time::Instant::now());
             self.commit_batch(batch).await;
+            crate::metrics::committed(size, started.elapsed(), rx.len());
         }
         self.parked.close();
         self.parked.wait().await;
@@ -112,6 +114,7 @@ impl Writer {
             match self.shared.retrying(&writes, may_park).await {
                 Ok(results) => {
                     for ((_, reply), result) in batch.into_iter().zip(results) {
+                        crate::metrics::write_result(&result);
                         let _ = reply.send(result);
                     }
                     return;
@@ -128,11 +131,13 @@ impl Writer {
                             Err(halt) => Err(halt.into()),
                         };
                         drop(permit);
+                        crate::metrics::write_result(&result);
                         let _ = reply.send(result);
                     });
                 }
                 Err(Halt::Failed(e)) => {
                     for (_, reply) in batch {
+                        crate::metrics::write("failed");
                         let _ = reply.send(Err(e.clone()));
                     }
                     return;

@@ -26,7 +26,9 @@ use crate::hub::Hub;
 use crate::model::{Document, Event, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
 use crate::plan::CatchUpRows;
 use crate::protocol::StateVector;
-use crate::store::{ClientState, Committed, EventFilter, MaintenanceStats, Retention, Store, StoreError};
+use crate::store::{
+    Budget, ClientState, Committed, EventFilter, MaintenanceStats, Paged, Retention, Store, StoreError,
+};
 use crate::time::Timestamp;
 use crate::write::{Limits, Policy, Write};
 
@@ -197,7 +199,11 @@ impl Readers {
 #[async_trait]
 impl Store for SqliteStore {
     async fn commit(&self, write: Write) -> Result<Committed, StoreError> {
-        self.send(|reply| Command::Write(Box::new(write), reply)).await
+        let result = self.send(|reply| Command::Write(Box::new(write), reply)).await;
+        if matches!(result, Err(StoreError::Overloaded)) {
+            crate::metrics::write("overloaded");
+        }
+        result
     }
 
     async fn get(&self, collection: &str, id: &str) -> Result<Option<StoredDoc>, StoreError> {
@@ -205,33 +211,34 @@ impl Store for SqliteStore {
         self.readers.run(move |conn| rows::get_doc(conn, &c, &i)).await
     }
 
-    async fn list(
+    async fn list_page(
         &self,
         collection: &str,
         after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Document>, StoreError> {
+        budget: Budget,
+    ) -> Result<Paged<Document>, StoreError> {
         let (c, a) = (collection.to_string(), after.map(str::to_string));
         self.readers
-            .run(move |conn| rows::list_docs(conn, &c, a.as_deref(), limit))
+            .run(move |conn| rows::list_docs(conn, &c, a.as_deref(), budget))
             .await
     }
 
-    async fn events(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Event>, StoreError> {
+    async fn events_page(&self, filter: &EventFilter, budget: Budget) -> Result<Paged<Event>, StoreError> {
         let f = filter.clone();
-        self.readers.run(move |conn| rows::events(conn, &f, limit)).await
+        self.readers.run(move |conn| rows::events(conn, &f, budget)).await
     }
 
-    async fn document_events(
+    async fn document_events_page(
         &self,
         collection: &str,
         id: &str,
         from: Version,
         to: Version,
-    ) -> Result<Vec<Event>, StoreError> {
+        budget: Budget,
+    ) -> Result<Paged<Event>, StoreError> {
         let (c, i) = (collection.to_string(), id.to_string());
         self.readers
-            .run(move |conn| rows::document_events(conn, &c, &i, from, to))
+            .run(move |conn| rows::document_events_within(conn, &c, &i, from, to, budget))
             .await
     }
 

@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::model::{Data, Document, Event, Op, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
 use crate::plan::{Answer, CatchUpRows, DocSummary, Need, Planner};
 use crate::protocol::StateVector;
-use crate::store::{ClientState, EventFilter};
+use crate::store::{Budget, ClientState, EventFilter, Filling, Paged};
 use crate::time::Timestamp;
 
 pub const DOC_COLUMNS: &str =
@@ -80,17 +80,36 @@ pub fn list_docs(
     conn: &Connection,
     collection: &str,
     after: Option<&str>,
-    limit: usize,
-) -> rusqlite::Result<Vec<Document>> {
+    budget: Budget,
+) -> rusqlite::Result<Paged<Document>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {DOC_COLUMNS} FROM documents WHERE collection = ?1 AND id > ?2 AND deleted = 0 \
          ORDER BY id LIMIT ?3"
     ))?;
-    let rows = stmt.query_map(params![collection, after.unwrap_or(""), limit as i64], stored_doc)?;
-    rows.map(|r| r.map(|s| s.doc)).collect()
+    let limit = budget.items.saturating_add(1).min(i64::MAX as usize) as i64;
+    let mut rows = stmt.query(params![collection, after.unwrap_or(""), limit])?;
+    let mut page = Filling::new(budget);
+    while let Some(row) = rows.next()? {
+        if !page.fits(text_len(row, 3)) {
+            return Ok(page.stopped());
+        }
+        page.push(stored_doc(row)?.doc);
+    }
+    Ok(page.ended())
 }
 
-pub fn events(conn: &Connection, f: &EventFilter, limit: usize) -> rusqlite::Result<Vec<Event>> {
+/// The length of a text column, without copying it out.
+fn text_len(row: &Row<'_>, column: usize) -> usize {
+    row.get_ref(column).map_or(0, |v| match v {
+        rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => t.len(),
+        _ => 8,
+    }) + ROW_OVERHEAD
+}
+
+/// What a row costs besides its body (ids, version, times), roughly.
+const ROW_OVERHEAD: usize = 128;
+
+pub fn events(conn: &Connection, f: &EventFilter, budget: Budget) -> rusqlite::Result<Paged<Event>> {
     let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?");
     let mut args: Vec<rusqlite::types::Value> = vec![(f.after.min(i64::MAX as u64) as i64).into()];
     let mut push = |clause: &str, v: rusqlite::types::Value| {
@@ -118,10 +137,18 @@ pub fn events(conn: &Connection, f: &EventFilter, limit: usize) -> rusqlite::Res
     if let Some(t) = f.until {
         push(" AND ts < ?", t.0.into());
     }
-    push(" ORDER BY seq LIMIT ?", (limit as i64).into());
+    let limit = budget.items.saturating_add(1).min(i64::MAX as usize) as i64;
+    push(" ORDER BY seq LIMIT ?", limit.into());
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(args), event)?;
-    rows.collect()
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    let mut page = Filling::new(budget);
+    while let Some(row) = rows.next()? {
+        if !page.fits(text_len(row, 5)) {
+            return Ok(page.stopped());
+        }
+        page.push(event(row)?);
+    }
+    Ok(page.ended())
 }
 
 pub fn document_events(
@@ -138,6 +165,31 @@ pub fn document_events(
     let (from, to) = (from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64);
     let rows = stmt.query_map(params![collection, id, from, to], event)?;
     rows.collect()
+}
+
+/// [`document_events`] within a budget.
+pub fn document_events_within(
+    conn: &Connection,
+    collection: &str,
+    id: &str,
+    from: Version,
+    to: Version,
+    budget: Budget,
+) -> rusqlite::Result<Paged<Event>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE collection = ?1 AND doc_id = ?2 \
+         AND version >= ?3 AND version <= ?4 ORDER BY version"
+    ))?;
+    let (from, to) = (from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64);
+    let mut rows = stmt.query(params![collection, id, from, to])?;
+    let mut page = Filling::new(budget);
+    while let Some(row) = rows.next()? {
+        if !page.fits(text_len(row, 5)) {
+            return Ok(page.stopped());
+        }
+        page.push(event(row)?);
+    }
+    Ok(page.ended())
 }
 
 pub fn snapshots(conn: &Connection, collection: &str, id: &str) -> rusqlite::Result<Vec<SnapshotInfo>> {

@@ -148,7 +148,9 @@ impl Writer {
                 }
             }
             if !writes.is_empty() || !saves.is_empty() {
+                let (size, started) = (writes.len(), std::time::Instant::now());
                 self.commit_batch(writes, saves);
+                crate::metrics::committed(size, started.elapsed(), rx.len());
             }
             for cmd in others {
                 self.maintain(cmd);
@@ -205,6 +207,7 @@ impl Writer {
             self.cache.clear();
             let err = backend(e);
             for (_, reply) in writes {
+                crate::metrics::write("failed");
                 let _ = reply.send(Err(err.clone()));
             }
             for save in saves {
@@ -222,6 +225,7 @@ impl Writer {
         });
         self.hub.publish(fresh);
         for ((_, reply), result) in writes.into_iter().zip(results) {
+            crate::metrics::write_result(&result);
             let _ = reply.send(result);
         }
     }
