@@ -87,13 +87,24 @@ pub fn list_docs(
          ORDER BY id LIMIT ?3"
     ))?;
     let limit = budget.items.saturating_add(1).min(i64::MAX as usize) as i64;
-    let mut rows = stmt.query(params![collection, after.unwrap_or(""), limit])?;
+    let rows = stmt.query(params![collection, after.unwrap_or(""), limit])?;
+    fill(rows, budget, 3, |row| Ok(stored_doc(row)?.doc))
+}
+
+/// Takes rows while they fit `budget`, sized by the text of their column `sized` (read before
+/// the row is decoded, so a row that does not fit is never copied out).
+fn fill<T>(
+    mut rows: rusqlite::Rows<'_>,
+    budget: Budget,
+    sized: usize,
+    decode: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Paged<T>> {
     let mut page = Filling::new(budget);
     while let Some(row) = rows.next()? {
-        if !page.fits(text_len(row, 3)) {
+        if !page.fits(text_len(row, sized)) {
             return Ok(page.stopped());
         }
-        page.push(stored_doc(row)?.doc);
+        page.push(decode(row)?);
     }
     Ok(page.ended())
 }
@@ -140,15 +151,8 @@ pub fn events(conn: &Connection, f: &EventFilter, budget: Budget) -> rusqlite::R
     let limit = budget.items.saturating_add(1).min(i64::MAX as usize) as i64;
     push(" ORDER BY seq LIMIT ?", limit.into());
     let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
-    let mut page = Filling::new(budget);
-    while let Some(row) = rows.next()? {
-        if !page.fits(text_len(row, 5)) {
-            return Ok(page.stopped());
-        }
-        page.push(event(row)?);
-    }
-    Ok(page.ended())
+    let rows = stmt.query(rusqlite::params_from_iter(args))?;
+    fill(rows, budget, 5, event)
 }
 
 pub fn document_events(
@@ -158,13 +162,8 @@ pub fn document_events(
     from: Version,
     to: Version,
 ) -> rusqlite::Result<Vec<Event>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE collection = ?1 AND doc_id = ?2 \
-         AND version >= ?3 AND version <= ?4 ORDER BY version"
-    ))?;
-    let (from, to) = (from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64);
-    let rows = stmt.query_map(params![collection, id, from, to], event)?;
-    rows.collect()
+    let all = Budget::items(usize::MAX);
+    Ok(document_events_within(conn, collection, id, from, to, all)?.items)
 }
 
 /// [`document_events`] within a budget.
@@ -181,15 +180,8 @@ pub fn document_events_within(
          AND version >= ?3 AND version <= ?4 ORDER BY version"
     ))?;
     let (from, to) = (from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64);
-    let mut rows = stmt.query(params![collection, id, from, to])?;
-    let mut page = Filling::new(budget);
-    while let Some(row) = rows.next()? {
-        if !page.fits(text_len(row, 5)) {
-            return Ok(page.stopped());
-        }
-        page.push(event(row)?);
-    }
-    Ok(page.ended())
+    let rows = stmt.query(params![collection, id, from, to])?;
+    fill(rows, budget, 5, event)
 }
 
 pub fn snapshots(conn: &Connection, collection: &str, id: &str) -> rusqlite::Result<Vec<SnapshotInfo>> {
