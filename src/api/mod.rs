@@ -159,8 +159,8 @@ struct BodyLimits {
 /// - A body declared larger than the limit (`Content-Length`) is refused at once, before a byte
 ///   of it is read — and so, with `Expect: 100-continue`, the client gets 413 instead of
 ///   `100 Continue` (hyper sends that only when the body is first read).
-/// - While it arrives a body holds its share of `--body-buffer-bytes` (its declared length, or
-///   the limit when it is chunked); a request whose share is not free is answered 503
+/// - From its first byte to its answer a body holds its share of `--body-buffer-bytes` (its
+///   declared length, or the limit when it is chunked); a request whose share is not free is answered 503
 ///   `overloaded` at once (with `Retry-After`), rather than held waiting.
 /// - A body that has not arrived whole within `--body-timeout`: 408 `body_timeout`.
 async fn receive_body(
@@ -208,7 +208,6 @@ async fn receive_body(
         http_body_util::BodyExt::collect(http_body_util::Limited::new(body, max)),
     )
     .await;
-    drop(permit);
     let bytes = match received {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
@@ -223,8 +222,12 @@ async fn receive_body(
             .into_response()
         }
     };
-    next.run(axum::extract::Request::from_parts(parts, Body::from(bytes)))
-        .await
+    // The share is held until the answer: a body waiting for a request slot is still held.
+    let response = next
+        .run(axum::extract::Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    drop(permit);
+    response
 }
 
 async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -208,8 +208,8 @@ pub struct LimitsConfig {
     /// How long a client has to send a request's whole body (408 `body_timeout` after it).
     #[arg(long, env = "EVENTSYNC_BODY_TIMEOUT", default_value = "30s", value_parser = values::duration)]
     pub body_timeout: Duration,
-    /// Request bodies the server holds at once while they arrive, in bytes, over all requests: a
-    /// body waits for its share (up to --body-timeout, then 503 `overloaded`).
+    /// Request bodies the server holds at once (from their first byte to their answer), in bytes,
+    /// over all requests: a body that finds no room is refused 503 `overloaded` at once.
     #[arg(long, env = "EVENTSYNC_BODY_BUFFER_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub body_buffer_bytes: usize,
     /// How long a connection's write may wait for the client to take a byte before the
