@@ -59,6 +59,7 @@ impl AppState {
             hub: self.hub.clone(),
             shutdown: self.shutdown.clone(),
             page: self.config.limits.max_page,
+            catch_up_bytes: self.config.limits.max_catch_up_bytes as u64,
             auth: Arc::clone(&self.auth),
             limits: Arc::clone(&self.limits),
         }

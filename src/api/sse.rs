@@ -178,6 +178,11 @@ fn frame(msg: &ServerMessage) -> Bytes {
     Bytes::from(format!("event: {}\n{id}data: {}\n\n", msg.kind(), msg.to_json()))
 }
 
+/// `event: <type>`, `data: <json>`: a frame that names no position (a catch-up in parts).
+fn frame_without_id(msg: &ServerMessage) -> Bytes {
+    Bytes::from(format!("event: {}\ndata: {}\n\n", msg.kind(), msg.to_json()))
+}
+
 /// One response's frame queue, bounded in frames and in bytes.
 struct Sse {
     tx: mpsc::Sender<(Bytes, OwnedSemaphorePermit)>,
@@ -206,6 +211,10 @@ impl Transport for Sse {
 
     async fn feed(&mut self, msg: &ServerMessage) -> Result<(), End> {
         self.send(frame(msg)).await
+    }
+
+    async fn feed_unnumbered(&mut self, msg: &ServerMessage) -> Result<(), End> {
+        self.send(frame_without_id(msg)).await
     }
 
     async fn feed_live(&mut self, event: &LiveEvent) -> Result<(), End> {

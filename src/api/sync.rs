@@ -84,6 +84,16 @@ pub async fn manual(
         },
     )?;
     let c = once(&state.sync(), accepted).await?;
+    if !c.complete {
+        // A part of a catch-up larger than --max-catch-up-bytes: no `synced` (this is not
+        // current); posting again with this vector gives the next part.
+        return Ok(Json(json!({
+            "messages": c.messages,
+            "complete": false,
+            "seq": c.position,
+            "state_vector": c.vector,
+        })));
+    }
     let synced = SyncedMessage {
         seq: c.position,
         state_vector: c.vector,
@@ -92,6 +102,7 @@ pub async fn manual(
     };
     Ok(Json(json!({
         "messages": c.messages,
+        "complete": true,
         "synced": ServerMessage::Synced(synced),
     })))
 }

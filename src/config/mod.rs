@@ -190,6 +190,11 @@ pub struct LimitsConfig {
     /// holds at least one item).
     #[arg(long, env = "EVENTSYNC_MAX_PAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_page_bytes: usize,
+    /// Most bytes of documents and events one part of a catch-up holds (a session's, an SSE
+    /// stream's, `POST /api/sync`'s): a larger catch-up comes in parts, each planned from the
+    /// vector the previous one brought the client to.
+    #[arg(long, env = "EVENTSYNC_MAX_CATCH_UP_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_catch_up_bytes: usize,
     /// How long an `Idempotency-Key` is remembered.
     #[arg(long, env = "EVENTSYNC_IDEMPOTENCY_TTL", default_value = "24h", value_parser = values::duration)]
     pub idempotency_ttl: Duration,
@@ -310,9 +315,10 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        let positive: [(&'static str, u64); 13] = [
+        let positive: [(&'static str, u64); 14] = [
             ("max_page_bytes", l.max_page_bytes as u64),
             ("hub_bytes", l.hub_bytes as u64),
+            ("max_catch_up_bytes", l.max_catch_up_bytes as u64),
             ("body_buffer_bytes", l.body_buffer_bytes as u64),
             ("hub_capacity", l.hub_capacity as u64),
             ("max_connections", l.max_connections as u64),

@@ -23,7 +23,7 @@ fn with_file(path: &Path, flags: &[&str]) -> Result<Config, ConfigError> {
 
 /// The names deployments already use. Each is a file key, and (by the rule of the test below) a
 /// flag and a variable.
-const KEYS: [&str; 44] = [
+const KEYS: [&str; 45] = [
     "listen",
     "data_dir",
     "store",
@@ -68,6 +68,7 @@ const KEYS: [&str; 44] = [
     "metrics_listen",
     "max_page_bytes",
     "hub_bytes",
+    "max_catch_up_bytes",
 ];
 
 #[test]

@@ -61,8 +61,13 @@ pub enum Answer {
 pub struct CatchUpRows {
     /// The log position the rows were read at.
     pub position: Seq,
-    /// One entry per requested collection, in the order requested.
+    /// One entry per requested collection, in the order requested (when the plan is cut by its
+    /// budget, the collections planned so far).
     pub collections: Vec<CollectionRows>,
+    /// Every document was planned; `false` when the byte budget cut the plan short (see
+    /// [`Planner::with_budget`]): the rows are a consistent part, and planning again from the
+    /// vector they bring the client to gives the rest.
+    pub complete: bool,
 }
 
 /// One collection's documents to send, in id order (documents needing nothing are left out).
@@ -91,6 +96,9 @@ pub struct Planner<'a> {
     current: Option<Collection<'a>>,
     waiting: Waiting,
     out: CatchUpRows,
+    /// The byte budget of the rows, and what the rows taken so far count against it.
+    budget: u64,
+    used: u64,
 }
 
 /// The collection being planned and what is known of it so far.
@@ -121,10 +129,47 @@ impl<'a> Planner<'a> {
             out: CatchUpRows {
                 position,
                 collections: Vec::with_capacity(collections.len()),
+                complete: true,
             },
+            budget: u64::MAX,
+            used: 0,
         };
         planner.next_collection();
         planner
+    }
+
+    /// Plans only until the rows taken reach `bytes` (at least one document is always planned,
+    /// whatever its size). A document counts its body's size plus a snapshot's overhead, whether
+    /// it is sent as a snapshot or as events (events are chosen only when they are the cheaper),
+    /// so what the rows hold in memory stays near the budget. The summaries of the collections
+    /// planned are read whole (ids, versions and sizes, no bodies).
+    pub fn with_budget(mut self, bytes: u64) -> Planner<'a> {
+        self.budget = bytes;
+        self
+    }
+
+    /// Whether the budget is spent: then nothing more is planned.
+    fn spent(&self) -> bool {
+        self.used >= self.budget
+    }
+
+    /// Counts a document's rows against the budget.
+    fn count(&mut self, id: &str) {
+        let c = self.current.as_ref().expect("rows belong to a collection");
+        let body = summary_of(&c.summaries, id).map_or(0, |s| s.data_bytes);
+        self.used = self.used.saturating_add(body + super::SNAPSHOT_OVERHEAD);
+    }
+
+    /// Ends the plan where it is: the rows so far are the part it returns.
+    fn cut(&mut self) {
+        self.out.complete = false;
+        self.waiting = Waiting::Nothing;
+        if let Some(done) = self.current.take() {
+            self.out.collections.push(CollectionRows {
+                collection: done.name.to_string(),
+                documents: done.documents,
+            });
+        }
     }
 
     /// The read to answer next; `None` when the plan is complete (then [`Planner::finish`]).
@@ -173,11 +218,15 @@ impl<'a> Planner<'a> {
                 }
             }
             (Waiting::Events { id, to, .. }, Answer::Events(events)) => {
+                self.count(&id);
+                let c = self.current.as_mut().expect("checked above");
                 c.documents.push((id, DocRows::Events { to, events }));
             }
             (Waiting::Document { id, version }, Answer::Document(stored)) => {
                 // Not there any more at the planned version: nothing is sent for it.
                 if let Some(s) = stored.filter(|s| !s.deleted && s.doc.version == version) {
+                    self.count(&id);
+                    let c = self.current.as_mut().expect("checked above");
                     c.documents.push((
                         id,
                         DocRows::Body {
@@ -201,6 +250,9 @@ impl<'a> Planner<'a> {
     /// Moves on to the next document that needs a read, finishing collections on the way.
     fn next_document(&mut self) {
         loop {
+            if self.spent() && self.current.is_some() {
+                return self.cut();
+            }
             let Some(c) = self.current.as_mut() else {
                 return;
             };
@@ -229,6 +281,7 @@ impl<'a> Planner<'a> {
             Step::Nothing => return false,
             Step::Delete { version } => {
                 c.documents.push((id, DocRows::Deleted { version }));
+                self.used = self.used.saturating_add(super::SNAPSHOT_OVERHEAD);
                 return false;
             }
             Step::Events { from, to } => Waiting::Events { id, from, to },
@@ -244,6 +297,10 @@ impl<'a> Planner<'a> {
                 collection: done.name.to_string(),
                 documents: done.documents,
             });
+        }
+        if self.spent() && self.pending.len() > 0 {
+            self.out.complete = false;
+            return;
         }
         if let Some(name) = self.pending.next() {
             self.current = Some(Collection {
@@ -292,8 +349,18 @@ mod tests {
         collections: &[&str],
         vector: &StateVector,
     ) -> (CatchUpRows, Vec<String>) {
+        run_within(db, collections, vector, u64::MAX)
+    }
+
+    /// [`run`] with a byte budget.
+    fn run_within(
+        db: &BTreeMap<&str, BTreeMap<&str, Doc>>,
+        collections: &[&str],
+        vector: &StateVector,
+        budget: u64,
+    ) -> (CatchUpRows, Vec<String>) {
         let collections: Vec<String> = collections.iter().map(|c| c.to_string()).collect();
-        let mut planner = Planner::new(99, &collections, vector);
+        let mut planner = Planner::new(99, &collections, vector).with_budget(budget);
         let mut reads = Vec::new();
         while let Some(need) = planner.need() {
             reads.push(format!("{need:?}"));
@@ -345,6 +412,71 @@ mod tests {
             planner.answer(answer);
         }
         (planner.finish(), reads)
+    }
+
+    /// The vector `rows` bring a client with `vector` to.
+    fn applied(mut vector: StateVector, rows: &CatchUpRows) -> StateVector {
+        for c in &rows.collections {
+            let docs = vector.entry(c.collection.clone()).or_default();
+            for (id, d) in &c.documents {
+                match d {
+                    DocRows::Events { to, .. } => docs.insert(id.clone(), *to),
+                    DocRows::Body { version, .. } => docs.insert(id.clone(), *version),
+                    DocRows::Deleted { version: 0 } => docs.remove(id),
+                    DocRows::Deleted { version } => docs.insert(id.clone(), *version),
+                };
+            }
+        }
+        vector
+    }
+
+    #[test]
+    fn a_budget_cuts_the_plan_into_parts_that_together_are_the_whole() {
+        let ids: Vec<String> = (0..10).map(|i| format!("d{i}")).collect();
+        let mut db = BTreeMap::new();
+        for c in ["a", "b"] {
+            let docs: BTreeMap<&str, Doc> = ids
+                .iter()
+                .map(|id| (id.as_str(), doc(3, false, 0, 1000)))
+                .collect();
+            db.insert(c, docs);
+        }
+        // The client has a's first documents at version 2: events for those.
+        let mut start = StateVector::new();
+        start.insert("a".into(), [("d0".to_string(), 2), ("d1".to_string(), 2)].into());
+        let (whole, _) = run(&db, &["a", "b"], &start);
+        assert!(whole.complete);
+        let unbudgeted_docs: usize = whole.collections.iter().map(|c| c.documents.len()).sum();
+        assert_eq!(unbudgeted_docs, 20);
+
+        for budget in [1, 2500, 3500, 9000, 30_000] {
+            let mut vector = start.clone();
+            let mut parts = 0;
+            let mut sent = 0;
+            loop {
+                let (part, _) = run_within(&db, &["a", "b"], &vector, budget);
+                parts += 1;
+                let n: usize = part.collections.iter().map(|c| c.documents.len()).sum();
+                sent += n;
+                vector = applied(vector, &part);
+                if part.complete {
+                    break;
+                }
+                assert!(n > 0, "budget {budget}: a part that is not the last moves on");
+                assert!(parts <= 40, "budget {budget}: the parts do not end");
+            }
+            assert_eq!(
+                vector,
+                applied(start.clone(), &whole),
+                "budget {budget}: the parts are the whole"
+            );
+            assert_eq!(sent, 20, "budget {budget}: no document twice");
+            // A part holds documents until the budget is reached: ~1080 bytes each.
+            let per_part = (budget.div_ceil(1080)).max(1) as usize;
+            assert!(parts >= 20 / per_part.min(20), "budget {budget}: {parts} parts");
+        }
+        // With room for everything, one part, the same as no budget.
+        assert_eq!(run_within(&db, &["a", "b"], &start, 1 << 30).0, whole);
     }
 
     fn event(collection: &str, id: &str, version: Version) -> Event {

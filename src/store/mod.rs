@@ -352,9 +352,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<MaintenanceStats, StoreError>;
 
     /// Reads what a client with `vector` needs to catch up on `collections` — the reads a
-    /// [`crate::plan::Planner`] asks for — all at one consistent position of the log.
-    async fn catch_up(&self, collections: &[String], vector: &StateVector)
-        -> Result<CatchUpRows, StoreError>;
+    /// [`crate::plan::Planner`] asks for, within `budget` bytes
+    /// ([`crate::plan::Planner::with_budget`]) — all at one consistent position of the log.
+    async fn catch_up(
+        &self,
+        collections: &[String],
+        vector: &StateVector,
+        budget: u64,
+    ) -> Result<CatchUpRows, StoreError>;
 
     /// The client's last acknowledged vector, if it ever acknowledged one.
     async fn load_client(&self, client_id: &str) -> Result<Option<ClientState>, StoreError>;

@@ -20,6 +20,9 @@ pub struct CatchUp {
     pub vector: StateVector,
     pub snapshots: u64,
     pub events: u64,
+    /// Whether this brings the client current; `false` for a part of a catch-up cut by its byte
+    /// budget, after which the next part is planned from the vector this one brings it to.
+    pub complete: bool,
 }
 
 impl CatchUp {
@@ -31,6 +34,7 @@ impl CatchUp {
             vector: StateVector::new(),
             snapshots: 0,
             events: 0,
+            complete: rows.complete,
         };
         for c in rows.collections {
             let mut resulting = vector.get(&c.collection).cloned().unwrap_or_default();
@@ -59,6 +63,14 @@ impl CatchUp {
                 }
             }
             out.vector.insert(c.collection, resulting);
+        }
+        if !out.complete {
+            // A part: the collections not planned yet keep the client's vector as it is.
+            for (collection, docs) in vector {
+                out.vector
+                    .entry(collection.clone())
+                    .or_insert_with(|| docs.clone());
+            }
         }
         order_messages(&mut out.messages);
         out
@@ -161,6 +173,7 @@ mod tests {
                     documents: vec![],
                 },
             ],
+            complete: true,
         };
         let mut vector = StateVector::new();
         vector.entry("c".into()).or_default().extend([

@@ -75,6 +75,12 @@ pub trait Transport: Send {
 
     /// Queues a server message; [`Transport::flush`] makes sure it is written.
     fn feed(&mut self, msg: &ServerMessage) -> impl Future<Output = Result<(), End>> + Send;
+    /// Queues a message of a catch-up that comes in parts: as [`Transport::feed`], except that
+    /// nothing in it may name a position (an SSE event's `id:`) — the parts' events do not only
+    /// grow in sequence across parts, so only the closing `synced` says where the client is.
+    fn feed_unnumbered(&mut self, msg: &ServerMessage) -> impl Future<Output = Result<(), End>> + Send {
+        self.feed(msg)
+    }
     /// Queues a live event, in its pre-serialized wire form.
     fn feed_live(&mut self, event: &LiveEvent) -> impl Future<Output = Result<(), End>> + Send;
     fn flush(&mut self) -> impl Future<Output = Result<(), End>> + Send;
@@ -198,25 +204,42 @@ pub async fn run<T: Transport>(ctx: &SyncContext, t: &mut T, opened: Opened, pee
     end
 }
 
-/// Sends what brings the client from its session vector to current, then `synced`.
+/// Sends what brings the client from its session vector to current, then `synced`. A catch-up
+/// larger than its byte budget (`--max-catch-up-bytes`) is read and sent in parts, each planned
+/// from the vector the previous one brought the client to, so no more than one part is in memory
+/// at a time; only the last is followed by `synced` (counting every part's messages).
 async fn catch_up<T: Transport>(ctx: &SyncContext, t: &mut T, session: &mut Session) -> Result<(), End> {
     let started = Instant::now();
-    let c = read_catch_up(ctx, session).await.map_err(|e| {
-        tracing::warn!(error = %e, "catch-up failed");
-        End::Close(CLOSE_INTERNAL, "catch-up failed")
-    })?;
-    for m in &c.messages {
-        t.feed(m).await?;
+    let (mut snapshots, mut events) = (0, 0);
+    let mut in_parts = false;
+    loop {
+        let mut c = read_catch_up(ctx, session).await.map_err(|e| {
+            tracing::warn!(error = %e, "catch-up failed");
+            End::Close(CLOSE_INTERNAL, "catch-up failed")
+        })?;
+        in_parts |= !c.complete;
+        for m in &c.messages {
+            if in_parts {
+                t.feed_unnumbered(m).await?;
+            } else {
+                t.feed(m).await?;
+            }
+        }
+        t.flush().await?;
+        session.caught_up(&c);
+        if T::ACKS_WHAT_IT_SENDS {
+            // A stream that dies with frames in flight is corrected on reconnect (see `resume`).
+            session.ack(c.position);
+        }
+        snapshots += c.snapshots;
+        events += c.events;
+        if c.complete {
+            (c.snapshots, c.events) = (snapshots, events);
+            send(t, &session.synced(&c)).await?;
+            crate::metrics::caught_up(started.elapsed(), snapshots, events);
+            return Ok(());
+        }
     }
-    t.flush().await?;
-    session.caught_up(&c);
-    send(t, &session.synced(&c)).await?;
-    crate::metrics::caught_up(started.elapsed(), c.snapshots, c.events);
-    if T::ACKS_WHAT_IT_SENDS {
-        // A stream that dies with frames in flight is corrected on reconnect (see `resume`).
-        session.ack(c.position);
-    }
-    Ok(())
 }
 
 async fn live_loop<T: Transport>(

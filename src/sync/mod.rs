@@ -40,8 +40,15 @@ pub use open::SyncContext;
 /// transport's catch-up and `POST /api/sync` go through here. Rows of documents the session may
 /// not read are dropped before any message is made of them (its vector holds none of them
 /// either, see [`Session::reset_vector`](session::Session::reset_vector)).
-pub async fn catch_up(store: &dyn Store, session: &session::Session) -> Result<CatchUp, StoreError> {
-    let mut rows = store.catch_up(session.collections(), session.vector()).await?;
+/// Within `budget` bytes: a catch-up larger than that comes in parts ([`CatchUp::complete`]).
+pub async fn catch_up(
+    store: &dyn Store,
+    session: &session::Session,
+    budget: u64,
+) -> Result<CatchUp, StoreError> {
+    let mut rows = store
+        .catch_up(session.collections(), session.vector(), budget)
+        .await?;
     for c in &mut rows.collections {
         let access = session.access(&c.collection);
         if *access != Access::All {

@@ -36,6 +36,8 @@ pub struct SyncContext {
     pub shutdown: CancellationToken,
     /// Most documents or events read per store call (`--max-page`).
     pub page: usize,
+    /// The byte budget of one part of a catch-up (`--max-catch-up-bytes`).
+    pub catch_up_bytes: u64,
     /// Checks a hello's (or an `auth` message's) token.
     pub auth: Arc<crate::auth::Auth>,
     /// Per-client write rate (protocol writes count like REST ones).
@@ -180,7 +182,7 @@ fn session_of(a: Accepted) -> Parts {
 /// What brings the session's client from its vector to current, for its collections (and only
 /// the documents it may read).
 pub async fn read_catch_up(ctx: &SyncContext, session: &Session) -> Result<CatchUp, StoreError> {
-    super::catch_up(&*ctx.store, session).await
+    super::catch_up(&*ctx.store, session, ctx.catch_up_bytes).await
 }
 
 /// The vector remembered under `key` (a `Principal::client_key`).

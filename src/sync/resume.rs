@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use super::protocol::StateVector;
 use crate::model::{Seq, Version};
-use crate::store::{EventFilter, Store, StoreError};
+use crate::store::{Budget, EventFilter, Store, StoreError};
 
 /// One collection's part of a vector.
 type Docs = BTreeMap<String, Version>;
@@ -22,12 +22,15 @@ const RESET: u64 = u64::MAX;
 /// gets a full re-sync.
 const MAX_REWIND_EVENTS: usize = 100_000;
 
+/// The byte budget of each read here (documents and events of which only versions are needed).
+const READ_BYTES: usize = 4 * 1024 * 1024;
+
 /// The vector of a client that has every message of its subscriptions up to log position `received`:
 /// each live document at its current version, except that every document changed after `received`
 /// goes back to the version before its first such change. That is exact while the log still holds
 /// the events after `received` (see `--retain-for`). Where the version before is "nothing", or the
 /// scan would pass [`MAX_REWIND_EVENTS`], the catch-up is made to reset instead (a snapshot or the
-/// deletion) — more data, never less. The store is read `page` items at a time.
+/// deletion) — more data, never less. The store is read `page` items (and [`READ_BYTES`]) at a time.
 pub async fn vector_at(
     store: &dyn Store,
     collections: &[String],
@@ -51,13 +54,15 @@ async fn current_versions(
     docs: &mut Docs,
 ) -> Result<(), StoreError> {
     let mut after: Option<String> = None;
+    let budget = Budget {
+        items: page,
+        bytes: READ_BYTES,
+    };
     loop {
-        let live = store.list(collection, after.as_deref(), page).await?;
-        docs.extend(live.iter().map(|d| (d.id.clone(), d.version)));
-        match live.last() {
-            Some(last) if live.len() == page && docs.len() <= MAX_REWIND_EVENTS => {
-                after = Some(last.id.clone())
-            }
+        let live = store.list_page(collection, after.as_deref(), budget).await?;
+        docs.extend(live.items.iter().map(|d| (d.id.clone(), d.version)));
+        match live.items.last() {
+            Some(last) if live.full && docs.len() <= MAX_REWIND_EVENTS => after = Some(last.id.clone()),
             _ => return Ok(()),
         }
     }
@@ -79,8 +84,13 @@ async fn rewind(
     };
     let mut seen = HashSet::new();
     let mut read = 0;
+    let budget = Budget {
+        items: page,
+        bytes: READ_BYTES,
+    };
     loop {
-        let events = store.events(&filter, page).await?;
+        let page = store.events_page(&filter, budget).await?;
+        let events = page.items;
         read += events.len();
         if read > MAX_REWIND_EVENTS || docs.len() > MAX_REWIND_EVENTS {
             docs.clear();
@@ -93,7 +103,7 @@ async fn rewind(
             }
         }
         match events.last() {
-            Some(last) if events.len() == page => filter.after = last.seq,
+            Some(last) if page.full => filter.after = last.seq,
             _ => return Ok(()),
         }
     }

@@ -452,6 +452,7 @@ mod tests {
             vector: v,
             snapshots: 0,
             events: 0,
+            complete: true,
         }
     }
 

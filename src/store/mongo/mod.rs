@@ -560,13 +560,15 @@ impl Store for MongoStore {
         &self,
         collections: &[String],
         vector: &StateVector,
+        budget: u64,
     ) -> Result<CatchUpRows, StoreError> {
         self.check_open()?;
         Ok(transaction!(&self.sessions, READ, |s| catch_up(
             &self.db,
             s,
             collections,
-            vector
+            vector,
+            budget
         ))?)
     }
 
@@ -757,8 +759,10 @@ async fn catch_up(
     s: &mut ClientSession,
     collections: &[String],
     vector: &StateVector,
+    budget: u64,
 ) -> Result<CatchUpRows, Abort> {
-    let mut planner = Planner::new(read_counter(db, Some(&mut *s)).await?, collections, vector);
+    let position = read_counter(db, Some(&mut *s)).await?;
+    let mut planner = Planner::new(position, collections, vector).with_budget(budget);
     while let Some(need) = planner.need() {
         let answer = match need {
             Need::Summaries { collection } => Answer::Summaries(summaries(db, s, collection).await?),

@@ -294,9 +294,12 @@ impl Store for SqliteStore {
         &self,
         collections: &[String],
         vector: &StateVector,
+        budget: u64,
     ) -> Result<CatchUpRows, StoreError> {
         let (c, v) = (collections.to_vec(), vector.clone());
-        self.readers.run(move |conn| rows::catch_up(conn, &c, &v)).await
+        self.readers
+            .run(move |conn| rows::catch_up(conn, &c, &v, budget))
+            .await
     }
 
     async fn load_client(&self, client_id: &str) -> Result<Option<ClientState>, StoreError> {

@@ -242,9 +242,10 @@ pub fn catch_up(
     conn: &Connection,
     collections: &[String],
     vector: &StateVector,
+    budget: u64,
 ) -> rusqlite::Result<CatchUpRows> {
     let tx = conn.unchecked_transaction()?;
-    let mut planner = Planner::new(last_seq(&tx)?, collections, vector);
+    let mut planner = Planner::new(last_seq(&tx)?, collections, vector).with_budget(budget);
     while let Some(need) = planner.need() {
         let answer = match need {
             Need::Summaries { collection } => Answer::Summaries(doc_summaries(&tx, collection)?),
