@@ -25,7 +25,7 @@
 
 mod planner;
 
-pub use planner::{Answer, CatchUpRows, CollectionRows, DocRows, Need, Planner};
+pub use planner::{Answer, CatchUpRows, CollectionRows, DocRows, Need, Planner, Readable};
 
 use std::collections::BTreeMap;
 

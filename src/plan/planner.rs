@@ -88,6 +88,10 @@ pub enum DocRows {
     Deleted { version: Version },
 }
 
+/// Which documents a catch-up may plan at all (`collection`, `id`): those of others are left out of
+/// the summaries, so that they neither take a part's budget nor come back in every part.
+pub type Readable = dyn Fn(&str, &str) -> bool + Send + Sync;
+
 /// Plans a catch-up by asking for reads; see the module docs.
 pub struct Planner<'a> {
     vector: &'a StateVector,
@@ -99,6 +103,7 @@ pub struct Planner<'a> {
     /// The byte budget of the rows, and what the rows taken so far count against it.
     budget: u64,
     used: u64,
+    readable: Option<&'a Readable>,
 }
 
 /// The collection being planned and what is known of it so far.
@@ -133,6 +138,7 @@ impl<'a> Planner<'a> {
             },
             budget: u64::MAX,
             used: 0,
+            readable: None,
         };
         planner.next_collection();
         planner
@@ -145,6 +151,12 @@ impl<'a> Planner<'a> {
     /// planned are read whole (ids, versions and sizes, no bodies).
     pub fn with_budget(mut self, bytes: u64) -> Planner<'a> {
         self.budget = bytes;
+        self
+    }
+
+    /// Plans only the documents `readable` allows.
+    pub fn with_filter(mut self, readable: Option<&'a Readable>) -> Planner<'a> {
+        self.readable = readable;
         self
     }
 
@@ -205,7 +217,10 @@ impl<'a> Planner<'a> {
             .as_mut()
             .expect("answered after the plan was complete");
         match (waiting, answer) {
-            (Waiting::Summaries, Answer::Summaries(summaries)) => {
+            (Waiting::Summaries, Answer::Summaries(mut summaries)) => {
+                if let Some(readable) = self.readable {
+                    summaries.retain(|s| readable(c.name, &s.id));
+                }
                 let steps = plan_collection(self.vector.get(c.name), &summaries);
                 c.summaries = summaries;
                 c.steps = steps.into_iter();

@@ -47,7 +47,12 @@ pub async fn catch_up(
     budget: u64,
 ) -> Result<CatchUp, StoreError> {
     let mut rows = store
-        .catch_up(session.collections(), session.vector(), budget)
+        .catch_up(
+            session.collections(),
+            session.vector(),
+            budget,
+            session.readable_filter(),
+        )
         .await?;
     for c in &mut rows.collections {
         let access = session.access(&c.collection);

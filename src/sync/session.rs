@@ -195,6 +195,23 @@ impl Session {
         }
     }
 
+    /// What a catch-up may plan, when the session reads some collection only in part (`None`:
+    /// everything it follows): the documents it may read, as an owned predicate for the store.
+    pub fn readable_filter(&self) -> Option<std::sync::Arc<crate::plan::Readable>> {
+        if !self.restricted {
+            return None;
+        }
+        let (collections, access) = (self.collections.clone(), self.access.clone());
+        Some(std::sync::Arc::new(
+            move |collection: &str, id: &str| match collections
+                .binary_search_by(|c| c.as_str().cmp(collection))
+            {
+                Ok(i) => access[i].allows(id),
+                Err(_) => false,
+            },
+        ))
+    }
+
     /// Whether the session may be told about `collection/id`.
     pub fn readable(&self, collection: &str, id: &str) -> bool {
         self.access(collection).allows(id)

@@ -41,7 +41,7 @@ use self::transaction::{transaction, Abort, READ};
 use self::writer::{Command, Writer};
 use crate::hub::Hub;
 use crate::model::{Document, Event, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
-use crate::plan::{Answer, CatchUpRows, DocSummary, Need, Planner};
+use crate::plan::{Answer, CatchUpRows, DocSummary, Need, Planner, Readable};
 use crate::protocol::StateVector;
 use crate::store::{
     Budget, ClientState, Committed, EventFilter, Filling, MaintenanceStats, Paged, Retention, Store,
@@ -561,14 +561,17 @@ impl Store for MongoStore {
         collections: &[String],
         vector: &StateVector,
         budget: u64,
+        readable: Option<Arc<Readable>>,
     ) -> Result<CatchUpRows, StoreError> {
         self.check_open()?;
+        let readable = readable.as_deref();
         Ok(transaction!(&self.sessions, READ, |s| catch_up(
             &self.db,
             s,
             collections,
             vector,
-            budget
+            budget,
+            readable
         ))?)
     }
 
@@ -760,9 +763,12 @@ async fn catch_up(
     collections: &[String],
     vector: &StateVector,
     budget: u64,
+    readable: Option<&Readable>,
 ) -> Result<CatchUpRows, Abort> {
     let position = read_counter(db, Some(&mut *s)).await?;
-    let mut planner = Planner::new(position, collections, vector).with_budget(budget);
+    let mut planner = Planner::new(position, collections, vector)
+        .with_budget(budget)
+        .with_filter(readable);
     while let Some(need) = planner.need() {
         let answer = match need {
             Need::Summaries { collection } => Answer::Summaries(summaries(db, s, collection).await?),

@@ -4,7 +4,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::Value;
 
 use crate::model::{Data, Document, Event, Op, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
-use crate::plan::{Answer, CatchUpRows, DocSummary, Need, Planner};
+use crate::plan::{Answer, CatchUpRows, DocSummary, Need, Planner, Readable};
 use crate::protocol::StateVector;
 use crate::store::{Budget, ClientState, EventFilter, Filling, Paged};
 use crate::time::Timestamp;
@@ -243,9 +243,12 @@ pub fn catch_up(
     collections: &[String],
     vector: &StateVector,
     budget: u64,
+    readable: Option<&Readable>,
 ) -> rusqlite::Result<CatchUpRows> {
     let tx = conn.unchecked_transaction()?;
-    let mut planner = Planner::new(last_seq(&tx)?, collections, vector).with_budget(budget);
+    let mut planner = Planner::new(last_seq(&tx)?, collections, vector)
+        .with_budget(budget)
+        .with_filter(readable);
     while let Some(need) = planner.need() {
         let answer = match need {
             Need::Summaries { collection } => Answer::Summaries(doc_summaries(&tx, collection)?),
