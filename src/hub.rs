@@ -15,7 +15,7 @@
 //! ring's count). An event pushed out of the retention is freed at once, whoever has not read it
 //! yet — so one subscriber that stops reading holds at most the retention, not the ring's count
 //! of events of any size — and a subscriber that comes to it finds it gone, which it is told as
-//! `Lagged`, exactly as if the ring had passed it. The wire forms are built at publish (when
+//! `Lagged`, exactly as if the ring had passed it. The WebSocket form is built at publish (when
 //! anyone subscribes), so that an event's size is known as it is retained.
 
 use std::collections::VecDeque;
@@ -52,9 +52,14 @@ impl LiveEvent {
         &self.event
     }
 
-    /// What the event's wire forms take (both built).
+    /// What the event's wire forms take once both are built: the WebSocket text (built here, at
+    /// publish), and the SSE frame's length reckoned from it — the frame itself is built only if
+    /// an SSE session sends the event.
     fn wire_bytes(&self) -> usize {
-        self.ws_text().len() + self.sse_frame().len()
+        let json = self.ws_text().len();
+        let seq_digits = self.event.seq.checked_ilog10().map_or(1, |d| d as usize + 1);
+        let frame = "event: event\nid: ".len() + seq_digits + "\ndata: ".len() + json + "\n\n".len();
+        json + frame
     }
 
     /// `{"type":"event", ...}`, serialized once.
@@ -135,21 +140,20 @@ impl Hub {
     /// Publishes events in the order given. Never blocks on a subscriber; with no subscribers it
     /// is a no-op.
     pub fn publish(&self, events: impl IntoIterator<Item = Arc<Event>>) {
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
+        // One lock per published batch (a group commit's events), not per event.
+        let mut r = self.retained.lock().unwrap_or_else(|e| e.into_inner());
         for e in events {
-            if self.tx.receiver_count() == 0 {
-                continue;
-            }
             let live = Arc::new(LiveEvent::new(e));
             let weak = Arc::downgrade(&live);
             let size = live.wire_bytes();
-            {
-                let mut r = self.retained.lock().unwrap_or_else(|e| e.into_inner());
-                r.events.push_back((live, size));
-                r.bytes += size;
-                while r.events.len() > 1 && (r.bytes > r.max_bytes || r.events.len() > r.max_events) {
-                    if let Some((_, n)) = r.events.pop_front() {
-                        r.bytes -= n;
-                    }
+            r.events.push_back((live, size));
+            r.bytes += size;
+            while r.events.len() > 1 && (r.bytes > r.max_bytes || r.events.len() > r.max_events) {
+                if let Some((_, n)) = r.events.pop_front() {
+                    r.bytes -= n;
                 }
             }
             let _ = self.tx.send(weak);

@@ -101,15 +101,7 @@ impl LimitedStream {
     /// Writes `buf` (or, for a hyper error answer, its JSON form), failing once the socket has
     /// taken nothing for `write_stall`.
     fn write_guarded(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        if self.rewrite.is_none() {
-            if let Some(json) = rewrite_hyper_error(buf) {
-                self.rewrite = Some(Rewrite {
-                    bytes: json,
-                    written: 0,
-                    replaces: buf.len(),
-                });
-            }
-        }
+        self.detect_hyper_error(buf);
         let Some(mut rewrite) = self.rewrite.take() else {
             let written = self.progress(cx, |s, cx| Pin::new(&mut s.stream).poll_write(cx, buf));
             if let Poll::Ready(Ok(n)) = written {
@@ -131,6 +123,19 @@ impl LimitedStream {
             }
         }
         Poll::Ready(Ok(rewrite.replaces))
+    }
+
+    /// Starts rewriting `buf` if it is hyper's own error answer (and no rewrite is under way).
+    fn detect_hyper_error(&mut self, buf: &[u8]) {
+        if self.rewrite.is_none() {
+            if let Some(json) = rewrite_hyper_error(buf) {
+                self.rewrite = Some(Rewrite {
+                    bytes: json,
+                    written: 0,
+                    replaces: buf.len(),
+                });
+            }
+        }
     }
 
     /// Runs one write, arming the stall timer when it has to wait and disarming it on progress.
@@ -213,7 +218,8 @@ impl AsyncWrite for LimitedStream {
         let this = self.get_mut();
         // A response head is always hyper's first slice; an error answer is nothing but a head.
         let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
-        if this.rewrite.is_some() || rewrite_hyper_error(first).is_some() {
+        this.detect_hyper_error(first);
+        if this.rewrite.is_some() {
             return this.write_guarded(cx, first);
         }
         let written = this.progress(cx, |s, cx| Pin::new(&mut s.stream).poll_write_vectored(cx, bufs));
