@@ -212,6 +212,14 @@ export function validateMessage(m) {
       return null;
     case 'synced':
       if (!isNat(m.seq) || !isObject(m.state_vector)) return 'malformed synced';
+      if (m.subscription !== undefined && m.subscription !== null && !isStr(m.subscription)) return 'malformed synced';
+      return null;
+    case 'removed':
+      if (!isStr(m.collection) || !isStr(m.id) || !isNat(m.version)) return 'malformed removed';
+      if (m.seq !== undefined && m.seq !== null && !isNat(m.seq)) return 'malformed removed';
+      return null;
+    case 'unsubscribed':
+      if (!isStr(m.id)) return 'malformed unsubscribed';
       return null;
     case 'result':
       if (typeof m.op_id !== 'string' || typeof m.ok !== 'boolean') return 'malformed result';
@@ -227,10 +235,22 @@ export function validateMessage(m) {
   }
 }
 
+/** Drops a document and its vector entry (it left every scope); returns the change, or null when
+ *  the state had nothing of it. */
+function forget(state, collection, id, version) {
+  const had = get2(state.docs, collection, id) !== undefined || get2(state.vector, collection, id) !== undefined;
+  if (!had) return null;
+  const v = version === undefined ? localVersion(state, collection, id) : version;
+  del2(state.docs, collection, id);
+  del2(state.vector, collection, id);
+  return { collection, id, version: v, data: undefined, deleted: false, removed: true, source: 'removed' };
+}
+
 /**
  * Applies one server message to `state` (mutated) by the protocol's rules. Returns
  * {kind: 'applied' | 'duplicate' | 'gap' | 'invalid' | 'synced' | 'ignored', change?, reason?}.
- * `change` is {collection, id, version, data, deleted, source}.
+ * `change` is {collection, id, version, data, deleted, source} (plus `removed: true` and
+ * `source: 'removed'` for a `removed`: the document left every scope — not a delete).
  */
 export function applyMessage(state, m) {
   const bad = validateMessage(m);
@@ -273,12 +293,63 @@ export function applyMessage(state, m) {
       change: { collection, id, version, data: clone(next), deleted: m.op === 'delete', source: 'event' },
     };
   }
+  if (m.type === 'removed') {
+    if (isNat(m.seq)) state.lastSeq = Math.max(state.lastSeq || 0, m.seq);
+    const change = forget(state, m.collection, m.id, m.version);
+    return change ? { kind: 'applied', change } : { kind: 'ignored' };
+  }
   if (m.type === 'synced') {
     state.lastSeq = Math.max(state.lastSeq || 0, m.seq);
     return { kind: 'synced' };
   }
   return { kind: 'ignored' };
 }
+
+// ---------------------------------------------------------------------------------------------
+// Subscriptions: a collection name (a string, whose subscription id is the name) or a scope object
+// {id, collection, ids?, prefix?, where?, latest?}.
+
+const SCOPE_KEYS = new Set(['id', 'collection', 'ids', 'prefix', 'where', 'latest']);
+
+function subscriptionError(message) {
+  return Object.assign(new Error(`invalid subscription: ${message}`), { code: 'invalid_subscription' });
+}
+
+/** Checks a subscription's shape and returns a copy of it; throws an Error with
+ *  `code: 'invalid_subscription'` (the server checks the rest, e.g. the filter). */
+export function normalizeSubscription(s) {
+  if (typeof s === 'string') {
+    if (!s) throw subscriptionError('an empty collection name');
+    return s;
+  }
+  if (!isObject(s)) throw subscriptionError('a subscription is a collection name or a scope object');
+  for (const k of Object.keys(s)) if (!SCOPE_KEYS.has(k)) throw subscriptionError(`unknown field '${k}'`);
+  if (!isStr(s.id)) throw subscriptionError('a scope needs a string id');
+  if (!isStr(s.collection)) throw subscriptionError('a scope needs a string collection');
+  if (s.ids !== undefined && !(Array.isArray(s.ids) && s.ids.every((i) => typeof i === 'string'))) {
+    throw subscriptionError('ids must be an array of strings');
+  }
+  if (s.prefix !== undefined && typeof s.prefix !== 'string') throw subscriptionError('prefix must be a string');
+  if (s.where !== undefined && !isObject(s.where)) throw subscriptionError('where must be an object');
+  if (s.latest !== undefined && !isNat(s.latest)) throw subscriptionError('latest must be a non-negative integer');
+  const out = {};
+  for (const k of Object.keys(s)) if (s[k] !== undefined) out[k] = clone(s[k]);
+  return out;
+}
+
+/** A subscription's id: a scope's own, a collection's name. */
+export function subscriptionId(s) {
+  return typeof s === 'string' ? s : s.id;
+}
+
+/** The collection a subscription follows (part of). */
+export function subscriptionCollection(s) {
+  return typeof s === 'string' ? s : s.collection;
+}
+
+// An SSE opening whose vector is larger than this (as JSON) is registered with POST /sync/sse
+// rather than put in the URL.
+const SSE_QUERY_VECTOR_MAX = 4096;
 
 // ---------------------------------------------------------------------------------------------
 
@@ -469,7 +540,9 @@ export class EventSyncClient {
     const o = options;
     this.url = String(o.url || (globalThis.location ? globalThis.location.origin : 'http://127.0.0.1:8080')).replace(/\/+$/, '');
     this.transport = o.transport === 'sse' ? 'sse' : 'ws';
-    this.subscribe = Array.isArray(o.subscribe) ? [...o.subscribe] : [];
+    // The subscriptions (collection names and scope objects), sent in every hello; kept across
+    // reconnects and changed by addSubscription / removeSubscription.
+    this.subscribe = Array.isArray(o.subscribe) ? o.subscribe.map(normalizeSubscription) : [];
     this._WebSocket = o.WebSocket || globalThis.WebSocket;
     this._fetch = o.fetch || (globalThis.fetch ? globalThis.fetch.bind(globalThis) : undefined);
     this.backoff = { initialMs: 100, maxMs: 5000, ...(o.backoff || {}) };
@@ -520,6 +593,10 @@ export class EventSyncClient {
     }
     this._pending = new Map(); // op_id -> resolve
     this._syncWaiters = [];
+    // addSubscription / removeSubscription waiting for the next connection's (or stream's) full
+    // `synced`: {kind: 'subscribe' | 'unsubscribe', id, sub?, resolve, reject}.
+    this._subWaiters = [];
+    this._sseReopen = false; // an SSE reopen for changed subscriptions is scheduled
     this._wanted = false; // connect() called and not disconnect()ed
     this._conn = null; // the current connection object
     this._attempt = 0;
@@ -604,10 +681,195 @@ export class EventSyncClient {
     this._persistState();
   }
 
+  /** The collections followed (whole or in part), each once. */
+  _followed() {
+    return [...new Set(this.subscribe.map(subscriptionCollection))];
+  }
+
+  /** The vector of every followed collection (a scope's collection included: the vector stays per
+   *  document, and the server tells which of them left the scopes). */
   _subscribedVector() {
     const v = {};
-    for (const c of this.subscribe) if (this._state.vector[c]) v[c] = clone(this._state.vector[c]);
+    for (const c of this._followed()) if (this._state.vector[c]) v[c] = clone(this._state.vector[c]);
     return v;
+  }
+
+  // --- subscriptions ---
+  /** The current subscriptions (copies): collection names and scope objects. */
+  subscriptions() {
+    return clone(this.subscribe);
+  }
+
+  /**
+   * Adds a subscription (a collection name or a scope `{id, collection, ids?, prefix?, where?,
+   * latest?}`). Resolves with the `synced` message that covers it: on a live WebSocket session the
+   * scope's own (`synced.subscription === id`); otherwise (connecting, offline, SSE — which
+   * reopens its stream) the next connection's. Rejects (and the subscription is not kept) when the
+   * server refuses it (`err.code` `invalid_subscription` or `forbidden`), when the id is taken, and
+   * on `disconnect()` before the answer (the subscription is kept then).
+   */
+  addSubscription(scope) {
+    let sub;
+    try {
+      sub = normalizeSubscription(scope);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const id = subscriptionId(sub);
+    if (this.subscribe.some((s) => subscriptionId(s) === id)) {
+      return Promise.reject(subscriptionError(`a subscription with the id '${id}' exists already`));
+    }
+    return new Promise((resolve, reject) => {
+      this.subscribe.push(sub);
+      const entry = { kind: 'subscribe', id, sub, resolve, reject };
+      const conn = this._liveWs();
+      if (conn) {
+        conn.controls.push(entry);
+        this._wsSend(conn, { type: 'subscribe', subscription: sub });
+        return;
+      }
+      this._subWaiters.push(entry);
+      this._subscriptionsChanged();
+    });
+  }
+
+  /**
+   * Ends the subscription `id` (a scope's id, or a collection's name). On a live WebSocket session
+   * the server sends `removed` for each document that left every remaining scope, then
+   * `unsubscribed`; otherwise the next connection starts without it (SSE reopens its stream). The
+   * documents of a collection no longer followed at all are dropped locally. Resolves with
+   * `{type: 'unsubscribed', id}`; rejects for an unknown id.
+   */
+  removeSubscription(id) {
+    const i = this.subscribe.findIndex((s) => subscriptionId(s) === id);
+    if (i < 0) return Promise.reject(subscriptionError(`no subscription with the id '${id}'`));
+    const [gone] = this.subscribe.splice(i, 1);
+    // An add of it still waiting for a connection will not be answered.
+    this._subWaiters = this._subWaiters.filter((w) => {
+      if (w.kind !== 'subscribe' || w.id !== id) return true;
+      w.reject(Object.assign(new Error(`subscription '${id}' was removed before it synced`), { code: 'removed' }));
+      return false;
+    });
+    return new Promise((resolve, reject) => {
+      const entry = { kind: 'unsubscribe', id, sub: gone, resolve, reject };
+      const conn = this._liveWs();
+      if (conn) {
+        conn.controls.push(entry);
+        this._wsSend(conn, { type: 'unsubscribe', id });
+        return;
+      }
+      this._dropUnfollowed(gone);
+      if (!this._wanted) {
+        this._unsubscribed(entry);
+        return;
+      }
+      this._subWaiters.push(entry);
+      this._subscriptionsChanged();
+    });
+  }
+
+  /** The WebSocket connection if a hello went out on it (so subscribe / unsubscribe go live). */
+  _liveWs() {
+    const c = this._conn;
+    if (!c || c.kind !== 'ws' || c.closed || !c.helloSent || !c.ws || c.ws.readyState !== 1) return null;
+    return c;
+  }
+
+  /** The subscriptions changed without a live session to tell: an SSE stream is reopened (fresh,
+   *  with the new set); a WebSocket's next hello carries them. */
+  _subscriptionsChanged() {
+    if (this.transport !== 'sse') return;
+    this._lastEventId = null; // the set changed: a position says nothing about new subscriptions
+    if (!this._wanted || this._authStopped || this._sseReopen) return;
+    if (this._conn) this._closeConn(); // at once: nothing more of the old stream is applied
+    this._sseReopen = true;
+    queueMicrotask(() => {
+      this._sseReopen = false;
+      if (this._wanted && !this._conn && !this._reconnectTimer && !this._authStopped) this._open({ fresh: true });
+    });
+  }
+
+  /** Drops the local documents of `sub`'s collection if no subscription follows it any more (the
+   *  server only tells what leaves the collections a session follows). */
+  _dropUnfollowed(sub) {
+    const c = subscriptionCollection(sub);
+    if (this.subscribe.some((s) => subscriptionCollection(s) === c)) return;
+    const ids = new Set([...Object.keys(this._state.docs[c] || {}), ...Object.keys(this._state.vector[c] || {})]);
+    if (!ids.size) return;
+    const changes = [];
+    for (const id of [...ids].sort()) {
+      const ch = forget(this._state, c, id);
+      if (ch) changes.push(ch);
+    }
+    this._persistState();
+    for (const ch of changes) this._emit('change', ch);
+  }
+
+  _unsubscribed(entry) {
+    const m = { type: 'unsubscribed', id: entry.id };
+    this._emit('unsubscribed', m);
+    entry.resolve(m);
+  }
+
+  /** A full `synced` (a connection's catch-up, or a `sync`'s): the waiting changes are in force. */
+  _settleSubWaiters(m) {
+    const waiters = this._subWaiters;
+    this._subWaiters = [];
+    for (const w of waiters) {
+      if (w.kind === 'subscribe') w.resolve(m);
+      else this._unsubscribed(w);
+    }
+  }
+
+  /** Rejects the waiting adds that `match`, and takes them out of the set. */
+  _rejectAdds(err, match) {
+    let any = false;
+    this._subWaiters = this._subWaiters.filter((w) => {
+      if (w.kind !== 'subscribe' || !match(w)) return true;
+      this._forgetSub(w.sub);
+      w.reject(err);
+      any = true;
+      return false;
+    });
+    return any;
+  }
+
+  _forgetSub(sub) {
+    const i = this.subscribe.indexOf(sub);
+    if (i >= 0) this.subscribe.splice(i, 1);
+  }
+
+  /**
+   * A server `error` that may answer a subscription change: on a live session the oldest
+   * `subscribe` / `unsubscribe` still unanswered (`invalid_subscription`; `forbidden` only answers
+   * a `subscribe` of the collection it names, as in "this token may not read 'games'"); before a
+   * connection's first `synced`, the adds its opening carried (`invalid_subscription`: all of
+   * them; `forbidden`: those of the collection it names). Returns whether it answered one.
+   */
+  _subscriptionRefused(conn, m, err) {
+    if (m.code !== 'invalid_subscription' && m.code !== 'forbidden') return false;
+    const text = String(m.message || '');
+    const names = (sub) => text.includes(`'${subscriptionCollection(sub)}'`);
+    const controls = conn.controls || [];
+    let i = -1;
+    if (m.code === 'invalid_subscription') i = controls.length ? 0 : -1;
+    else {
+      i = controls.findIndex((c) => c.kind === 'subscribe' && names(c.sub));
+      // A message that names no collection at all answers the oldest subscribe.
+      if (i < 0 && !/'[^']*'/.test(text)) i = controls.findIndex((c) => c.kind === 'subscribe');
+    }
+    if (i >= 0) {
+      const [entry] = controls.splice(i, 1);
+      if (entry.kind === 'subscribe') this._forgetSub(entry.sub);
+      else this._dropUnfollowed(entry.sub);
+      entry.reject(err);
+      return true;
+    }
+    if (conn.live) return false;
+    if (m.code === 'invalid_subscription') return this._rejectAdds(err, () => true);
+    const rejected = this._rejectAdds(err, (w) => names(w.sub));
+    // The opening's refusal of a subscription it carried (not an answer to a write).
+    return rejected || this.subscribe.some(names);
   }
 
   // --- tokens ---
@@ -700,9 +962,14 @@ export class EventSyncClient {
     this._closeConn();
     this._inflight = null;
     this._setStatus('offline');
-    const waiters = this._syncWaiters;
+    const waiters = [...this._syncWaiters, ...this._subWaiters];
     this._syncWaiters = [];
-    for (const w of waiters) w.reject(new Error('disconnected'));
+    this._subWaiters = [];
+    for (const w of waiters) {
+      // A removal is done (the set no longer has it); an add stays in the set for the next connect().
+      if (w.kind === 'unsubscribe') this._unsubscribed(w);
+      else w.reject(new Error('disconnected'));
+    }
   }
 
   _closeConn() {
@@ -710,6 +977,13 @@ export class EventSyncClient {
     this._conn = null;
     if (!c) return;
     c.closed = true;
+    // Subscription changes sent on it and not answered: the set already holds them, so the next
+    // connection's hello carries them; they are settled by its `synced`.
+    for (const entry of c.controls || []) {
+      if (entry.kind === 'unsubscribe') this._dropUnfollowed(entry.sub);
+      this._subWaiters.push(entry);
+    }
+    c.controls = [];
     if (c.ackTimer) clearTimeout(c.ackTimer);
     if (c.refreshTimer) clearTimeout(c.refreshTimer);
     try {
@@ -755,7 +1029,7 @@ export class EventSyncClient {
       return;
     }
     const wsUrl = this.url.replace(/^http/, 'ws') + '/sync/ws';
-    const conn = { kind: 'ws', closed: false, lastAcked: 0, ackTimer: null, resyncing: false, live: false };
+    const conn = { kind: 'ws', closed: false, lastAcked: 0, ackTimer: null, resyncing: false, live: false, controls: [] };
     this._conn = conn;
     let ws;
     try {
@@ -844,17 +1118,27 @@ export class EventSyncClient {
     if (fresh) this._lastEventId = null;
     const conn = { kind: 'sse', closed: false, abort: new AbortController(), live: false };
     this._conn = conn;
-    const params = new URLSearchParams();
-    params.set('client_id', this.clientId);
-    params.set('subscribe', this.subscribe.join(','));
-    params.set('state_vector', JSON.stringify(this._subscribedVector()));
+    const vectorJson = JSON.stringify(this._subscribedVector());
+    // Scopes cannot go in a query string, nor can a large vector: such an opening is registered
+    // first (POST /sync/sse), on every (re)connect, with the current vector and no Last-Event-ID.
+    conn.registered = this.subscribe.some((s) => typeof s !== 'string') || vectorJson.length > SSE_QUERY_VECTOR_MAX;
     const headers = { accept: 'text/event-stream' };
-    if (this._lastEventId) headers['last-event-id'] = this._lastEventId;
+    if (this._lastEventId && !conn.registered) headers['last-event-id'] = this._lastEventId;
     (async () => {
       // The token goes in a header (fetch can send one, unlike EventSource), not the URL.
       const token = await this._withToken((t) => t);
       if (conn !== this._conn) return;
       if (token) headers.authorization = `Bearer ${token}`;
+      const params = new URLSearchParams();
+      if (conn.registered) {
+        const reg = await this._registerSse(conn, token, vectorJson);
+        if (!reg) return;
+        params.set('resume', reg.resume);
+      } else {
+        params.set('client_id', this.clientId);
+        params.set('subscribe', this.subscribe.join(','));
+        params.set('state_vector', vectorJson);
+      }
       const res = await f(`${this.url}/sync/sse?${params}`, { headers, signal: conn.abort.signal });
       if (conn !== this._conn) return;
       if (res.status === 401) {
@@ -875,7 +1159,9 @@ export class EventSyncClient {
           // ignore
         }
         if (res.status === 400 && /invalid_last_event_id/.test(detail)) this._lastEventId = null;
-        throw new Error(`SSE stream refused: HTTP ${res.status} ${detail}`.trim());
+        const err = new Error(`SSE stream refused: HTTP ${res.status} ${detail}`.trim());
+        this._openingRefused(res.status, detail, err);
+        throw err;
       }
       this._setStatus('syncing');
       this._pumpWrites();
@@ -918,6 +1204,62 @@ export class EventSyncClient {
     });
   }
 
+  /** POST /sync/sse: registers the opening; resolves with {resume, expires_in_ms}, or null when the
+   *  connection was replaced or refused meanwhile. Throws (→ reconnect) on other failures. */
+  async _registerSse(conn, token, vectorJson) {
+    const headers = { 'content-type': 'application/json', accept: 'application/json' };
+    if (token) headers.authorization = `Bearer ${token}`;
+    const body = `{"client_id":${JSON.stringify(this.clientId)},"subscribe":${JSON.stringify(this.subscribe)},"state_vector":${vectorJson}}`;
+    const res = await this._fetch(`${this.url}/sync/sse`, { method: 'POST', headers, body, signal: conn.abort.signal });
+    if (conn !== this._conn) return null;
+    let text = '';
+    try {
+      text = await res.text();
+    } catch {
+      // ignore
+    }
+    if (conn !== this._conn) return null;
+    if (res.status === 401) {
+      let detail = '';
+      try {
+        detail = JSON.parse(text).error.message;
+      } catch {
+        // ignore
+      }
+      this._refused(conn, detail || 'HTTP 401');
+      return null;
+    }
+    let json = null;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      json = null;
+    }
+    if (!res.ok || !json || typeof json.resume !== 'string') {
+      const err = new Error(`SSE registration refused: HTTP ${res.status} ${text}`.trim());
+      if (!res.ok) this._openingRefused(res.status, text, err);
+      throw err;
+    }
+    return json;
+  }
+
+  /** An SSE opening refused with an HTTP error: a refused subscription rejects the adds it carried
+   *  (they leave the set, so the reconnect can succeed). */
+  _openingRefused(status, text, err) {
+    let code = null;
+    let message = '';
+    try {
+      const e = JSON.parse(text).error;
+      code = e.code;
+      message = e.message || '';
+    } catch {
+      // not a JSON error
+    }
+    if (code !== 'invalid_subscription' && code !== 'forbidden') return;
+    err.code = code;
+    this._subscriptionRefused({ controls: [], live: false }, { code, message }, err);
+  }
+
   _sseDispatch(conn, ev) {
     let m;
     try {
@@ -927,7 +1269,8 @@ export class EventSyncClient {
       return;
     }
     this._handle(conn, m);
-    if (ev.id !== null && conn === this._conn && !conn.resyncing) this._lastEventId = ev.id;
+    // A registered stream resumes by registering again, never by Last-Event-ID.
+    if (ev.id !== null && conn === this._conn && !conn.resyncing && !conn.registered) this._lastEventId = ev.id;
   }
 
   /** Something unusable came from the server: report it and resync. */
@@ -972,7 +1315,39 @@ export class EventSyncClient {
         }
         return;
       }
+      case 'removed': {
+        const r = applyMessage(this._state, m);
+        if (r.kind === 'applied') this._persistState();
+        this._emit('removed', m);
+        if (r.change) this._emit('change', r.change);
+        if (isNat(m.seq) && conn.kind === 'ws' && conn.live) this._scheduleAck(conn, m.seq);
+        return;
+      }
+      case 'unsubscribed': {
+        const controls = conn.controls || [];
+        const i = controls.findIndex((c) => c.kind === 'unsubscribe' && c.id === m.id);
+        const entry = i >= 0 ? controls.splice(i, 1)[0] : null;
+        if (entry) this._dropUnfollowed(entry.sub);
+        this._emit('unsubscribed', m);
+        if (entry) entry.resolve(m);
+        return;
+      }
       case 'synced': {
+        if (isStr(m.subscription)) {
+          // The end of a live subscribe's catch-up: that scope is current.
+          applyMessage(this._state, m);
+          this._persistState();
+          if (conn.kind === 'ws') {
+            conn.lastAcked = Math.max(conn.lastAcked, m.seq);
+            this._wsSend(conn, { type: 'ack', seq: m.seq });
+          }
+          const controls = conn.controls || [];
+          const i = controls.findIndex((c) => c.kind === 'subscribe' && c.id === m.subscription);
+          const entry = i >= 0 ? controls.splice(i, 1)[0] : null;
+          this._emit('synced', m);
+          if (entry) entry.resolve(m);
+          return;
+        }
         applyMessage(this._state, m);
         this._persistState();
         conn.resyncing = false;
@@ -987,6 +1362,7 @@ export class EventSyncClient {
         const waiters = this._syncWaiters;
         this._syncWaiters = [];
         for (const w of waiters) w.resolve(m);
+        this._settleSubWaiters(m);
         this._pumpWrites();
         return;
       }
@@ -999,9 +1375,10 @@ export class EventSyncClient {
         return;
       case 'error': {
         const err = Object.assign(new Error(`server error ${m.code}: ${m.message}`), { code: m.code });
+        const answered = this._subscriptionRefused(conn, m, err);
         this._emit('error', err);
         // An error answers the last message sent: if that was a write, the write is refused.
-        if (this._lastSentWrite && this._lastSentWrite === this._inflight) {
+        if (!answered && this._lastSentWrite && this._lastSentWrite === this._inflight) {
           const w = this._queue.find((q) => q.op_id === this._inflight);
           this._onResult({ type: 'result', op_id: this._inflight, ok: false, id: w && w.id, error: { code: m.code, message: m.message } });
         }

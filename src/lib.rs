@@ -28,6 +28,8 @@
 //!        ▼
 //!  sync/open.rs ─────────────────── every session's opening: accept the hello (its token), subscribe
 //!        │                          to what the token may read, start vector
+//!  scope/ ───────────────────────── what a subscription follows (ids, prefix, `where` filter, window)
+//!        │                          and the rules of moving in and out (pure; one filter function)
 //!  plan/ ────────────────────────── what a client with state vector V needs, and the reads that
 //!        │                          takes (pure, sans-IO); the store answers them in one read
 //!  sync/catch_up.rs ─────────────── those rows as messages and the client's resulting vector
@@ -68,6 +70,7 @@ mod maintenance;
 pub mod metrics;
 pub mod model;
 pub mod plan;
+pub mod scope;
 pub mod server;
 pub mod store;
 pub mod sync;

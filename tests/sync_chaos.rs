@@ -303,6 +303,7 @@ fn error_kind(e: &ClientError) -> &'static str {
         ClientError::InvalidWrite(_) => "invalid write",
         ClientError::InvalidOptions(_) => "invalid options",
         ClientError::Persist(_) => "persist",
+        ClientError::Subscription(_) => "subscription refused",
     }
 }
 

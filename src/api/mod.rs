@@ -49,6 +49,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Per-client write rate, open sockets and streams.
     pub limits: Arc<ClientLimits>,
+    /// SSE openings registered with `POST /sync/sse`, waiting for their stream.
+    pub registrations: Arc<sse::Registrations>,
 }
 
 impl AppState {
@@ -111,7 +113,7 @@ pub fn router(state: AppState) -> Router {
     let router = Router::new()
         .nest("/api", api)
         .route("/sync/ws", get(ws::upgrade))
-        .route("/sync/sse", get(sse::stream))
+        .route("/sync/sse", get(sse::stream).post(sse::register))
         .route(
             "/client/eventsync.js",
             get(move |request: axum::extract::Request| files::serve_file(client_module.clone(), request)),

@@ -15,17 +15,30 @@
 //! runs out the stream ends (after an `error` `unauthenticated` frame): the client reconnects with
 //! a fresh one. Subscriptions the token cannot read come first as `event: error` frames.
 //!
+//! **Registered openings.** A query string cannot carry scopes (`where` filters) or a large vector
+//! (a vector of 100,000 documents would be megabytes of URL, refused long before by any proxy).
+//! So `POST /sync/sse` takes the opening as a JSON body — the same fields as a WebSocket `hello`
+//! — checks it as a hello is checked (token first), and answers `201 {"resume": "<id>",
+//! "expires_in_ms": ...}`; `GET /sync/sse?resume=<id>` (with a token of the same subject) then
+//! opens the stream from exactly that opening. An id is single-use and lives [`RESUME_TTL`]; at
+//! most [`MAX_REGISTERED`] openings of at most [`MAX_REGISTERED_BYTES`] in all wait at once
+//! (beyond: 503, retry). Such a stream resumes only by registering again with the client's own
+//! vector: a registered opening ignores `Last-Event-ID` (the vector it carries is the client's
+//! word, fresher than any position).
+//!
 //! This file owns the framing (`event:`, `id:`, `data:`), the query and the header, the response's
 //! frame queue and the keep-alive comments; the session is the driver's.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Json;
 use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -33,7 +46,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
 use super::auth::bearer;
-use super::extract::Query;
+use super::extract::{JsonBody, Query};
 use super::ws::peer_of;
 use super::AppState;
 use crate::error::{ApiError, ErrorCode};
@@ -41,7 +54,7 @@ use crate::hub::LiveEvent;
 use crate::model::Seq;
 use crate::sync::driver::{self, End, Incoming, Transport};
 use crate::sync::open::{accept, open, Start};
-use crate::sync::protocol::{Hello, ServerMessage, StateVector};
+use crate::sync::protocol::{Hello, ServerMessage, StateVector, Subscription};
 use crate::sync::{SEND_TIMEOUT, SSE_KEEPALIVE};
 
 /// Frames queued for one SSE response before the session waits (and, if it stays full, lags).
@@ -50,10 +63,110 @@ const SSE_QUEUE: usize = 64;
 /// this takes all of it), and each share is given back as hyper takes the frame to write.
 const SSE_QUEUE_BYTES: usize = 256 * 1024;
 
+/// How long a registered opening waits for its `GET /sync/sse?resume=`.
+pub const RESUME_TTL: Duration = Duration::from_secs(30);
+/// Most registered openings waiting at once.
+pub const MAX_REGISTERED: usize = 4096;
+/// Most bytes (of their JSON bodies) registered openings hold at once.
+pub const MAX_REGISTERED_BYTES: usize = 64 * 1024 * 1024;
+
+/// Openings registered with `POST /sync/sse`, waiting for their `GET`.
+#[derive(Default)]
+pub struct Registrations {
+    inner: Mutex<Registered>,
+}
+
+#[derive(Default)]
+struct Registered {
+    openings: HashMap<String, Opening>,
+    bytes: usize,
+}
+
+struct Opening {
+    hello: Hello,
+    /// Who registered it: only a token of the same subject opens it.
+    subject: Option<String>,
+    bytes: usize,
+    expires: Instant,
+}
+
+impl Registrations {
+    fn register(&self, hello: Hello, subject: Option<String>, bytes: usize) -> Result<String, ApiError> {
+        let mut r = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        r.purge(Instant::now());
+        if r.openings.len() >= MAX_REGISTERED || r.bytes + bytes > MAX_REGISTERED_BYTES {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "too many SSE openings are waiting for their GET; retry shortly",
+            ));
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        r.bytes += bytes;
+        let opening = Opening {
+            hello,
+            subject,
+            bytes,
+            expires: Instant::now() + RESUME_TTL,
+        };
+        r.openings.insert(id.clone(), opening);
+        Ok(id)
+    }
+
+    fn take(&self, id: &str) -> Option<Opening> {
+        let mut r = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        r.purge(Instant::now());
+        let o = r.openings.remove(id)?;
+        r.bytes -= o.bytes;
+        Some(o)
+    }
+}
+
+impl Registered {
+    fn purge(&mut self, now: Instant) {
+        let before = self.openings.len();
+        if before == 0 {
+            return;
+        }
+        let mut freed = 0;
+        self.openings.retain(|_, o| {
+            let keep = o.expires > now;
+            if !keep {
+                freed += o.bytes;
+            }
+            keep
+        });
+        self.bytes -= freed;
+    }
+}
+
+/// `POST /sync/sse`: registers an opening (a hello's fields as JSON), answered with the id that
+/// opens it. The token: `Authorization`, else the body's `token`.
+pub async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let bytes = serde_json::to_vec(&body.value).map_or(0, |b| b.len());
+    let hello = super::sync::hello_of(&state, &headers, body)?;
+    let accepted = accept(&state.auth, hello.clone())?;
+    let subject = accepted.principal.subject().map(str::to_string);
+    let hello = Hello { token: None, ..hello };
+    let id = state.registrations.register(hello, subject, bytes)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({"resume": id, "expires_in_ms": RESUME_TTL.as_millis() as u64})),
+    ))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SseQuery {
-    client_id: String,
+    /// Required unless `resume` is given.
+    #[serde(default)]
+    client_id: Option<String>,
+    /// An opening registered with `POST /sync/sse`: the other fields must be absent.
+    #[serde(default)]
+    resume: Option<String>,
     /// Comma-separated collections.
     #[serde(default)]
     subscribe: Option<String>,
@@ -77,19 +190,47 @@ pub async fn stream(
         Some(t) => Some(t.to_string()),
         None => q.token.clone(),
     };
-    let mut hello = match hello(q) {
-        Ok(h) => h,
-        Err(e) => {
-            // Authenticate before validating: a caller without a valid token learns nothing more.
-            state.auth.authenticate(token.as_deref())?;
-            return Err(e);
+    let (accepted, start) = match q.resume.clone() {
+        Some(id) => {
+            let principal = state.auth.authenticate(token.as_deref())?;
+            if q.client_id.is_some() || q.subscribe.is_some() || q.state_vector.is_some() {
+                return Err(ApiError::bad_request(
+                    ErrorCode::InvalidQuery,
+                    "with resume, the opening is the registered one: no client_id, subscribe or state_vector",
+                ));
+            }
+            let opening = state.registrations.take(&id).ok_or_else(|| {
+                ApiError::not_found("no such SSE opening (unknown, used or expired): POST /sync/sse again")
+            })?;
+            if opening.subject.as_deref() != principal.subject() {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "this opening was registered by another subject",
+                ));
+            }
+            let hello = Hello {
+                token,
+                ..opening.hello
+            };
+            (accept(&state.auth, hello)?, Start::Hello)
         }
-    };
-    hello.token = token;
-    let accepted = accept(&state.auth, hello)?;
-    let start = match last_event_id(&headers)? {
-        Some(received) => Start::ReceivedUpTo(received),
-        None => Start::Hello,
+        None => {
+            let mut hello = match hello(q) {
+                Ok(h) => h,
+                Err(e) => {
+                    // Authenticate before validating: a caller without a valid token learns
+                    // nothing more.
+                    state.auth.authenticate(token.as_deref())?;
+                    return Err(e);
+                }
+            };
+            hello.token = token;
+            let start = match last_event_id(&headers)? {
+                Some(received) => Start::ReceivedUpTo(received),
+                None => Start::Hello,
+            };
+            (accept(&state.auth, hello)?, start)
+        }
     };
     let peer = peer_of(&extensions);
     let slot = state
@@ -131,7 +272,7 @@ fn hello(q: SseQuery) -> Result<Hello, ApiError> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(str::to_string)
+        .map(Subscription::from)
         .collect();
     let state_vector = q
         .state_vector
@@ -143,8 +284,11 @@ fn hello(q: SseQuery) -> Result<Hello, ApiError> {
         })
         .transpose()
         .map_err(|e| ApiError::bad_request(ErrorCode::InvalidStateVector, format!("state_vector: {e}")))?;
+    let client_id = q
+        .client_id
+        .ok_or_else(|| ApiError::bad_request(ErrorCode::InvalidQuery, "client_id (or resume) is required"))?;
     Ok(Hello {
-        client_id: q.client_id,
+        client_id,
         subscribe,
         state_vector,
         token: q.token,

@@ -18,7 +18,7 @@ use crate::auth::{Grants, Principal};
 use crate::error::{ApiError, ErrorCode};
 use crate::model::validate_id;
 use crate::sync::open::{accept, once};
-use crate::sync::protocol::{Hello, ServerMessage, StateVector, SyncedMessage};
+use crate::sync::protocol::{Hello, ServerMessage, StateVector, Subscription, SyncedMessage};
 use crate::sync::session::ProtocolError;
 
 /// A refused hello, answered over HTTP: 400 with its code, or the status of an authentication or
@@ -39,7 +39,7 @@ impl From<ProtocolError> for ApiError {
 pub struct SyncRequest {
     client_id: String,
     #[serde(default)]
-    subscribe: Vec<String>,
+    subscribe: Vec<Subscription>,
     #[serde(default)]
     state_vector: Option<StateVector>,
     /// Read from the body before it is parsed (the header's wins).
@@ -56,33 +56,7 @@ pub async fn manual(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    let header_token = bearer(&headers)?.map(str::to_string);
-    let token = header_token.or_else(|| {
-        body.value
-            .get("token")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    });
-    let req: SyncRequest = match serde_json::from_value::<SyncRequest>(body.value) {
-        Ok(req) => req,
-        Err(e) => {
-            // Authenticate before validating: a caller without a valid token learns nothing more.
-            state.auth.authenticate(token.as_deref())?;
-            return Err(ApiError::bad_request(
-                ErrorCode::InvalidMessage,
-                format!("invalid sync request: {e}"),
-            ));
-        }
-    };
-    let accepted = accept(
-        &state.auth,
-        Hello {
-            client_id: req.client_id,
-            subscribe: req.subscribe,
-            state_vector: req.state_vector,
-            token,
-        },
-    )?;
+    let accepted = accept(&state.auth, hello_of(&state, &headers, body)?)?;
     let c = once(&state.sync(), accepted).await?;
     if !c.complete {
         // A part of a catch-up larger than --max-catch-up-bytes: no `synced` (this is not
@@ -99,6 +73,7 @@ pub async fn manual(
         state_vector: c.vector,
         snapshots: c.snapshots,
         events: c.events,
+        subscription: None,
     };
     Ok(Json(json!({
         "messages": c.messages,
@@ -143,4 +118,33 @@ pub async fn client(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no client '{client_id}' has synced here")))
+}
+
+/// A sync request body (`POST /api/sync`, `POST /sync/sse`) as a hello, with its token: the
+/// `Authorization` header's, else the body's `token`.
+pub fn hello_of(state: &AppState, headers: &HeaderMap, body: JsonBody) -> Result<Hello, ApiError> {
+    let header_token = bearer(headers)?.map(str::to_string);
+    let token = header_token.or_else(|| {
+        body.value
+            .get("token")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    let req: SyncRequest = match serde_json::from_value::<SyncRequest>(body.value) {
+        Ok(req) => req,
+        Err(e) => {
+            // Authenticate before validating: a caller without a valid token learns nothing more.
+            state.auth.authenticate(token.as_deref())?;
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidMessage,
+                format!("invalid sync request: {e}"),
+            ));
+        }
+    };
+    Ok(Hello {
+        client_id: req.client_id,
+        subscribe: req.subscribe,
+        state_vector: req.state_vector,
+        token,
+    })
 }

@@ -25,7 +25,7 @@
 
 mod planner;
 
-pub use planner::{Answer, CatchUpRows, CollectionRows, DocRows, Need, Planner, Readable};
+pub use planner::{Answer, CatchUpRows, CollectionRows, DocRows, Need, Planner, Readable, Selection};
 
 use std::collections::BTreeMap;
 
@@ -46,6 +46,8 @@ pub struct DocSummary {
     pub compacted_through: Version,
     /// Size of the stored body in bytes.
     pub data_bytes: u64,
+    /// When it was created (`created_at`, Unix milliseconds): what a window (`latest`) orders by.
+    pub created: i64,
 }
 
 /// What to send for one document.
@@ -181,6 +183,7 @@ mod tests {
             deleted,
             compacted_through,
             data_bytes,
+            created: 0,
         }
     }
 

@@ -16,10 +16,13 @@
 //! let rows = planner.finish();
 //! ```
 
+use std::collections::{BTreeMap, HashSet};
+
 use crate::model::{Data, Event, Seq, StoredDoc, Version};
 use crate::protocol::StateVector;
+use crate::scope::{Admit, Scopes};
 
-use super::{plan_collection, refine, sizes_needed, summary_of, DocSummary, Step};
+use super::{plan_collection, refine, sizes_needed, step, summary_of, DocSummary, Step};
 
 /// A read the planner needs answered next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,11 +89,30 @@ pub enum DocRows {
     Body { version: Version, data: Data },
     /// That it is deleted at `version` (0: the server never had it).
     Deleted { version: Version },
+    /// That it left every scope of the client, who has it at `version`.
+    Removed { version: Version },
 }
 
 /// Which documents a catch-up may plan at all (`collection`, `id`): those of others are left out of
 /// the summaries, so that they neither take a part's budget nor come back in every part.
 pub type Readable = dyn Fn(&str, &str) -> bool + Send + Sync;
+
+/// What a catch-up covers beyond "every document of the collections": what the token may read,
+/// and the client's scopes of the collections it follows only in part.
+#[derive(Default)]
+pub struct Selection {
+    /// `None`: every document of the collections.
+    pub readable: Option<Box<Readable>>,
+    /// Collections followed in part, with the client's scopes of each; the others whole.
+    pub scopes: BTreeMap<String, Scopes>,
+}
+
+impl Selection {
+    /// Whether it selects everything (then a plan needs no check per document).
+    pub fn is_everything(&self) -> bool {
+        self.readable.is_none() && self.scopes.is_empty()
+    }
+}
 
 /// Plans a catch-up by asking for reads; see the module docs.
 pub struct Planner<'a> {
@@ -103,23 +125,68 @@ pub struct Planner<'a> {
     /// The byte budget of the rows, and what the rows taken so far count against it.
     budget: u64,
     used: u64,
-    readable: Option<&'a Readable>,
+    selection: Option<&'a Selection>,
 }
 
 /// The collection being planned and what is known of it so far.
 struct Collection<'a> {
     name: &'a str,
+    /// The client's scopes of it, when it follows it only in part.
+    scopes: Option<&'a Scopes>,
     summaries: Vec<DocSummary>,
-    steps: std::vec::IntoIter<(String, Step)>,
+    /// The windows being resolved (scopes with `latest`), then the ids they took.
+    windows: Vec<Window>,
+    taken: HashSet<String>,
+    steps: std::vec::IntoIter<(String, Scoped)>,
     documents: Vec<(String, DocRows)>,
+}
+
+/// One window being resolved: the candidates (indexes into the summaries), newest first; the next
+/// to look at; how many it still takes.
+struct Window {
+    scope: usize,
+    candidates: Vec<usize>,
+    next: usize,
+    wanted: usize,
+}
+
+/// A document's step, and whether its body decides first if it is sent at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scoped {
+    Plain(Step),
+    /// In scope only if its body matches: read it, then this step (the client has `Some(v)`).
+    Check(Step, Option<Version>),
+    /// Out of every scope, and the client has it at this version: `removed`.
+    Remove(Version),
 }
 
 /// Which answer the planner waits for.
 enum Waiting {
     Summaries,
-    PatchSizes { id: String, from: Version, to: Version },
-    Events { id: String, from: Version, to: Version },
-    Document { id: String, version: Version },
+    /// A window candidate's body.
+    WindowBody {
+        id: String,
+    },
+    /// A body that decides whether the document is in scope.
+    CheckBody {
+        id: String,
+        step: Step,
+        has: Option<Version>,
+    },
+    PatchSizes {
+        id: String,
+        from: Version,
+        to: Version,
+    },
+    Events {
+        id: String,
+        from: Version,
+        to: Version,
+    },
+    Document {
+        id: String,
+        version: Version,
+    },
     Nothing,
 }
 
@@ -138,7 +205,7 @@ impl<'a> Planner<'a> {
             },
             budget: u64::MAX,
             used: 0,
-            readable: None,
+            selection: None,
         };
         planner.next_collection();
         planner
@@ -154,9 +221,13 @@ impl<'a> Planner<'a> {
         self
     }
 
-    /// Plans only the documents `readable` allows.
-    pub fn with_filter(mut self, readable: Option<&'a Readable>) -> Planner<'a> {
-        self.readable = readable;
+    /// Plans only the documents `selection` selects (all without one): those it may read, in the
+    /// client's scopes. Documents the client has that are out of every scope are `removed`.
+    pub fn with_selection(mut self, selection: Option<&'a Selection>) -> Planner<'a> {
+        self.selection = selection.filter(|s| !s.is_everything());
+        if let Some(c) = self.current.as_mut() {
+            c.scopes = self.selection.and_then(|s| s.scopes.get(c.name));
+        }
         self
     }
 
@@ -201,7 +272,9 @@ impl<'a> Planner<'a> {
                 from: *from,
                 to: *to,
             },
-            Waiting::Document { id, .. } => Need::Document { collection, id },
+            Waiting::Document { id, .. } | Waiting::WindowBody { id } | Waiting::CheckBody { id, .. } => {
+                Need::Document { collection, id }
+            }
             Waiting::Nothing => return None,
         })
     }
@@ -218,12 +291,59 @@ impl<'a> Planner<'a> {
             .expect("answered after the plan was complete");
         match (waiting, answer) {
             (Waiting::Summaries, Answer::Summaries(mut summaries)) => {
-                if let Some(readable) = self.readable {
+                if let Some(readable) = self.selection.and_then(|s| s.readable.as_deref()) {
                     summaries.retain(|s| readable(c.name, &s.id));
                 }
-                let steps = plan_collection(self.vector.get(c.name), &summaries);
                 c.summaries = summaries;
-                c.steps = steps.into_iter();
+                if let Some(scopes) = c.scopes {
+                    c.windows = windows(scopes, &c.summaries);
+                    return self.next_window();
+                }
+                let steps = plan_collection(self.vector.get(c.name), &c.summaries);
+                c.steps = steps
+                    .into_iter()
+                    .map(|(id, step)| (id, Scoped::Plain(step)))
+                    .collect::<Vec<_>>()
+                    .into_iter();
+            }
+            (Waiting::WindowBody { id }, Answer::Document(stored)) => {
+                let w = c.windows.last_mut().expect("a window is being resolved");
+                let scopes = c.scopes.expect("windows belong to scopes");
+                let scope = scopes.iter().nth(w.scope).expect("the window's scope");
+                if let Some(s) = stored.filter(|s| !s.deleted && scope.matches(&id, &s.doc.data)) {
+                    w.wanted -= 1;
+                    c.taken.insert(s.doc.id);
+                }
+                return self.next_window();
+            }
+            (Waiting::CheckBody { id, step, has }, Answer::Document(stored)) => {
+                let scopes = c.scopes.expect("checks belong to scopes");
+                match stored.filter(|s| !s.deleted && scopes.admits_body(&id, &s.doc.data)) {
+                    Some(s) => match step {
+                        // The body read is the snapshot.
+                        Step::Snapshot { version } if s.doc.version == version => {
+                            self.count(&id);
+                            let c = self.current.as_mut().expect("checked above");
+                            c.documents.push((
+                                id,
+                                DocRows::Body {
+                                    version,
+                                    data: s.doc.data,
+                                },
+                            ));
+                        }
+                        step => {
+                            if self.refine_and_take(id, step) {
+                                return;
+                            }
+                        }
+                    },
+                    None => {
+                        if let Some(version) = has {
+                            self.removed(id, version);
+                        }
+                    }
+                }
             }
             (Waiting::PatchSizes { id, from, to }, Answer::PatchSizes(sizes)) => {
                 let first = Step::Events { from, to };
@@ -262,6 +382,32 @@ impl<'a> Planner<'a> {
         self.out
     }
 
+    /// Resolves the current collection's windows, newest candidate first; once they are, plans
+    /// its documents.
+    fn next_window(&mut self) {
+        let c = self.current.as_mut().expect("windows belong to a collection");
+        let scopes = c.scopes.expect("windows belong to scopes");
+        while let Some(w) = c.windows.last_mut() {
+            let scope = scopes.iter().nth(w.scope).expect("the window's scope");
+            if w.wanted == 0 || w.next == w.candidates.len() {
+                c.windows.pop();
+                continue;
+            }
+            let s = &c.summaries[w.candidates[w.next]];
+            w.next += 1;
+            if scope.filter().is_none() {
+                w.wanted -= 1;
+                c.taken.insert(s.id.clone());
+                continue;
+            }
+            self.waiting = Waiting::WindowBody { id: s.id.clone() };
+            return;
+        }
+        let steps = plan_scoped(self.vector.get(c.name), &c.summaries, scopes, &c.taken);
+        c.steps = steps.into_iter();
+        self.next_document();
+    }
+
     /// Moves on to the next document that needs a read, finishing collections on the way.
     fn next_document(&mut self) {
         loop {
@@ -271,21 +417,44 @@ impl<'a> Planner<'a> {
             let Some(c) = self.current.as_mut() else {
                 return;
             };
-            let Some((id, first)) = c.steps.next() else {
+            let Some((id, scoped)) = c.steps.next() else {
                 // The next collection's summaries are the next read.
                 self.next_collection();
                 return;
             };
-            let summary = summary_of(&c.summaries, &id);
-            if let Some((from, to)) = sizes_needed(&first, summary) {
-                self.waiting = Waiting::PatchSizes { id, from, to };
-                return;
-            }
-            let step = refine(first, summary, &[]);
-            if self.take(id, step) {
-                return;
+            match scoped {
+                Scoped::Plain(first) => {
+                    if self.refine_and_take(id, first) {
+                        return;
+                    }
+                }
+                Scoped::Check(step, has) => {
+                    self.waiting = Waiting::CheckBody { id, step, has };
+                    return;
+                }
+                Scoped::Remove(version) => self.removed(id, version),
             }
         }
+    }
+
+    /// Weighs a first step (asking for patch sizes when they decide it) and takes it: true when
+    /// it waits for a read.
+    fn refine_and_take(&mut self, id: String, first: Step) -> bool {
+        let c = self.current.as_ref().expect("a step belongs to a collection");
+        let summary = summary_of(&c.summaries, &id);
+        if let Some((from, to)) = sizes_needed(&first, summary) {
+            self.waiting = Waiting::PatchSizes { id, from, to };
+            return true;
+        }
+        let step = refine(first, summary, &[]);
+        self.take(id, step)
+    }
+
+    /// Records that document `id`, which the client has at `version`, is out of every scope.
+    fn removed(&mut self, id: String, version: Version) {
+        let c = self.current.as_mut().expect("a removal belongs to a collection");
+        c.documents.push((id, DocRows::Removed { version }));
+        self.used = self.used.saturating_add(super::SNAPSHOT_OVERHEAD);
     }
 
     /// Takes the final step for document `id`: waits for the read it needs (returns true), or
@@ -320,13 +489,86 @@ impl<'a> Planner<'a> {
         if let Some(name) = self.pending.next() {
             self.current = Some(Collection {
                 name,
+                scopes: self.selection.and_then(|s| s.scopes.get(name.as_str())),
                 summaries: Vec::new(),
+                windows: Vec::new(),
+                taken: HashSet::new(),
                 steps: Vec::new().into_iter(),
                 documents: Vec::new(),
             });
             self.waiting = Waiting::Summaries;
         }
     }
+}
+
+/// The windows of `scopes` to resolve over `summaries`: per scope with `latest`, the live
+/// documents its ids admit, newest by creation first (then by id, the later first).
+fn windows(scopes: &Scopes, summaries: &[DocSummary]) -> Vec<Window> {
+    scopes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((i, s.latest()?, s)))
+        .map(|(scope, wanted, s)| {
+            let mut candidates: Vec<usize> = (0..summaries.len())
+                .filter(|&k| !summaries[k].deleted && s.admits_id(&summaries[k].id))
+                .collect();
+            candidates.sort_by(|&a, &b| {
+                let (a, b) = (&summaries[a], &summaries[b]);
+                (b.created, &b.id).cmp(&(a.created, &a.id))
+            });
+            Window {
+                scope,
+                candidates,
+                next: 0,
+                wanted,
+            }
+        })
+        .collect()
+}
+
+/// Plans a collection followed in part: every document the server has and every one the client
+/// claims, in id order, each either planned as usual, checked against its body first, or removed.
+fn plan_scoped(
+    client: Option<&BTreeMap<String, Version>>,
+    server: &[DocSummary],
+    scopes: &Scopes,
+    taken: &HashSet<String>,
+) -> Vec<(String, Scoped)> {
+    let empty = BTreeMap::new();
+    let client = client.unwrap_or(&empty);
+    let mut out = Vec::new();
+    let mut decide = |id: &str, summary: Option<&DocSummary>| {
+        let has = client.get(id).copied().filter(|v| *v > 0);
+        let admit = if taken.contains(id) {
+            Admit::Yes
+        } else {
+            scopes.admit(id)
+        };
+        let step = step(has, summary);
+        let scoped = match admit {
+            Admit::Yes => Scoped::Plain(step),
+            Admit::No => match has {
+                Some(v) => Scoped::Remove(v),
+                None => return,
+            },
+            // A delete is a delete, whatever the scope.
+            Admit::Body if summary.is_none_or(|s| s.deleted) => Scoped::Plain(step),
+            Admit::Body => Scoped::Check(step, has),
+        };
+        if scoped != Scoped::Plain(Step::Nothing) {
+            out.push((id.to_string(), scoped));
+        }
+    };
+    for s in server {
+        decide(&s.id, Some(s));
+    }
+    for id in client.keys() {
+        if summary_of(server, id).is_none() {
+            decide(id, None);
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 #[cfg(test)]
@@ -346,6 +588,7 @@ mod tests {
         compacted_through: Version,
         data_bytes: u64,
         patch_bytes: u64,
+        created: i64,
     }
 
     fn doc(version: Version, deleted: bool, compacted_through: Version, data_bytes: u64) -> Doc {
@@ -355,6 +598,7 @@ mod tests {
             compacted_through,
             data_bytes,
             patch_bytes: 10,
+            created: 0,
         }
     }
 
@@ -390,6 +634,7 @@ mod tests {
                             deleted: d.deleted,
                             compacted_through: d.compacted_through,
                             data_bytes: d.data_bytes,
+                            created: d.created,
                         })
                         .collect(),
                 ),
@@ -437,7 +682,7 @@ mod tests {
                 match d {
                     DocRows::Events { to, .. } => docs.insert(id.clone(), *to),
                     DocRows::Body { version, .. } => docs.insert(id.clone(), *version),
-                    DocRows::Deleted { version: 0 } => docs.remove(id),
+                    DocRows::Deleted { version: 0 } | DocRows::Removed { .. } => docs.remove(id),
                     DocRows::Deleted { version } => docs.insert(id.clone(), *version),
                 };
             }
@@ -624,6 +869,7 @@ mod tests {
             deleted: false,
             compacted_through: 0,
             data_bytes: 10,
+            created: 0,
         }]));
         assert_eq!(
             planner.need(),

@@ -87,6 +87,7 @@ impl Server {
             sessions: sessions.clone(),
             auth,
             limits: Arc::clone(&client_limits),
+            registrations: Default::default(),
         };
         let tasks = TaskTracker::new();
         tasks.spawn(forget_idle_clients(client_limits, shutdown.child_token()));

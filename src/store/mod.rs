@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::model::{Document, Event, Op, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
-use crate::plan::{CatchUpRows, Readable};
+use crate::plan::{CatchUpRows, Selection};
 use crate::protocol::StateVector;
 use crate::time::Timestamp;
 use crate::write::{Refusal, Write, WriteError};
@@ -353,14 +353,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Reads what a client with `vector` needs to catch up on `collections` — the reads a
     /// [`crate::plan::Planner`] asks for, within `budget` bytes
-    /// ([`crate::plan::Planner::with_budget`]) and of the documents `readable` allows (all
+    /// ([`crate::plan::Planner::with_budget`]) and of the documents `selection` allows (all
     /// without one) — all at one consistent position of the log.
     async fn catch_up(
         &self,
         collections: &[String],
         vector: &StateVector,
         budget: u64,
-        readable: Option<Arc<Readable>>,
+        selection: Option<Arc<Selection>>,
     ) -> Result<CatchUpRows, StoreError>;
 
     /// The client's last acknowledged vector, if it ever acknowledged one.

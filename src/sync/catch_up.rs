@@ -7,7 +7,7 @@
 
 use crate::model::Seq;
 use crate::plan::{CatchUpRows, DocRows};
-use crate::protocol::{ServerMessage, SnapshotMessage, StateVector};
+use crate::protocol::{RemovedMessage, ServerMessage, SnapshotMessage, StateVector};
 
 /// What brings a client current, read at one consistent position of the log.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +50,15 @@ impl CatchUp {
                         out.messages
                             .push(snapshot(&c.collection, &id, version, Some(data)));
                         resulting.insert(id, version);
+                    }
+                    DocRows::Removed { version } => {
+                        out.messages.push(ServerMessage::Removed(RemovedMessage {
+                            collection: c.collection.clone(),
+                            id: id.clone(),
+                            version,
+                            seq: None,
+                        }));
+                        resulting.remove(&id);
                     }
                     DocRows::Deleted { version } => {
                         out.snapshots += 1;

@@ -41,18 +41,23 @@ pub use open::SyncContext;
 /// not read are dropped before any message is made of them (its vector holds none of them
 /// either, see [`Session::reset_vector`](session::Session::reset_vector)).
 /// Within `budget` bytes: a catch-up larger than that comes in parts ([`CatchUp::complete`]).
+/// With `only`, just that collection (a live `subscribe`'s, or an `unsubscribe`'s check).
 pub async fn catch_up(
     store: &dyn Store,
     session: &session::Session,
     budget: u64,
+    only: Option<&str>,
 ) -> Result<CatchUp, StoreError> {
+    let one;
+    let collections = match only {
+        Some(c) => {
+            one = [c.to_string()];
+            &one[..]
+        }
+        None => session.collections(),
+    };
     let mut rows = store
-        .catch_up(
-            session.collections(),
-            session.vector(),
-            budget,
-            session.readable_filter(),
-        )
+        .catch_up(collections, session.vector(), budget, session.selection())
         .await?;
     for c in &mut rows.collections {
         let access = session.access(&c.collection);
@@ -75,7 +80,7 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
 /// Acknowledged vectors are written to the store at most this often per client.
 pub const VECTOR_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
-/// Most collections one connection may subscribe to.
+/// Most subscriptions one connection may have.
 pub const MAX_SUBSCRIPTIONS: usize = 64;
 /// Bad messages a connection may send before it is closed with [`CLOSE_POLICY`].
 pub const MAX_VIOLATIONS: u32 = 10;

@@ -19,11 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::protocol::{Hello, ServerMessage, StateVector};
 use super::resume::vector_at;
-use super::session::{validate_hello, ProtocolError, Session};
+use super::session::{compile, validate_hello, ProtocolError, Session};
 use super::CatchUp;
 use crate::auth::{Access, Principal};
 use crate::hub::{Hub, Subscription};
 use crate::model::Seq;
+use crate::scope::Scope;
 use crate::store::{Store, StoreError};
 
 /// What sync needs of the server: the store, the hub, the shutdown signal and the page size for
@@ -50,8 +51,9 @@ pub struct Accepted {
     pub client_id: String,
     pub state_vector: Option<StateVector>,
     pub principal: Arc<Principal>,
-    /// The subscriptions the token may read (some or all of), with what it may read of each.
-    pub subscriptions: Vec<(String, Access)>,
+    /// The subscriptions the token may read (some or all of), with what it may read of each
+    /// one's collection.
+    pub subscriptions: Vec<(Scope, Access)>,
     /// `error` `forbidden` messages, one per subscription the token cannot read at all: sent
     /// before the catch-up; the other subscriptions proceed.
     pub refusals: Vec<ServerMessage>,
@@ -66,12 +68,9 @@ pub fn accept(auth: &crate::auth::Auth, hello: Hello) -> Result<Accepted, Protoc
     validate_hello(&hello)?;
     let mut subscriptions = Vec::with_capacity(hello.subscribe.len());
     let mut refusals = Vec::new();
-    let mut collections = hello.subscribe;
-    collections.sort();
-    collections.dedup();
-    for c in collections {
-        match principal.check_read_collection(&c) {
-            Ok(access) => subscriptions.push((c, access)),
+    for scope in compile(&hello.subscribe)? {
+        match principal.check_read_collection(&scope.collection) {
+            Ok(access) => subscriptions.push((scope, access)),
             Err(e) => refusals.push(ServerMessage::error(e.code, e.message)),
         }
     }
@@ -182,7 +181,7 @@ fn session_of(a: Accepted) -> Parts {
 /// What brings the session's client from its vector to current, for its collections (and only
 /// the documents it may read).
 pub async fn read_catch_up(ctx: &SyncContext, session: &Session) -> Result<CatchUp, StoreError> {
-    super::catch_up(&*ctx.store, session, ctx.catch_up_bytes).await
+    super::catch_up(&*ctx.store, session, ctx.catch_up_bytes, None).await
 }
 
 /// The vector remembered under `key` (a `Principal::client_key`).

@@ -1,5 +1,11 @@
-//! One sync connection's state, with no I/O: which collections it follows, what it has been sent
-//! (its vector and log position), what the client acknowledged, and which live events to forward.
+//! One sync connection's state, with no I/O: what it follows (its subscriptions, compiled into
+//! [`Scope`]s), what it has been sent (its vector and log position), what the client acknowledged,
+//! and which live events to forward.
+//!
+//! A collection the session follows whole needs no check per event. One it follows only in part
+//! (every subscription of it narrowed) has [`Scopes`], which decide each live event's fate — in,
+//! out (`removed`), or "read the document and decide" ([`Live::Recheck`]); the same scopes go
+//! to the catch-up planner, so both paths hold the client to the same documents.
 //!
 //! A session also keeps, per subscribed collection, what its token may read of it (an [`Access`],
 //! computed once at `hello` and again after an `auth`): events and catch-up rows of documents it may
@@ -7,11 +13,16 @@
 //! readable whole (`--auth none`, or `games/*`) pays one branch per live event for this.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::auth::Access;
 use crate::error::ErrorCode;
-use crate::model::{validate_collection, validate_id, Event, Op, Seq, Version};
-use crate::sync::protocol::{Hello, ServerMessage, StateVector, SyncedMessage};
+use crate::model::{validate_collection, validate_id, Event, Op, Seq, StoredDoc, Version};
+use crate::plan::Selection;
+use crate::scope::{self, Scope, Scopes};
+use crate::sync::protocol::{
+    Hello, RemovedMessage, ServerMessage, SnapshotMessage, StateVector, Subscription, SyncedMessage,
+};
 use crate::sync::CatchUp;
 use crate::sync::{MAX_SUBSCRIPTIONS, MAX_UNACKED, MAX_VIOLATIONS};
 
@@ -76,6 +87,22 @@ pub enum Live {
     Skip,
     /// It does not follow what the client has: re-plan the catch-up from the store.
     Gap,
+    /// It moved the document out of the client's scopes: send `removed` ([`Session::removed`]).
+    Remove,
+    /// It may have moved the document in or out: read the document, then
+    /// [`Session::rechecked`].
+    Recheck,
+}
+
+/// What an `unsubscribe` leaves to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unsubscribed {
+    /// The collection is no longer followed: these documents left (send `removed` for each).
+    Left(Vec<RemovedMessage>),
+    /// The collection is still followed in part: a catch-up of it finds what left.
+    Recheck(String),
+    /// Nothing left (another subscription still follows the collection whole).
+    Nothing,
 }
 
 #[derive(Debug)]
@@ -83,8 +110,12 @@ pub struct Session {
     client_id: String,
     /// Where the client's vector is remembered (`Principal::client_key`); the client id by default.
     key: String,
-    /// Sorted, without duplicates.
+    /// What the client subscribed to, in the order subscribed; ids unique.
+    subscriptions: Vec<Scope>,
+    /// The collections of `subscriptions`: sorted, without duplicates.
     collections: Vec<String>,
+    /// The collections followed only in part, with their scopes.
+    scoped: BTreeMap<String, Scopes>,
     /// What the session may read of each of `collections` (same order); never `Access::None`.
     access: Vec<Access>,
     /// Whether some collection is readable only in part: when not, live events need no check.
@@ -93,6 +124,9 @@ pub struct Session {
     vector: StateVector,
     /// Log position covered by the last catch-up: live events at or below it are already included.
     position: Seq,
+    /// Collections caught up later than `position` (a live `subscribe`'s catch-up, an
+    /// `unsubscribe`'s check), with the position each was read at.
+    covered: BTreeMap<String, Seq>,
     /// Per document, the last change sent and not yet acknowledged: collection → id → (position,
     /// version). One entry per document, not per event, so a client that never acks costs memory in
     /// proportion to the documents it follows, not to the events it received.
@@ -116,16 +150,33 @@ pub fn validate_hello(h: &Hello) -> Result<(), HelloError> {
     Ok(())
 }
 
-pub fn validate_subscriptions(collections: &[String]) -> Result<(), HelloError> {
-    if collections.len() > MAX_SUBSCRIPTIONS {
+pub fn validate_subscriptions(subscriptions: &[Subscription]) -> Result<(), HelloError> {
+    compile(subscriptions).map(|_| ())
+}
+
+/// Compiles subscriptions (at most [`MAX_SUBSCRIPTIONS`], ids unique; a collection named twice is
+/// followed once).
+pub fn compile(subscriptions: &[Subscription]) -> Result<Vec<Scope>, HelloError> {
+    if subscriptions.len() > MAX_SUBSCRIPTIONS {
         return Err(HelloError::Subscribe(format!(
-            "at most {MAX_SUBSCRIPTIONS} collections"
+            "at most {MAX_SUBSCRIPTIONS} subscriptions"
         )));
     }
-    for c in collections {
-        validate_collection(c).map_err(|e| HelloError::Subscribe(e.to_string()))?;
+    let mut out: Vec<Scope> = Vec::with_capacity(subscriptions.len());
+    for s in subscriptions {
+        let scope = Scope::parse(s).map_err(HelloError::Subscribe)?;
+        match out.iter().find(|o| o.id == scope.id) {
+            Some(o) if *o == scope => {}
+            Some(_) => {
+                return Err(HelloError::Subscribe(format!(
+                    "two subscriptions with the id '{}'",
+                    scope.id
+                )))
+            }
+            None => out.push(scope),
+        }
     }
-    Ok(())
+    Ok(out)
 }
 
 pub fn validate_vector(v: &StateVector) -> Result<(), HelloError> {
@@ -142,19 +193,18 @@ impl Session {
     /// A session for a validated hello, following `subscriptions` (each with what may be read of
     /// it), starting from `vector` (the client's, or the one the server remembered for it),
     /// restricted to what it follows and may read.
-    pub fn new(client_id: String, mut subscriptions: Vec<(String, Access)>, vector: StateVector) -> Session {
-        subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
-        subscriptions.dedup_by(|a, b| a.0 == b.0);
-        subscriptions.retain(|(_, a)| !a.is_none());
-        let (collections, access): (Vec<String>, Vec<Access>) = subscriptions.into_iter().unzip();
+    pub fn new(client_id: String, subscriptions: Vec<(Scope, Access)>, vector: StateVector) -> Session {
         let mut s = Session {
             key: client_id.clone(),
             client_id,
-            restricted: access.iter().any(|a| *a != Access::All),
-            collections,
-            access,
+            subscriptions: Vec::new(),
+            collections: Vec::new(),
+            scoped: BTreeMap::new(),
+            restricted: false,
+            access: Vec::new(),
             vector: StateVector::new(),
             position: 0,
+            covered: BTreeMap::new(),
             unacked: HashMap::new(),
             unacked_len: 0,
             acked: StateVector::new(),
@@ -162,14 +212,113 @@ impl Session {
             sent: 0,
             violations: 0,
         };
+        let mut access: BTreeMap<String, Access> = BTreeMap::new();
+        for (scope, a) in subscriptions {
+            if a.is_none() || s.subscriptions.iter().any(|o| o.id == scope.id) {
+                continue;
+            }
+            access.insert(scope.collection.clone(), a);
+            s.subscriptions.push(scope);
+        }
+        s.derive(access);
         s.reset_vector(vector);
         s
     }
 
     /// A session for collections readable whole (no authentication, or tests).
     pub fn unrestricted(client_id: String, subscribe: &[String], vector: StateVector) -> Session {
-        let subscriptions = subscribe.iter().map(|c| (c.clone(), Access::All)).collect();
+        let subscriptions = subscribe.iter().map(|c| (Scope::whole(c), Access::All)).collect();
         Session::new(client_id, subscriptions, vector)
+    }
+
+    /// Recomputes what follows from the subscriptions: the collections (with `access`, what may
+    /// be read of each) and the scopes of those followed in part.
+    fn derive(&mut self, mut access: BTreeMap<String, Access>) {
+        let mut collections: Vec<String> = self.subscriptions.iter().map(|s| s.collection.clone()).collect();
+        collections.sort();
+        collections.dedup();
+        self.access = collections
+            .iter()
+            .map(|c| access.remove(c).unwrap_or(Access::All))
+            .collect();
+        self.restricted = self.access.iter().any(|a| *a != Access::All);
+        self.scoped = BTreeMap::new();
+        for c in &collections {
+            let of_c = self.subscriptions.iter().filter(|s| &s.collection == c);
+            if of_c.clone().any(Scope::is_whole) {
+                continue;
+            }
+            self.scoped
+                .insert(c.clone(), Scopes::new(of_c.cloned().collect()));
+        }
+        self.collections = collections;
+    }
+
+    /// The current access of each followed collection, by name.
+    fn access_map(&self) -> BTreeMap<String, Access> {
+        self.collections
+            .iter()
+            .cloned()
+            .zip(self.access.iter().cloned())
+            .collect()
+    }
+
+    /// The subscriptions, in the order made.
+    pub fn subscriptions(&self) -> &[Scope] {
+        &self.subscriptions
+    }
+
+    /// Adds a subscription the token may read (`access` of its collection, not `None`). Refused
+    /// when its id is taken or the session has [`MAX_SUBSCRIPTIONS`] already.
+    pub fn subscribe(&mut self, scope: Scope, access: Access) -> Result<(), ProtocolError> {
+        if self.subscriptions.iter().any(|s| s.id == scope.id) {
+            let msg = format!("a subscription with the id '{}' exists already", scope.id);
+            return Err(ProtocolError::new(ErrorCode::InvalidSubscription, msg));
+        }
+        if self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+            let msg = format!("at most {MAX_SUBSCRIPTIONS} subscriptions");
+            return Err(ProtocolError::new(ErrorCode::InvalidSubscription, msg));
+        }
+        let mut access_map = self.access_map();
+        access_map.insert(scope.collection.clone(), access);
+        self.vector.entry(scope.collection.clone()).or_default();
+        self.subscriptions.push(scope);
+        self.derive(access_map);
+        Ok(())
+    }
+
+    /// Ends the subscription `id`: what is left to do about the documents it brought.
+    pub fn unsubscribe(&mut self, id: &str) -> Result<Unsubscribed, ProtocolError> {
+        let Some(i) = self.subscriptions.iter().position(|s| s.id == id) else {
+            let msg = format!("no subscription with the id '{id}'");
+            return Err(ProtocolError::new(ErrorCode::InvalidSubscription, msg));
+        };
+        let access_map = self.access_map();
+        let gone = self.subscriptions.remove(i);
+        self.derive(access_map);
+        let c = gone.collection;
+        if self.collections.binary_search(&c).is_ok() {
+            return Ok(if self.scoped.contains_key(&c) {
+                Unsubscribed::Recheck(c)
+            } else {
+                Unsubscribed::Nothing
+            });
+        }
+        let docs = self.vector.remove(&c).unwrap_or_default();
+        let mut left = Vec::new();
+        for (doc, version) in docs {
+            // Forgotten as acknowledged at version 0 once the client acks what follows.
+            self.record(self.sent, &c, &doc, 0);
+            if version > 0 {
+                left.push(RemovedMessage {
+                    collection: c.clone(),
+                    id: doc,
+                    version,
+                    seq: None,
+                });
+            }
+        }
+        Ok(Unsubscribed::Left(left))
     }
 
     /// Remembers the client's vector under `key` (its `Principal::client_key`).
@@ -195,21 +344,25 @@ impl Session {
         }
     }
 
-    /// What a catch-up may plan, when the session reads some collection only in part (`None`:
-    /// everything it follows): the documents it may read, as an owned predicate for the store.
-    pub fn readable_filter(&self) -> Option<std::sync::Arc<crate::plan::Readable>> {
-        if !self.restricted {
+    /// What a catch-up may plan (`None`: everything it follows): the documents it may read, as an
+    /// owned predicate for the store, and the scopes of the collections it follows in part.
+    pub fn selection(&self) -> Option<Arc<Selection>> {
+        if !self.restricted && self.scoped.is_empty() {
             return None;
         }
-        let (collections, access) = (self.collections.clone(), self.access.clone());
-        Some(std::sync::Arc::new(
-            move |collection: &str, id: &str| match collections
-                .binary_search_by(|c| c.as_str().cmp(collection))
-            {
-                Ok(i) => access[i].allows(id),
-                Err(_) => false,
-            },
-        ))
+        let readable: Option<Box<crate::plan::Readable>> = self.restricted.then(|| {
+            let (collections, access) = (self.collections.clone(), self.access.clone());
+            Box::new(move |collection: &str, id: &str| {
+                match collections.binary_search_by(|c| c.as_str().cmp(collection)) {
+                    Ok(i) => access[i].allows(id),
+                    Err(_) => false,
+                }
+            }) as Box<crate::plan::Readable>
+        });
+        Some(Arc::new(Selection {
+            readable,
+            scopes: self.scoped.clone(),
+        }))
     }
 
     /// Whether the session may be told about `collection/id`.
@@ -239,10 +392,8 @@ impl Session {
                 kept.push((c, access));
             }
         }
-        let (collections, access): (Vec<String>, Vec<Access>) = kept.into_iter().unzip();
-        self.restricted = access.iter().any(|a| *a != Access::All);
-        self.collections = collections;
-        self.access = access;
+        self.subscriptions.retain(|s| !dropped.contains(&s.collection));
+        self.derive(kept.into_iter().collect());
         for (c, a) in self.collections.iter().zip(&self.access) {
             if *a == Access::All {
                 continue;
@@ -287,6 +438,24 @@ impl Session {
 
     /// Records a catch-up that was sent: the vector and position it brought the client to.
     pub fn caught_up(&mut self, c: &CatchUp) {
+        self.took(c);
+        self.position = self.position.max(c.position);
+        self.covered.retain(|_, p| *p > c.position);
+    }
+
+    /// Records the catch-up of one collection's scopes (a live `subscribe`'s, or what an
+    /// `unsubscribe` left): its documents are current to its position, but the session's position
+    /// stays — live events of the other collections below it may still be on their way. Events
+    /// of this collection at or below it are skipped: the catch-up covered them.
+    pub fn caught_up_scope(&mut self, collection: &str, c: &CatchUp) {
+        self.took(c);
+        if c.position > self.position {
+            let p = self.covered.entry(collection.to_string()).or_insert(c.position);
+            *p = (*p).max(c.position);
+        }
+    }
+
+    fn took(&mut self, c: &CatchUp) {
         for (collection, docs) in &c.vector {
             let before = self.vector.entry(collection.clone()).or_default();
             let removed: Vec<String> = before
@@ -309,7 +478,6 @@ impl Session {
                 self.record(c.position, collection, &id, v);
             }
         }
-        self.position = self.position.max(c.position);
         self.sent = self.sent.max(c.position);
     }
 
@@ -340,6 +508,19 @@ impl Session {
             state_vector: restrict(&self.vector, &self.collections),
             snapshots: c.snapshots,
             events: c.events,
+            subscription: None,
+        })
+    }
+
+    /// The `synced` that ends a live `subscribe`'s catch-up: its collection's vector, and its id.
+    pub fn synced_subscription(&self, c: &CatchUp, subscription: &Scope) -> ServerMessage {
+        let collections = [subscription.collection.clone()];
+        ServerMessage::Synced(SyncedMessage {
+            seq: c.position,
+            state_vector: restrict(&self.vector, &collections),
+            snapshots: c.snapshots,
+            events: c.events,
+            subscription: Some(subscription.id.clone()),
         })
     }
 
@@ -352,12 +533,20 @@ impl Session {
         let Some(docs) = self.vector.get_mut(&e.collection) else {
             return Live::Skip;
         };
-        if e.seq <= self.position {
+        if e.seq <= self.position || self.covered.get(&e.collection).is_some_and(|p| e.seq <= *p) {
             return Live::Skip;
         }
         let have = docs.get(&e.id).copied().unwrap_or(0);
         if e.version <= have {
             return Live::Skip;
+        }
+        if let Some(scopes) = self.scoped.get(&e.collection) {
+            match scopes.live(e, have > 0) {
+                scope::Live::In => {}
+                scope::Live::Out if have > 0 => return Live::Remove,
+                scope::Live::Out => return Live::Skip,
+                scope::Live::Recheck => return Live::Recheck,
+            }
         }
         // A create may follow a deletion the client never saw only if it has nothing of the document.
         let follows = e.version == have + 1 || (e.op == Op::Create && have == 0);
@@ -373,6 +562,77 @@ impl Session {
         self.sent = self.sent.max(e.seq);
         self.record(e.seq, &e.collection, &e.id, e.version);
         Live::Send
+    }
+
+    /// After [`Live::Remove`]: the client is to drop the document; the `removed` message.
+    pub fn removed(&mut self, e: &Event) -> ServerMessage {
+        if let Some(docs) = self.vector.get_mut(&e.collection) {
+            docs.remove(&e.id);
+        }
+        self.sent = self.sent.max(e.seq);
+        self.record(e.seq, &e.collection, &e.id, 0);
+        ServerMessage::Removed(RemovedMessage {
+            collection: e.collection.clone(),
+            id: e.id.clone(),
+            version: e.version,
+            seq: Some(e.seq),
+        })
+    }
+
+    /// After [`Live::Recheck`] on `e`, with the document as stored now (read after `e` was
+    /// committed, so at `e`'s version or later): what to send — the event itself when the
+    /// document is in and the event follows what the client has, a snapshot when it is in and
+    /// the client's copy is older (it moved in, or moved on since), `removed` when it is out and
+    /// the client has it, else nothing.
+    pub fn rechecked(&mut self, e: &Event, stored: Option<StoredDoc>) -> Recheck {
+        let Some(scopes) = self.scoped.get(&e.collection) else {
+            return Recheck::Nothing;
+        };
+        let have = self
+            .vector
+            .get(&e.collection)
+            .and_then(|d| d.get(&e.id))
+            .copied()
+            .unwrap_or(0);
+        let live = stored.filter(|s| !s.deleted && scopes.recheck(&e.id, have > 0, &s.doc.data));
+        match live {
+            Some(s) if s.doc.version <= have => Recheck::Nothing,
+            Some(s) if s.doc.version == e.version && e.version == have + 1 => {
+                self.sent_live(e);
+                Recheck::Event
+            }
+            Some(s) => {
+                let (collection, id, version) = (e.collection.clone(), e.id.clone(), s.doc.version);
+                if let Some(docs) = self.vector.get_mut(&collection) {
+                    docs.insert(id.clone(), version);
+                }
+                self.sent = self.sent.max(e.seq);
+                self.record(e.seq, &collection, &id, version);
+                Recheck::Send(ServerMessage::Snapshot(SnapshotMessage {
+                    collection,
+                    id,
+                    version,
+                    data: Some(s.doc.data),
+                    deleted: false,
+                }))
+            }
+            None if have > 0 => Recheck::Send(self.removed(e)),
+            None => Recheck::Nothing,
+        }
+    }
+
+    /// Records a live event as sent.
+    fn sent_live(&mut self, e: &Event) {
+        if let Some(docs) = self.vector.get_mut(&e.collection) {
+            match docs.get_mut(&e.id) {
+                Some(v) => *v = e.version,
+                None => {
+                    docs.insert(e.id.clone(), e.version);
+                }
+            }
+        }
+        self.sent = self.sent.max(e.seq);
+        self.record(e.seq, &e.collection, &e.id, e.version);
     }
 
     /// The client acknowledged everything up to `seq`.
@@ -412,6 +672,16 @@ impl Session {
     pub fn has_acked(&self) -> bool {
         self.acked_position.is_some()
     }
+}
+
+/// What a [`Live::Recheck`] comes to ([`Session::rechecked`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recheck {
+    /// Send the event itself.
+    Event,
+    /// Send this instead (a snapshot or `removed`).
+    Send(ServerMessage),
+    Nothing,
 }
 
 /// Restricts a vector to some collections (what `POST /api/sync` and `synced` report).
@@ -457,7 +727,7 @@ mod tests {
         let access = Access::Some(vec![IdPattern::Prefix("alice-".into())]);
         Session::new(
             "c1".into(),
-            vec![("games".to_string(), access)],
+            vec![(Scope::whole("games"), access)],
             StateVector::new(),
         )
     }
@@ -574,7 +844,10 @@ mod tests {
     fn collections_that_cannot_be_read_are_not_followed() {
         let s = Session::new(
             "c".into(),
-            vec![("games".into(), Access::All), ("secret".into(), Access::None)],
+            vec![
+                (Scope::whole("games"), Access::All),
+                (Scope::whole("secret"), Access::None),
+            ],
             StateVector::new(),
         );
         assert_eq!(s.collections(), ["games".to_string()]);
@@ -648,7 +921,9 @@ mod tests {
             "invalid_subscription"
         );
         let too_many = Hello {
-            subscribe: (0..=MAX_SUBSCRIPTIONS).map(|i| format!("c{i}")).collect(),
+            subscribe: (0..=MAX_SUBSCRIPTIONS)
+                .map(|i| Subscription::Collection(format!("c{i}")))
+                .collect(),
             ..ok.clone()
         };
         assert_eq!(

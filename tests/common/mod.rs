@@ -708,7 +708,7 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Applies a `snapshot` or `event` message (anything else is a test failure).
+    /// Applies a `snapshot`, `event` or `removed` message (anything else is a test failure).
     pub fn apply(&mut self, msg: &Value) {
         let collection = msg["collection"].as_str().expect("collection").to_string();
         let id = msg["id"].as_str().expect("id").to_string();
@@ -763,7 +763,14 @@ impl Replica {
                 };
                 docs.insert(id, (version, body));
             }
-            _ => panic!("not a snapshot or event: {msg}"),
+            Some("removed") => {
+                // Left every scope: the client drops it and its vector entry.
+                assert!(
+                    docs.remove(&id).is_some(),
+                    "removed a document the replica lacks: {msg}"
+                );
+            }
+            _ => panic!("not a snapshot, event or removed: {msg}"),
         }
     }
 

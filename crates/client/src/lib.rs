@@ -1,7 +1,7 @@
 //! # EventSync's Rust client
 //!
-//! A [`Replica`] of the subscribed collections, kept current over WebSocket or
-//! SSE by a background task that reconnects on its own.
+//! A [`Replica`] of what the client subscribes to — whole collections, or [`Scope`]s that narrow
+//! one — kept current over WebSocket or SSE by a background task that reconnects on its own.
 //!
 //! [`Client::connect`] spawns the task and returns at once. The task connects, says `hello` with the
 //! replica's state vector (empty for a new client), applies the catch-up (`snapshot`s and `event`s)
@@ -17,6 +17,25 @@
 //! WebSocket (`write` → `result`) or, with SSE, over the REST API; either way they answer a
 //! [`ResultMessage`] and are retried across reconnects under the same `op_id` (so applied at most
 //! once) until [`ClientOptions::write_timeout`].
+//!
+//! **Subscriptions.** [`ClientOptions::subscribe`] is the starting set: collection names (the
+//! whole collection; the name is the subscription's id) and [`Scope`]s — a collection narrowed by
+//! `ids`, an id `prefix`, a `where` filter (a MongoDB subset) and/or the `latest` N documents,
+//! under an id the client chooses ([`scope`] starts one). [`Client::subscribe`] and
+//! [`Client::unsubscribe`] change the set while the client runs: over a live WebSocket as
+//! `subscribe` / `unsubscribe` messages (the scope's catch-up, then a `synced` naming it —
+//! [`Change::Synced`] with `subscription: Some(id)`); over SSE by reopening the stream; offline
+//! by the next `hello`. Every (re)connection's `hello` carries the current set
+//! ([`Client::subscriptions`]). [`Client::subscription_synced`] and
+//! [`Client::wait_subscription_synced`] tell when one's catch-up is applied; its documents are
+//! in its collection's map ([`Replica::collection`]), which every subscription of that collection
+//! shares. A document that leaves every scope (a write made it stop matching, or its
+//! subscription ended) arrives as `removed`: the replica drops it and its vector entry
+//! ([`Change::Removed`]; not a delete — should it match again, it comes back as a snapshot).
+//! Over SSE, a set with any scope opens with `POST /sync/sse` (the hello as JSON, answered with a
+//! single-use resume id), then `GET /sync/sse?resume=<id>`, on every connection; a set of whole
+//! collections keeps the plain `GET` with its query. Runtime changes are not persisted with the
+//! replica: a new process starts from [`ClientOptions::subscribe`].
 //!
 //! For a server with `--auth jwt`, give [`ClientOptions::token`] (replace it with
 //! [`Client::set_token`]) or a [`ClientOptions::token_provider`], which is asked before every
@@ -64,6 +83,37 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Scopes, and subscribing while running:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use eventsync_client::{scope, Change, Client, ClientOptions, Scope};
+//!
+//! # async fn demo() -> Result<(), eventsync_client::ClientError> {
+//! let high = Scope {
+//!     filter: Some(serde_json::json!({"level": {"$gte": 5}})),
+//!     ..scope("high", "games")
+//! };
+//! let options = ClientOptions::new("http://127.0.0.1:8080", "player-1", [high]);
+//! let (client, mut changes) = Client::connect_with_changes(options).await?;
+//! client.wait_synced(Duration::from_secs(10)).await?;
+//!
+//! // Two more documents of another collection: returns once they are in the replica.
+//! let mine = Scope { ids: Some(vec!["p1".into(), "p2".into()]), ..scope("mine", "players") };
+//! client.subscribe(mine).await?;
+//! let players = client.with_replica(|r| r.collection("players").map(|docs| docs.len()));
+//! println!("{players:?} players");
+//!
+//! while let Ok(change) = changes.try_recv() {
+//!     if let Change::Removed(r) = change {
+//!         println!("{}/{} left every scope", r.collection, r.id);
+//!     }
+//! }
+//! client.unsubscribe("mine").await?; // its documents are dropped
+//! # Ok(())
+//! # }
+//! ```
 
 //!
 //! It depends on the wire types ([`protocol`], re-exported) and its transports (tokio-tungstenite,
@@ -74,6 +124,7 @@ pub use eventsync_protocol as protocol;
 mod replica;
 mod rest;
 mod sse;
+mod subs;
 mod task;
 #[cfg(test)]
 mod tests;
@@ -90,9 +141,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use replica::{Applied, Counters, Replica};
+pub use subs::{scope, IntoSubscription};
 
-use eventsync_protocol::messages::{ResultMessage, SnapshotMessage, SyncedMessage, WriteMessage, WriteOp};
+use eventsync_protocol::messages::{
+    RemovedMessage, ResultMessage, SnapshotMessage, SyncedMessage, WriteMessage, WriteOp,
+};
+pub use eventsync_protocol::messages::{Scope, Subscription};
 use eventsync_protocol::model::{Event, Seq};
+use eventsync_protocol::{ErrorBody, ErrorCode};
 
 /// How the client receives: a WebSocket (`/sync/ws`, writes over it too) or Server-Sent Events
 /// (`/sync/sse`, receive-only; writes go over the REST API).
@@ -157,8 +213,11 @@ pub struct ClientOptions {
     /// Who the client is (the server's idea of what it has is kept per client id). Like a document
     /// id: 1-128 of `[A-Za-z0-9_.:@-]`.
     pub client_id: String,
-    /// Collections to follow.
-    pub subscribe: Vec<String>,
+    /// What to follow from the start: whole collections ([`Subscription::Collection`]) and scopes
+    /// ([`Subscription::Scope`]). [`Client::subscribe`] and [`Client::unsubscribe`] change the set
+    /// while the client runs ([`Client::subscriptions`] reads it); every (re)connection's `hello`
+    /// carries the current set.
+    pub subscribe: Vec<Subscription>,
     pub reconnect: Backoff,
     /// Keep the replica in this JSON file: loaded at connect (unless `initial` is given), saved at
     /// most once per second while it changes and at [`Client::close`].
@@ -257,16 +316,22 @@ impl<T: Into<String>> From<T> for Token {
 }
 
 impl ClientOptions {
+    /// Options with the defaults. `subscribe` takes collection names (`["games", "chat"]`, strings
+    /// of any kind), [`Subscription`]s or [`Scope`]s (see [`scope`]) — anything
+    /// [`IntoSubscription`].
     pub fn new(
         url: impl Into<String>,
         client_id: impl Into<String>,
-        subscribe: impl IntoIterator<Item = impl Into<String>>,
+        subscribe: impl IntoIterator<Item = impl IntoSubscription>,
     ) -> ClientOptions {
         ClientOptions {
             url: url.into(),
             transport: Transport::WebSocket,
             client_id: client_id.into(),
-            subscribe: subscribe.into_iter().map(Into::into).collect(),
+            subscribe: subscribe
+                .into_iter()
+                .map(IntoSubscription::into_subscription)
+                .collect(),
             reconnect: Backoff::default(),
             persist: None,
             initial: None,
@@ -307,8 +372,13 @@ pub enum Change {
     Event(Arc<Event>),
     /// A snapshot replaced (or, `deleted`, removed) a document.
     Snapshot(Arc<SnapshotMessage>),
-    /// A catch-up completed.
+    /// A catch-up completed: the hello's or a `sync`'s (`subscription` is `None`: every
+    /// subscription is current), or a live [`Client::subscribe`]'s (`subscription` names it).
     Synced(Arc<SyncedMessage>),
+    /// A document left every scope of the client (a write made it stop matching a filter, or a
+    /// subscription ended): it was dropped from the replica, with its vector entry. Not a delete:
+    /// the document may still exist, and arrives again as a snapshot if it comes back in scope.
+    Removed(Arc<RemovedMessage>),
 }
 
 /// What the connection side has seen (the replica's own counters are in [`Replica::counters`]).
@@ -358,6 +428,17 @@ pub enum ClientError {
     Transport(String),
     #[error("persisted replica: {0}")]
     Persist(String),
+    /// A subscription refused: by the client itself (malformed, an id already taken by another
+    /// subscription, an unknown id to unsubscribe; code `invalid_subscription`), or by the server
+    /// (its `error`: `invalid_subscription`, `forbidden`, ...). Nothing changed.
+    #[error("subscription refused: {0}")]
+    Subscription(ErrorBody),
+}
+
+impl ClientError {
+    pub(crate) fn subscription(message: impl Into<String>) -> ClientError {
+        ClientError::Subscription(ErrorBody::new(ErrorCode::InvalidSubscription, message))
+    }
 }
 
 /// A fresh `op_id` for a write.
@@ -377,6 +458,9 @@ pub(crate) enum Command {
     Reconnect,
     /// The token was replaced ([`Shared::token`]): re-authenticate the session.
     Auth,
+    /// [`Client::subscribe`] / [`Client::unsubscribe`]: answered once in effect.
+    Subscribe(Box<Subscription>, subs::Reply),
+    Unsubscribe(String, subs::Reply),
 }
 
 /// What the handles and the task share.
@@ -402,6 +486,9 @@ pub(crate) struct State {
     pub modified: u64,
     /// Times the client became live (a `synced` that left nothing missing).
     pub live: u64,
+    /// The current subscriptions, each with whether its catch-up on this connection is applied.
+    /// Changed by the task only.
+    pub subscriptions: Vec<subs::SubState>,
 }
 
 impl Shared {
@@ -491,6 +578,15 @@ impl Shared {
         at.is_some_and(|at| tokio::time::Instant::now() >= at)
     }
 
+    /// The current subscriptions.
+    pub fn subscriptions(&self) -> Vec<Subscription> {
+        self.state()
+            .subscriptions
+            .iter()
+            .map(|s| s.subscription.clone())
+            .collect()
+    }
+
     pub fn stat(&self, f: impl FnOnce(&mut ClientStats)) {
         f(&mut self.state().stats);
         self.bump();
@@ -553,6 +649,7 @@ impl Client {
                     .into(),
             ));
         }
+        let subscriptions = subs::initial(&options.subscribe)?;
         let replica = match (options.initial.take(), &options.persist) {
             (Some(r), _) => r,
             (None, Some(path)) => task::load(path).await?,
@@ -569,6 +666,7 @@ impl Client {
             replica: Mutex::new(replica),
             state: Mutex::new(State {
                 status: Some(Status::Connecting),
+                subscriptions,
                 ..State::default()
             }),
             notify: watch::channel(0).0,
@@ -701,6 +799,85 @@ impl Client {
         self.command(Command::Sync, timeout).await?;
         self.wait(|shared| Ok(shared.state().live > before), timeout)
             .await
+    }
+
+    /// The current subscriptions (those of [`ClientOptions::subscribe`], as changed by
+    /// [`Client::subscribe`] and [`Client::unsubscribe`]).
+    pub fn subscriptions(&self) -> Vec<Subscription> {
+        self.inner.shared.subscriptions()
+    }
+
+    /// Whether the subscription with this id (a collection's name for a whole collection) has its
+    /// catch-up applied on the current connection: `None` when there is no such subscription.
+    /// Reset at every (re)connection, set by the `synced` that covers it (the hello's, a `sync`'s,
+    /// or the one naming it after a live [`Client::subscribe`]).
+    pub fn subscription_synced(&self, id: &str) -> Option<bool> {
+        subs::synced(&self.inner.shared, id)
+    }
+
+    /// Waits until the subscription with this id is synced ([`Client::subscription_synced`]).
+    /// [`ClientError::Subscription`] when there is no such subscription (or it ends meanwhile).
+    pub async fn wait_subscription_synced(&self, id: &str, timeout: Duration) -> Result<(), ClientError> {
+        self.wait(
+            |shared| match subs::synced(shared, id) {
+                Some(synced) => Ok(synced),
+                None => Err(ClientError::subscription(format!(
+                    "no subscription with the id '{id}'"
+                ))),
+            },
+            timeout,
+        )
+        .await
+    }
+
+    /// Adds a subscription — a collection's name for the whole collection, or a [`Scope`] — and
+    /// returns once its catch-up is applied (its documents are in the replica, their collection's
+    /// map: [`Replica::documents`]). Over a live WebSocket it is a `subscribe` message, answered by
+    /// the scope's catch-up and a `synced` naming it; over SSE (which has no back channel) the
+    /// stream is reopened with the new set; while offline the next connection's `hello` carries
+    /// it. Every later reconnection's `hello` carries it too.
+    ///
+    /// Adding a subscription that is already there (the same id, the same definition) does
+    /// nothing. [`ClientError::Subscription`] when it is refused — by the client (malformed, or
+    /// its id taken by a different subscription) or by the server (`invalid_subscription`,
+    /// `forbidden`): nothing changed then. [`ClientError::Timeout`] after
+    /// [`ClientOptions::write_timeout`]: the subscription stays in the set and its catch-up may
+    /// still come ([`Client::wait_subscription_synced`]); unsubscribe to undo it.
+    pub async fn subscribe(&self, subscription: impl IntoSubscription) -> Result<(), ClientError> {
+        let subscription = subscription.into_subscription();
+        subs::check(&subscription)?;
+        let command = |reply| Command::Subscribe(Box::new(subscription), reply);
+        self.subscription_command(command).await
+    }
+
+    /// Ends the subscription with this id (a collection's name for a whole collection) and returns
+    /// once the replica dropped what it alone brought: documents that left every remaining
+    /// subscription arrive as [`Change::Removed`] (a WebSocket's `removed` messages, then
+    /// `unsubscribed`); over SSE or offline, documents of a collection no subscription follows any
+    /// more are dropped at once, the others by the next connection's catch-up. Errors as
+    /// [`Client::subscribe`]'s (an unknown id is [`ClientError::Subscription`]).
+    pub async fn unsubscribe(&self, id: &str) -> Result<(), ClientError> {
+        let id = id.to_string();
+        self.subscription_command(|reply| Command::Unsubscribe(id, reply))
+            .await
+    }
+
+    async fn subscription_command(
+        &self,
+        command: impl FnOnce(subs::Reply) -> Command,
+    ) -> Result<(), ClientError> {
+        if self.status() == Status::Closed {
+            return Err(ClientError::Closed);
+        }
+        let timeout = self.inner.shared.options.write_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (tx, rx) = oneshot::channel();
+        self.command(command(tx), timeout).await?;
+        match tokio::time::timeout_at(deadline, rx).await {
+            Err(_) => Err(ClientError::Timeout),
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Ok(Ok(answer)) => answer,
+        }
     }
 
     /// Writes through the server: over the WebSocket (awaiting the `result` with the same `op_id`),

@@ -11,8 +11,12 @@
 //!   `create` builds the document by applying the patch to `{}`, `update` applies the RFC 6902 patch,
 //!   `delete` removes the document and keeps its version. An event at or below the local version is
 //!   a [`Applied::Duplicate`], one further ahead a [`Applied::Gap`]; neither changes anything.
+//! - `removed` (the document left every scope of the client: a write made it stop matching a
+//!   filter, or a subscription ended) drops the document **and** its vector entry — it is not a
+//!   delete: the document may still exist, and should it come back in scope the server sends it
+//!   whole, as a snapshot (its events then apply from that version on).
 //! - `synced` records the position the replica is current to ([`Replica::last_seq`]).
-//! - Everything else (`result`, `error`, `pong`) is [`Applied::Ignored`].
+//! - Everything else (`result`, `error`, `pong`, `unsubscribed`, ...) is [`Applied::Ignored`].
 //!
 //! An event whose patch does not apply to the local document (which means the local copy is not
 //! what the server had at that version) is [`Applied::Invalid`]: the document is forgotten (removed
@@ -22,14 +26,17 @@
 //! last event applied to each document. Since a document's events have increasing `seq`s, applying
 //! an event whose `seq` is not above that is a violation; it is counted in
 //! [`Counters::applied_twice`] (and must stay 0). Only a reset (a snapshot that moves a document's
-//! version backwards, or a forgotten document) clears the record — the server said to start over.
+//! version backwards, a forgotten or `removed` document) clears the record — the server said to
+//! start over.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use eventsync_protocol::messages::{ServerMessage, SnapshotMessage, StateVector, SyncedMessage};
+use eventsync_protocol::messages::{
+    RemovedMessage, ServerMessage, SnapshotMessage, StateVector, SyncedMessage,
+};
 use eventsync_protocol::model::{Data, Event, Op, Seq, Version};
 
 /// What [`Replica::apply`] did with a message.
@@ -83,6 +90,9 @@ pub struct Counters {
     pub resets: u64,
     /// Messages that could not be applied ([`Applied::Invalid`]).
     pub invalid: u64,
+    /// `removed` messages that dropped a document (or a deleted document's vector entry), and
+    /// documents dropped with a collection no subscription follows any more.
+    pub removed: u64,
     /// Events applied although an event with the same or a later `seq` had already been applied to
     /// the same document since its last reset. Must be 0; anything else is a bug (ours or the
     /// server's).
@@ -113,7 +123,9 @@ impl Replica {
             ServerMessage::Snapshot(s) => self.apply_snapshot(s),
             ServerMessage::Event(e) => self.apply_event(e),
             ServerMessage::Synced(s) => self.apply_synced(s),
-            ServerMessage::Result(_)
+            ServerMessage::Removed(r) => self.apply_removed(r),
+            ServerMessage::Unsubscribed { .. }
+            | ServerMessage::Result(_)
             | ServerMessage::Error { .. }
             | ServerMessage::Pong { .. }
             | ServerMessage::Authenticated { .. } => Applied::Ignored,
@@ -151,6 +163,47 @@ impl Replica {
         self.set_version(&s.collection, &s.id, s.version);
         self.counters.snapshots += 1;
         Applied::Applied
+    }
+
+    /// Applies a `removed`: the document left every scope; it and its vector entry are dropped
+    /// (whatever their version: out is out). [`Applied::Ignored`] when the replica had neither.
+    pub fn apply_removed(&mut self, r: &RemovedMessage) -> Applied {
+        if let Some(seq) = r.seq {
+            self.last_seq = self.last_seq.max(seq);
+        }
+        let had_doc = remove2(&mut self.documents, &r.collection, &r.id).is_some();
+        let had_entry = remove2(&mut self.vector, &r.collection, &r.id).is_some();
+        // The document's record starts over: if it comes back, it is as a snapshot.
+        remove2(&mut self.applied_seq, &r.collection, &r.id);
+        if had_doc || had_entry {
+            self.counters.removed += 1;
+            Applied::Applied
+        } else {
+            Applied::Ignored
+        }
+    }
+
+    /// Drops a whole collection (documents, vector entries, seq records) — what a client does
+    /// when no subscription follows it any more. Returns a `removed` message per vector entry
+    /// dropped (deleted documents' included), at its version.
+    pub fn forget_collection(&mut self, collection: &str) -> Vec<RemovedMessage> {
+        let live = self.documents.remove(collection).unwrap_or_default();
+        self.applied_seq.remove(collection);
+        let mut vector = self.vector.remove(collection).unwrap_or_default();
+        // A live document always has a vector entry; be lenient with a replica loaded from a file.
+        for id in live.into_keys() {
+            vector.entry(id).or_insert(0);
+        }
+        self.counters.removed += vector.len() as u64;
+        vector
+            .into_iter()
+            .map(|(id, version)| RemovedMessage {
+                collection: collection.to_string(),
+                id,
+                version,
+                seq: None,
+            })
+            .collect()
     }
 
     /// Applies an event if it is the document's next version.
@@ -251,6 +304,12 @@ impl Replica {
     /// The live documents: collection → id → body.
     pub fn documents(&self) -> &BTreeMap<String, BTreeMap<String, Data>> {
         &self.documents
+    }
+
+    /// One collection's live documents (id → body): every subscription of the collection
+    /// shares it (a document two scopes match is held once).
+    pub fn collection(&self, collection: &str) -> Option<&BTreeMap<String, Data>> {
+        self.documents.get(collection)
     }
 
     /// One live document's body.
@@ -409,6 +468,16 @@ mod tests {
             state_vector: serde_json::from_value(vector).unwrap(),
             snapshots: 0,
             events: 0,
+            subscription: None,
+        })
+    }
+
+    fn removed(id: &str, version: Version, seq: Option<Seq>) -> ServerMessage {
+        ServerMessage::Removed(RemovedMessage {
+            collection: "games".into(),
+            id: id.into(),
+            version,
+            seq,
         })
     }
 
@@ -789,6 +858,89 @@ mod tests {
         r.forget("other", "g1");
         assert!(!r.vector().contains_key("other"));
         assert!(!r.documents().contains_key("other"));
+    }
+
+    #[test]
+    fn removed_drops_the_document_and_its_entry_and_it_may_come_back() {
+        let mut r = Replica::new();
+        r.apply(&create(1, "g1", 1, json!({"level": 7})));
+        r.apply(&update(
+            2,
+            "g1",
+            2,
+            json!([{"op": "replace", "path": "/level", "value": 8}]),
+        ));
+        r.apply(&create(3, "g2", 1, json!({"level": 9})));
+        // Moved out by the write at seq 4 (its version 3, which the client never gets).
+        assert_eq!(r.apply(&removed("g1", 3, Some(4))), Applied::Applied);
+        assert_eq!(doc(&r, "g1"), None);
+        assert_eq!(r.version("games", "g1"), 0, "not a delete: no version kept");
+        assert_eq!(r.applied_seq("games", "g1"), None);
+        assert_eq!(r.last_seq(), 4);
+        assert_eq!(r.counters().removed, 1);
+        r.check().unwrap();
+        // Twice, or a document never had: nothing to do.
+        assert_eq!(r.apply(&removed("g1", 3, None)), Applied::Ignored);
+        assert_eq!(r.apply(&removed("nope", 1, None)), Applied::Ignored);
+        assert_eq!(r.counters().removed, 1);
+        // Back in scope later: a snapshot, then its events — none counted as applied twice, though
+        // the seqs of its earlier life were higher than nothing.
+        assert_eq!(
+            r.apply(&snapshot("g1", 5, Some(json!({"level": 6})))),
+            Applied::Applied
+        );
+        assert_eq!(r.counters().resets, 0, "no reset: the replica had nothing of it");
+        assert_eq!(
+            r.apply(&update(
+                9,
+                "g1",
+                6,
+                json!([{"op": "replace", "path": "/level", "value": 5}])
+            )),
+            Applied::Applied
+        );
+        assert_eq!(doc(&r, "g1"), Some(json!({"level": 5})));
+        assert_eq!(r.version("games", "g1"), 6);
+        // An event of the document while out (a late one) is a gap, not applied to nothing.
+        r.apply(&removed("g1", 6, Some(10)));
+        assert!(matches!(
+            r.apply(&update(11, "g1", 7, json!([]))),
+            Applied::Gap { local_version: 0, .. }
+        ));
+        // A deleted document's entry is dropped too.
+        r.apply(&update(12, "g2", 2, json!([])));
+        r.apply(&delete(13, "g2", 3));
+        assert_eq!(r.apply(&removed("g2", 3, None)), Applied::Applied);
+        assert!(r.vector().is_empty() && r.documents().is_empty());
+        assert_eq!(r.applied_twice(), 0);
+        r.check().unwrap();
+    }
+
+    #[test]
+    fn a_collection_is_forgotten_whole() {
+        let mut r = Replica::new();
+        r.apply(&create(1, "g1", 1, json!({})));
+        r.apply(&create(2, "g2", 1, json!({})));
+        r.apply(&delete(3, "g2", 2));
+        let mut other = match create(4, "o1", 1, json!({"a": 1})) {
+            ServerMessage::Event(e) => e,
+            _ => unreachable!(),
+        };
+        other.collection = "other".into();
+        r.apply_event(&other);
+        assert_eq!(r.collection("games").map(BTreeMap::len), Some(1));
+        let gone = r.forget_collection("games");
+        assert_eq!(
+            gone.iter()
+                .map(|m| (m.id.as_str(), m.version))
+                .collect::<Vec<_>>(),
+            [("g1", 1), ("g2", 2)]
+        );
+        assert!(r.collection("games").is_none());
+        assert!(!r.vector().contains_key("games"));
+        assert_eq!(r.version("other", "o1"), 1, "other collections stay");
+        assert!(r.forget_collection("games").is_empty());
+        r.check().unwrap();
     }
 
     #[test]

@@ -1,14 +1,30 @@
-//! One SSE session: `GET /sync/sse?client_id=..&subscribe=..&state_vector=..` (with `Last-Event-ID`
-//! when resuming), then events until the stream ends. Receive-only: a resync is a reconnect, writes
-//! go over REST ([`super::rest`]), acknowledgements are implied by `Last-Event-ID`.
+//! One SSE session, then events until the stream ends. It opens one of two ways:
+//!
+//! - every subscription a whole collection: `GET /sync/sse?client_id=..&subscribe=..&state_vector=..`
+//!   (with `Last-Event-ID` when resuming);
+//! - any scope among them (or a URL that would be too long): `POST /sync/sse` with
+//!   `{"client_id", "subscribe", "state_vector"}`, answered `{"resume": id, ...}`, then
+//!   `GET /sync/sse?resume=<id>` — without `Last-Event-ID`: the registration's vector says what the
+//!   client has. A resume id is single-use and short-lived, so every (re)connection registers again.
+//!
+//! Receive-only: a resync is a reconnect, so is a change of subscriptions; writes go over REST
+//! ([`super::rest`]); acknowledgements are implied by `Last-Event-ID` (or the next registration's
+//! vector).
 
 use reqwest::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
-use reqwest::StatusCode;
+use reqwest::{StatusCode, Url};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::subs::{self, Via};
 use super::task::{self, Conn, End, Next, TaskState};
 use super::{endpoint, ClientError, Command, Shared, Status};
+use eventsync_protocol::messages::Subscription;
+
+/// A `GET` URL longer than this registers with `POST /sync/sse` instead (the server reads URIs of
+/// up to 64 KiB).
+const MAX_GET_URL: usize = 32 * 1024;
 
 pub(crate) async fn session(
     shared: &Shared,
@@ -19,23 +35,52 @@ pub(crate) async fn session(
 ) -> End {
     let options = &shared.options;
     let client = options.client_id.as_str();
+    let subscriptions = shared.subscriptions();
+    let vector = shared.replica().vector().clone();
+    let token = shared.fresh_token().await;
     let mut url = endpoint(&shared.base, &["sync", "sse"]);
-    let vector = match serde_json::to_string(shared.replica().vector()) {
-        Ok(v) => v,
-        Err(_) => return End::PENALTY,
-    };
-    url.query_pairs_mut()
-        .append_pair("client_id", &options.client_id)
-        .append_pair("subscribe", &options.subscribe.join(","))
-        .append_pair("state_vector", &vector);
+    let names: Option<Vec<&str>> = subscriptions
+        .iter()
+        .map(|s| match s {
+            Subscription::Collection(c) => Some(c.as_str()),
+            Subscription::Scope(_) => None,
+        })
+        .collect();
+    let mut resuming = st.resume_seq > 0;
+    if let Some(names) = names {
+        let vector = match serde_json::to_string(&vector) {
+            Ok(v) => v,
+            Err(_) => return End::PENALTY,
+        };
+        url.query_pairs_mut()
+            .append_pair("client_id", &options.client_id)
+            .append_pair("subscribe", &names.join(","))
+            .append_pair("state_vector", &vector);
+    }
+    if url.query().is_none() || url.as_str().len() > MAX_GET_URL {
+        let body = serde_json::json!({
+            "client_id": options.client_id,
+            "subscribe": subscriptions,
+            "state_vector": vector,
+        });
+        let resume = tokio::select! {
+            _ = cancel.cancelled() => return End::Exit,
+            r = register(shared, http, &url, &body, token.as_deref()) => r,
+        };
+        url = match resume {
+            Ok(resume) => url_with_resume(&shared.base, &resume),
+            Err(end) => return end,
+        };
+        resuming = false;
+    }
     let mut request = http
         .get(url)
         .header(ACCEPT, "text/event-stream")
         .header(CACHE_CONTROL, "no-cache");
-    if st.resume_seq > 0 {
+    if resuming {
         request = request.header("Last-Event-ID", st.resume_seq.to_string());
     }
-    if let Some(token) = shared.fresh_token().await {
+    if let Some(token) = token {
         request = request.bearer_auth(token);
     }
     let response = tokio::select! {
@@ -108,6 +153,22 @@ pub(crate) async fn session(
                 Some(Command::Reconnect) => Next::Continue,
                 // The stream carries the token it was opened with: reopen it with the new one.
                 Some(Command::Auth) => return End::RETRY,
+                // The stream carries the subscriptions it was opened with: reopen it with the new
+                // set (from the vector: a resume position says nothing of a new subscription).
+                Some(Command::Subscribe(s, reply)) => {
+                    if subs::subscribe(shared, &mut st.subs, *s, reply, Via::Hello) {
+                        st.resume_seq = 0;
+                        return End::Reconnect { immediate: true, penalty: false };
+                    }
+                    Next::Continue
+                }
+                Some(Command::Unsubscribe(id, reply)) => {
+                    if subs::unsubscribe(shared, &mut st.subs, id, reply, Via::Hello) {
+                        st.resume_seq = 0;
+                        return End::Reconnect { immediate: true, penalty: false };
+                    }
+                    Next::Continue
+                }
             },
             chunk = response.chunk() => match chunk {
                 Ok(Some(bytes)) => {
@@ -156,6 +217,81 @@ pub(crate) async fn session(
             }
         }
     }
+}
+
+/// `POST /sync/sse`: registers the stream's hello, answered with a single-use resume id.
+async fn register(
+    shared: &Shared,
+    http: &reqwest::Client,
+    url: &Url,
+    body: &Value,
+    token: Option<&str>,
+) -> Result<String, End> {
+    let options = &shared.options;
+    let client = options.client_id.as_str();
+    let mut request = http.post(url.clone()).json(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let failed = |penalty: bool, unauthenticated: bool| {
+        shared.stat(|s| {
+            s.connect_failures += 1;
+            if unauthenticated {
+                s.unauthenticated += 1;
+            }
+        });
+        Err(if penalty { End::PENALTY } else { End::RETRY })
+    };
+    let answer = tokio::time::timeout(options.connect_timeout, async {
+        let mut response = request.send().await?;
+        let status = response.status();
+        // Bounded: an answer is a small JSON object (more is read no further).
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() > options.max_message_bytes {
+                break;
+            }
+        }
+        Ok::<_, reqwest::Error>((status, bytes))
+    })
+    .await;
+    let (status, bytes) = match answer {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => {
+            tracing::debug!(%client, error = %e, "SSE registration failed");
+            return failed(false, false);
+        }
+        Err(_) => {
+            tracing::debug!(%client, "SSE registration timed out");
+            return failed(false, false);
+        }
+    };
+    if !status.is_success() {
+        let body = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
+        tracing::warn!(%client, %status, %body, "SSE registration refused; reconnecting");
+        // Our request was refused (4xx): do not hammer the server with it.
+        return failed(status.is_client_error(), status == StatusCode::UNAUTHORIZED);
+    }
+    let resume = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("resume")?.as_str().map(str::to_string))
+        .filter(|r| !r.is_empty());
+    match resume {
+        Some(resume) => Ok(resume),
+        None => {
+            tracing::warn!(%client, %status, "SSE registration answered without a resume id; reconnecting");
+            shared.stat(|s| s.garbage += 1);
+            failed(true, false)
+        }
+    }
+}
+
+/// `GET /sync/sse?resume=<id>`.
+fn url_with_resume(base: &Url, resume: &str) -> Url {
+    let mut url = endpoint(base, &["sync", "sse"]);
+    url.query_pairs_mut().append_pair("resume", resume);
+    url
 }
 
 /// One dispatched SSE event.

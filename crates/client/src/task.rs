@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::replica::{Applied, Replica};
+use super::subs::{self, SubOps, Via};
 use super::{sse, ws, Change, ClientError, Command, Shared, Status, Transport};
 use eventsync_protocol::messages::{ResultMessage, ServerMessage, WriteMessage};
 use eventsync_protocol::model::Seq;
@@ -151,6 +152,8 @@ impl Pending {
 /// What outlives a connection.
 pub(crate) struct TaskState {
     pub pending: Pending,
+    /// Subscription changes waiting for the server.
+    pub subs: SubOps,
     /// The position a new SSE connection resumes from (`Last-Event-ID`): the last one that could
     /// be acknowledged (0: none).
     pub resume_seq: Seq,
@@ -224,7 +227,17 @@ pub(crate) enum Parsed {
     Garbage(String),
 }
 
-const KNOWN_TYPES: &[&str] = &["snapshot", "event", "synced", "result", "error", "pong"];
+const KNOWN_TYPES: &[&str] = &[
+    "snapshot",
+    "event",
+    "removed",
+    "synced",
+    "unsubscribed",
+    "result",
+    "error",
+    "pong",
+    "authenticated",
+];
 
 pub(crate) fn parse(text: &str, sse_event: Option<&str>) -> Parsed {
     let err = match serde_json::from_str::<ServerMessage>(text) {
@@ -319,6 +332,22 @@ pub(crate) fn on_message(shared: &Shared, st: &mut TaskState, conn: &mut Conn, m
                 }
             }
         }
+        ServerMessage::Synced(s) if s.subscription.is_some() => {
+            // The end of a live `subscribe`'s catch-up: that subscription is current. It is not
+            // the end of a `hello`'s or `sync`'s catch-up, which may be running meanwhile.
+            shared.replica().apply_synced(&s);
+            shared.stat(|x| x.synced += 1);
+            if !conn.sync_in_flight {
+                conn.ack_pos = conn.ack_pos.max(s.seq);
+                conn.ack_now = true;
+                st.resume_seq = conn.ack_pos;
+            }
+            let id = s.subscription.clone().unwrap_or_default();
+            subs::on_named_synced(shared, &mut st.subs, &id);
+            shared.publish(|| Some(Change::Synced(Arc::new(s))));
+            shared.bump();
+            Next::Continue
+        }
         ServerMessage::Synced(s) => {
             let applied = shared.replica().apply_synced(&s);
             if let Applied::Synced { mismatched } = applied {
@@ -346,6 +375,7 @@ pub(crate) fn on_message(shared: &Shared, st: &mut TaskState, conn: &mut Conn, m
             conn.ack_now = true;
             st.resume_seq = conn.ack_pos;
             st.attempt = 0;
+            subs::on_full_synced(shared, &mut st.subs);
             shared.state().live += 1;
             shared.set_status(Status::Live);
             shared.bump();
@@ -360,8 +390,30 @@ pub(crate) fn on_message(shared: &Shared, st: &mut TaskState, conn: &mut Conn, m
             Next::Continue
         }
         ServerMessage::Error { code, message } => {
-            tracing::warn!(%client, %code, %message, "error from the server");
+            if subs::on_error(shared, &mut st.subs, code, &message) {
+                tracing::info!(%client, %code, %message, "subscription change refused");
+            } else {
+                tracing::warn!(%client, %code, %message, "error from the server");
+            }
             shared.stat(|x| x.server_errors += 1);
+            shared.bump();
+            Next::Continue
+        }
+        ServerMessage::Removed(r) => {
+            // Live, moved out by the event `seq`: acknowledgeable as that event would be.
+            if let (Some(seq), false) = (r.seq, conn.sync_in_flight) {
+                conn.ack_pos = conn.ack_pos.max(seq);
+                st.resume_seq = conn.ack_pos;
+            }
+            if shared.replica().apply_removed(&r) == Applied::Applied {
+                shared.state().modified += 1;
+                shared.publish(|| Some(Change::Removed(Arc::new(r))));
+            }
+            shared.bump();
+            Next::Continue
+        }
+        ServerMessage::Unsubscribed { id } => {
+            subs::on_unsubscribed(shared, &mut st.subs, &id);
             shared.bump();
             Next::Continue
         }
@@ -382,6 +434,7 @@ pub(crate) async fn run(
 ) {
     let mut st = TaskState {
         pending: Pending::default(),
+        subs: SubOps::default(),
         resume_seq: 0,
         attempt: 0,
         saved_modified: 0,
@@ -405,6 +458,7 @@ pub(crate) async fn run(
             shared.stat(|s| s.reconnects += 1);
         }
         first = false;
+        subs::connection_started(&shared);
         shared.set_status(Status::Connecting);
         let end = match shared.options.transport {
             Transport::WebSocket => ws::session(&shared, &mut st, &mut commands, &cancel).await,
@@ -438,6 +492,7 @@ pub(crate) async fn run(
     for w in std::mem::take(&mut st.pending).writes.into_values() {
         let _ = w.reply.send(Err(ClientError::Closed));
     }
+    st.subs.close();
     maybe_save(&shared, &mut st, true).await;
     shared.close_changes();
     shared.set_status(Status::Closed);
@@ -481,6 +536,17 @@ async fn wait(
                 Some(Command::Sync) => {
                     if until.is_some() {
                         return Wake::Connect;
+                    }
+                }
+                // Not connected: the next connection's hello carries the change.
+                Some(Command::Subscribe(s, reply)) => {
+                    if subs::subscribe(shared, &mut st.subs, *s, reply, Via::Hello) {
+                        st.resume_seq = 0;
+                    }
+                }
+                Some(Command::Unsubscribe(id, reply)) => {
+                    if subs::unsubscribe(shared, &mut st.subs, id, reply, Via::Hello) {
+                        st.resume_seq = 0;
                     }
                 }
             },

@@ -256,6 +256,7 @@ async fn hello_catch_up_acks_and_live_events() {
             Change::Event(e) => format!("event {}", e.seq),
             Change::Snapshot(s) => format!("snapshot {}", s.id),
             Change::Synced(s) => format!("synced {}", s.seq),
+            Change::Removed(r) => format!("removed {}", r.id),
         });
     }
     assert_eq!(
@@ -596,6 +597,307 @@ async fn connection_refused_backs_off_and_retries() {
     drop(client);
 }
 
+// ---------------------------------------------------------------- subscriptions (WebSocket)
+
+/// `games` narrowed to `level >= 5`, under the id `high`.
+fn high() -> Scope {
+    Scope {
+        filter: Some(json!({"level": {"$gte": 5}})),
+        ..scope("high", "games")
+    }
+}
+
+fn removed(collection: &str, id: &str, version: u64, seq: Option<u64>) -> Value {
+    let mut r = json!({"type": "removed", "collection": collection, "id": id, "version": version});
+    if let Some(seq) = seq {
+        r["seq"] = json!(seq);
+    }
+    r
+}
+
+fn synced_sub(id: &str, seq: u64, vector: Value) -> Value {
+    json!({"type": "synced", "subscription": id, "seq": seq, "state_vector": vector, "snapshots": 1, "events": 0})
+}
+
+fn ids(client: &Client) -> Vec<String> {
+    client
+        .subscriptions()
+        .iter()
+        .map(|s| s.id().to_string())
+        .collect()
+}
+
+fn kinds(rx: &mut tokio::sync::broadcast::Receiver<Change>) -> Vec<String> {
+    let mut kinds = Vec::new();
+    while let Ok(c) = rx.try_recv() {
+        kinds.push(match c {
+            Change::Event(e) => format!("event {}/{} v{}", e.collection, e.id, e.version),
+            Change::Snapshot(s) => format!("snapshot {}/{} v{}", s.collection, s.id, s.version),
+            Change::Synced(s) => match &s.subscription {
+                Some(id) => format!("synced {id}"),
+                None => "synced".to_string(),
+            },
+            Change::Removed(r) => format!("removed {}/{}", r.collection, r.id),
+        });
+    }
+    kinds
+}
+
+#[tokio::test]
+async fn a_scope_goes_in_the_hello_and_removed_drops_a_document_that_may_come_back() {
+    let mut server = WsServer::start().await;
+    let mut o = options(&server.url, Transport::WebSocket);
+    o.subscribe = vec!["chat".into(), high().into_subscription()];
+    let (client, mut rx) = Client::connect_with_changes(o).await.unwrap();
+    let mut peer = server.accept().await;
+    let hello = peer.recv().await;
+    assert_eq!(
+        hello["subscribe"],
+        json!(["chat", {"id": "high", "collection": "games", "where": {"level": {"$gte": 5}}}])
+    );
+    assert_eq!(client.subscription_synced("high"), Some(false));
+    assert!(matches!(
+        client.wait_subscription_synced("nope", T).await,
+        Err(ClientError::Subscription(_))
+    ));
+    // The filtered catch-up: what matches, nothing else.
+    peer.send(snapshot("g1", 2, json!({"level": 7}))).await;
+    peer.send(snapshot("g2", 1, json!({"level": 9}))).await;
+    peer.send(synced(2)).await;
+    within("high", client.wait_subscription_synced("high", T))
+        .await
+        .unwrap();
+    assert_eq!(client.subscription_synced("chat"), Some(true));
+    peer.expect_ack(2).await;
+    // A write moved g1 out: dropped with its vector entry, and acknowledged like that write.
+    peer.send(removed("games", "g1", 3, Some(3))).await;
+    peer.expect_ack(3).await;
+    let r = client.replica();
+    assert_eq!(r.document("games", "g1"), None);
+    assert_eq!(
+        r.vector(),
+        &serde_json::from_value(json!({"games": {"g2": 1}})).unwrap()
+    );
+    // Back in scope: a snapshot, then its events apply.
+    peer.send(snapshot("g1", 4, json!({"level": 5}))).await;
+    peer.send(event(
+        5,
+        "g1",
+        5,
+        "update",
+        json!([{"op": "add", "path": "/gold", "value": 1}]),
+    ))
+    .await;
+    peer.expect_ack(5).await;
+    assert_eq!(gold(&client, "g1"), Some(1));
+    let r = client.replica();
+    assert_eq!(r.version("games", "g1"), 5);
+    assert_eq!((r.counters().removed, r.applied_twice()), (1, 0));
+    r.check().unwrap();
+    assert_eq!(
+        kinds(&mut rx),
+        [
+            "snapshot games/g1 v2",
+            "snapshot games/g2 v1",
+            "synced",
+            "removed games/g1",
+            "snapshot games/g1 v4",
+            "event games/g1 v5"
+        ]
+    );
+    // A reconnection says the same subscriptions, and the vector without what was removed.
+    peer.close(1001).await;
+    let mut peer = server.accept().await;
+    let hello = peer.recv().await;
+    assert_eq!(hello["subscribe"][1]["id"], "high");
+    assert_eq!(hello["state_vector"], json!({"games": {"g1": 5, "g2": 1}}));
+    assert_eq!(client.subscription_synced("high"), Some(false));
+    client.close().await;
+}
+
+#[tokio::test]
+async fn live_subscribe_and_unsubscribe_over_websocket() {
+    let mut server = WsServer::start().await;
+    let (client, mut peer) = live_client(&mut server).await;
+    let mut rx = client.changes();
+    let one = Scope {
+        ids: Some(vec!["p1".into()]),
+        ..scope("one", "players")
+    };
+    let c = client.clone();
+    let sub = tokio::spawn({
+        let one = one.clone();
+        async move { c.subscribe(one).await }
+    });
+    let msg = peer.recv_not_ack().await;
+    assert_eq!(
+        msg,
+        json!({"type": "subscribe", "subscription": {"id": "one", "collection": "players", "ids": ["p1"]}})
+    );
+    assert_eq!(ids(&client), ["games", "one"]);
+    assert_eq!(client.subscription_synced("one"), Some(false));
+    // Its catch-up, ended by a synced naming it: the client stays live throughout.
+    peer.send(
+        json!({"type": "snapshot", "collection": "players", "id": "p1", "version": 3,
+                     "data": {"hp": 10}, "deleted": false}),
+    )
+    .await;
+    peer.send(synced_sub("one", 7, json!({"players": {"p1": 3}})))
+        .await;
+    within("subscribe", sub).await.unwrap().unwrap();
+    assert_eq!(client.subscription_synced("one"), Some(true));
+    assert_eq!(client.status(), Status::Live);
+    peer.expect_ack(7).await;
+    assert_eq!(
+        client.with_replica(|r| r.collection("players").map(|c| c.len())),
+        Some(1)
+    );
+    assert_eq!(kinds(&mut rx), ["snapshot players/p1 v3", "synced one"]);
+    // The same again does nothing; another with that id is refused at once.
+    within("the same", client.subscribe(one.clone())).await.unwrap();
+    let e = client.subscribe(scope("one", "games")).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Subscription(b) if b.code == eventsync_protocol::ErrorCode::InvalidSubscription),
+        "{e}"
+    );
+    assert!(matches!(
+        client.subscribe("not/a collection").await,
+        Err(ClientError::Subscription(_))
+    ));
+    // Refused by the server: undone.
+    let c = client.clone();
+    let bad = tokio::spawn(async move {
+        c.subscribe(Scope {
+            filter: Some(json!({"level": {"$regex": "x"}})),
+            ..scope("bad", "games")
+        })
+        .await
+    });
+    let msg = peer.recv_not_ack().await;
+    assert_eq!(msg["subscription"]["id"], "bad", "{msg}");
+    peer.send(
+        json!({"type": "error", "code": "invalid_subscription", "message": "bad: $regex is not supported"}),
+    )
+    .await;
+    match within("the refusal", bad).await.unwrap() {
+        Err(ClientError::Subscription(b)) => {
+            assert_eq!(b.code, eventsync_protocol::ErrorCode::InvalidSubscription);
+            assert_eq!(b.message, "bad: $regex is not supported");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ids(&client), ["games", "one"]);
+    assert_eq!(client.subscription_synced("bad"), None);
+    // Unsubscribe: the documents that left every scope come as removed, then unsubscribed.
+    let c = client.clone();
+    let unsub = tokio::spawn(async move { c.unsubscribe("one").await });
+    assert_eq!(
+        peer.recv_not_ack().await,
+        json!({"type": "unsubscribe", "id": "one"})
+    );
+    peer.send(removed("players", "p1", 3, None)).await;
+    peer.send(json!({"type": "unsubscribed", "id": "one"})).await;
+    within("unsubscribe", unsub).await.unwrap().unwrap();
+    assert_eq!(ids(&client), ["games"]);
+    assert!(client.with_replica(|r| r.collection("players").is_none()));
+    assert_eq!(kinds(&mut rx), ["removed players/p1"]);
+    assert!(matches!(
+        client.unsubscribe("one").await,
+        Err(ClientError::Subscription(_))
+    ));
+    // Live events go on as before.
+    peer.send(set_gold(8, "g1", 2, 2)).await;
+    peer.expect_ack(8).await;
+    assert_eq!(gold(&client, "g1"), Some(2));
+    client.close().await;
+}
+
+#[tokio::test]
+async fn subscription_changes_offline_or_during_a_catch_up_go_with_the_hello_or_after_synced() {
+    let mut server = WsServer::start().await;
+    let (client, mut peer) = live_client(&mut server).await;
+    let mut rx = client.changes();
+    within("disconnect", client.disconnect()).await.unwrap();
+    peer.expect_closed().await;
+    let later = Scope {
+        prefix: Some("p".into()),
+        ..scope("later", "players")
+    };
+    let c = client.clone();
+    let sub = tokio::spawn(async move { c.subscribe(later).await });
+    let c = client.clone();
+    within(
+        "the subscription in the set",
+        client.wait_until(|_| c.subscription_synced("later").is_some(), T),
+    )
+    .await
+    .unwrap();
+    // Offline, no server to say what left: a collection nothing follows any more goes at once.
+    let c = client.clone();
+    let unsub = tokio::spawn(async move { c.unsubscribe("games").await });
+    within(
+        "games dropped",
+        client.wait_until(|r| r.collection("games").is_none(), T),
+    )
+    .await
+    .unwrap();
+    assert!(client.replica().vector().is_empty());
+    assert_eq!(kinds(&mut rx), ["removed games/g1"]);
+    client.reconnect().await.unwrap();
+    let mut peer = server.accept().await;
+    let hello = peer.recv().await;
+    assert_eq!(
+        hello["subscribe"],
+        json!([{"id": "later", "collection": "players", "prefix": "p"}])
+    );
+    assert_eq!(hello["state_vector"], json!({}));
+    // A change made during the catch-up waits for its end: the write made after it goes first.
+    let c = client.clone();
+    let mid = tokio::spawn(async move { c.subscribe("chat").await });
+    let c = client.clone();
+    within(
+        "chat in the set",
+        client.wait_until(|_| c.subscription_synced("chat").is_some(), T),
+    )
+    .await
+    .unwrap();
+    let c = client.clone();
+    let w = tokio::spawn(async move { c.write(delete("w1", "p1")).await });
+    assert_eq!(peer.recv().await["op_id"], "w1");
+    peer.send(json!({"type": "result", "op_id": "w1", "ok": true}))
+        .await;
+    peer.send(synced(3)).await;
+    within("the offline subscribe", sub).await.unwrap().unwrap();
+    within("the offline unsubscribe", unsub).await.unwrap().unwrap();
+    assert_eq!(client.subscription_synced("later"), Some(true));
+    assert_eq!(
+        client.subscription_synced("chat"),
+        Some(false),
+        "not sent yet: the hello's synced does not cover it"
+    );
+    assert!(within("the write", w).await.unwrap().unwrap().ok);
+    assert_eq!(
+        peer.recv_not_ack().await,
+        json!({"type": "subscribe", "subscription": "chat"})
+    );
+    // The connection ends before the answer: the next hello carries it, and its synced answers.
+    peer.close(1001).await;
+    let mut peer = server.accept().await;
+    let hello = peer.recv().await;
+    assert_eq!(
+        hello["subscribe"],
+        json!([{"id": "later", "collection": "players", "prefix": "p"}, "chat"])
+    );
+    peer.send(synced(3)).await;
+    within("the subscribe carried by the hello", mid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(client.subscription_synced("chat"), Some(true));
+    peer.expect_ack(3).await;
+    client.close().await;
+}
+
 // ---------------------------------------------------------------- SSE and REST
 
 /// A raw HTTP/1.1 server: hands each request (head, body) and its socket to the test.
@@ -878,6 +1180,136 @@ async fn sse_writes_go_over_rest() {
     client.close().await;
 }
 
+/// Answers a request with a JSON body and closes.
+async fn answer_json(socket: &mut TcpStream, status: &str, body: &Value) {
+    let body = body.to_string();
+    let head = format!(
+        "HTTP/1.1 {status}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(body.as_bytes()).await.unwrap();
+}
+
+/// Expects `POST /sync/sse` and answers it with resume id `resume`; returns its body.
+async fn sse_registration(server: &mut HttpServer, resume: &str) -> Value {
+    let (req, mut socket) = server.next().await;
+    assert_eq!((req.method.as_str(), req.target.as_str()), ("POST", "/sync/sse"));
+    assert_eq!(req.header("content-type"), Some("application/json"));
+    assert_eq!(req.header("authorization"), Some("Bearer t0k"));
+    answer_json(
+        &mut socket,
+        "201 Created",
+        &json!({"resume": resume, "expires_in_ms": 30000}),
+    )
+    .await;
+    serde_json::from_slice(&req.body).unwrap()
+}
+
+/// Expects the stream opened with resume id `resume`, without `Last-Event-ID`.
+async fn sse_resumed(server: &mut HttpServer, resume: &str) -> TcpStream {
+    let (req, socket) = server.sse().await;
+    assert_eq!(req.target, format!("/sync/sse?resume={resume}"));
+    assert_eq!(req.header("last-event-id"), None);
+    assert_eq!(req.header("authorization"), Some("Bearer t0k"));
+    socket
+}
+
+#[tokio::test]
+async fn sse_with_a_scope_registers_by_post_on_every_connection() {
+    let mut server = HttpServer::start().await;
+    let mut o = options(&server.url, Transport::Sse);
+    o.subscribe = vec!["chat".into(), high().into_subscription()];
+    o.token = Some("t0k".into());
+    let (client, mut rx) = Client::connect_with_changes(o).await.unwrap();
+    // A server without the registration: refused, tried again after a backoff.
+    let (req, mut socket) = server.next().await;
+    assert_eq!(req.method, "POST");
+    answer_json(
+        &mut socket,
+        "404 Not Found",
+        &json!({"error": {"code": "not_found", "message": "m"}}),
+    )
+    .await;
+    let body = sse_registration(&mut server, "r1").await;
+    assert_eq!(
+        body,
+        json!({"client_id": "c1", "state_vector": {},
+               "subscribe": ["chat", {"id": "high", "collection": "games", "where": {"level": {"$gte": 5}}}]})
+    );
+    let mut socket = sse_resumed(&mut server, "r1").await;
+    sse_send(&mut socket, &snapshot("g1", 2, json!({"level": 7})), None).await;
+    sse_send(&mut socket, &synced(4), Some(4)).await;
+    within("live", client.wait_synced(T)).await.unwrap();
+    assert_eq!(client.subscription_synced("high"), Some(true));
+    assert_eq!(client.stats().connect_failures, 1);
+    // Moved out, live; then another document created in scope.
+    sse_send(&mut socket, &removed("games", "g1", 3, Some(5)), Some(5)).await;
+    sse_send(
+        &mut socket,
+        &event(
+            6,
+            "g2",
+            1,
+            "create",
+            json!([{"op": "add", "path": "/level", "value": 6}]),
+        ),
+        Some(6),
+    )
+    .await;
+    within(
+        "the create",
+        client.wait_until(|r| r.version("games", "g2") == 1, T),
+    )
+    .await
+    .unwrap();
+    assert_eq!(client.with_replica(|r| r.document("games", "g1").cloned()), None);
+    // A reconnection registers again, with the vector as it is now.
+    drop(socket);
+    let body = sse_registration(&mut server, "r2").await;
+    assert_eq!(body["state_vector"], json!({"games": {"g2": 1}}));
+    let mut socket = sse_resumed(&mut server, "r2").await;
+    sse_send(&mut socket, &synced(6), Some(6)).await;
+    within("live again", client.wait_synced(T)).await.unwrap();
+    // A subscription added over SSE reopens the stream with the new set.
+    let c = client.clone();
+    let sub = tokio::spawn(async move { c.subscribe("players").await });
+    let body = sse_registration(&mut server, "r3").await;
+    assert_eq!(body["subscribe"][2], "players");
+    let mut socket3 = sse_resumed(&mut server, "r3").await;
+    sse_send(&mut socket3, &synced(6), Some(6)).await;
+    within("subscribe", sub).await.unwrap().unwrap();
+    assert_eq!(client.subscription_synced("players"), Some(true));
+    drop(socket);
+    // Without the scope, every subscription is a whole collection again: the plain GET, from the
+    // vector (no Last-Event-ID: it says nothing of what a new set brings). `games` is followed no
+    // more: dropped at once.
+    let c = client.clone();
+    let unsub = tokio::spawn(async move { c.unsubscribe("high").await });
+    let (req, mut socket4) = server.sse().await;
+    assert_eq!(req.query("subscribe").as_deref(), Some("chat,players"));
+    assert_eq!(req.query("state_vector").as_deref(), Some("{}"));
+    assert_eq!(req.header("last-event-id"), None);
+    assert!(client.with_replica(|r| r.collection("games").is_none()));
+    sse_send(&mut socket4, &synced(6), Some(6)).await;
+    within("unsubscribe", unsub).await.unwrap().unwrap();
+    assert_eq!(ids(&client), ["chat", "players"]);
+    assert_eq!(
+        kinds(&mut rx),
+        [
+            "snapshot games/g1 v2",
+            "synced",
+            "removed games/g1",
+            "event games/g2 v1",
+            "synced",
+            "synced",
+            "removed games/g2",
+            "synced"
+        ]
+    );
+    drop(socket3);
+    client.close().await;
+}
 // ---------------------------------------------------------------- a real server (opt-in)
 
 /// Against a running server: `EVENTSYNC_URL=http://127.0.0.1:8080 cargo test --lib
@@ -1058,7 +1490,7 @@ async fn real_server_with(url: &str, transport: Transport) {
                 events += 1;
             }
             Change::Snapshot(_) => snapshots += 1,
-            Change::Synced(_) => {}
+            Change::Synced(_) | Change::Removed(_) => {}
         }
     }
     // Live: create, patch, merge, replace, delete, create; the write made offline comes with the
@@ -1069,6 +1501,180 @@ async fn real_server_with(url: &str, transport: Transport) {
     );
     client.close().await;
     other.close().await;
+}
+
+/// Subscriptions against a running server: `EVENTSYNC_URL=http://127.0.0.1:8080 cargo test -p
+/// eventsync-client real_server_subscriptions -- --ignored`. A filtered scope brings only what
+/// matches; a write moving a document out is `removed` (and moving it back, a snapshot); a live
+/// subscribe / unsubscribe (a reconnect over SSE, whose scopes register with `POST /sync/sse`).
+#[tokio::test]
+#[ignore = "needs a running server: set EVENTSYNC_URL"]
+async fn real_server_subscriptions() {
+    let Ok(url) = std::env::var("EVENTSYNC_URL") else {
+        panic!("set EVENTSYNC_URL to the server's base URL");
+    };
+    let only = std::env::var("EVENTSYNC_TRANSPORT").ok();
+    for transport in [Transport::WebSocket, Transport::Sse] {
+        if only
+            .as_deref()
+            .is_some_and(|t| !format!("{transport:?}").eq_ignore_ascii_case(t))
+        {
+            continue;
+        }
+        real_server_subscriptions_with(&url, transport).await;
+    }
+}
+
+async fn real_server_subscriptions_with(url: &str, transport: Transport) {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let games = format!("rs{}", &run[..12]);
+    let players = format!("{games}p");
+    // The writer follows both collections whole, over a WebSocket.
+    let writer = Client::connect(ClientOptions::new(
+        url,
+        format!("rsw-{}", &run[..8]),
+        [games.clone(), players.clone()],
+    ))
+    .await
+    .unwrap();
+    within("the writer", writer.wait_synced(T)).await.unwrap();
+    let body = |v: Value| serde_json::from_value::<eventsync_protocol::model::Data>(v).unwrap();
+    let put = |collection: &str, id: &str, data: Value| WriteMessage {
+        op_id: new_op_id(),
+        op: WriteOp::Replace,
+        collection: collection.to_string(),
+        id: Some(id.to_string()),
+        data: Some(body(data)),
+        patch: None,
+        expected_version: None,
+    };
+    let create = |collection: &str, id: &str, data: Value| WriteMessage {
+        op: WriteOp::Create,
+        ..put(collection, id, data)
+    };
+    for (id, level) in [("d1", 7), ("d2", 2), ("d3", 9)] {
+        let r = writer
+            .write(create(&games, id, json!({"level": level})))
+            .await
+            .unwrap();
+        assert!(r.ok, "{r:?}");
+    }
+    for id in ["p1", "p2"] {
+        assert!(
+            writer
+                .write(create(&players, id, json!({"hp": 1})))
+                .await
+                .unwrap()
+                .ok
+        );
+    }
+
+    // A filtered subscription: only what matches.
+    let high = Scope {
+        filter: Some(json!({"level": {"$gte": 5}})),
+        ..scope("high", games.as_str())
+    };
+    let mut o = ClientOptions::new(url, format!("rs-{}", &run[..8]), [high]);
+    o.transport = transport;
+    let (client, mut changes) = Client::connect_with_changes(o).await.unwrap();
+    within("live", client.wait_synced(T)).await.unwrap();
+    assert_eq!(client.subscription_synced("high"), Some(true));
+    let held = |c: &Client, collection: &str| {
+        c.with_replica(|r| {
+            r.collection(collection)
+                .map(|docs| docs.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+        })
+    };
+    assert_eq!(held(&client, &games), ["d1", "d3"], "{transport:?}");
+
+    // A write moving d1 out: removed, and dropped with its vector entry.
+    assert!(
+        writer
+            .write(put(&games, "d1", json!({"level": 1})))
+            .await
+            .unwrap()
+            .ok
+    );
+    within(
+        "d1 removed",
+        client.wait_until(|r| r.document(&games, "d1").is_none(), T),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        client.with_replica(|r| r.version(&games, "d1")),
+        0,
+        "{transport:?}"
+    );
+    // d2 moving in, d1 back in: each a snapshot; then an event applies on top.
+    assert!(
+        writer
+            .write(put(&games, "d2", json!({"level": 6})))
+            .await
+            .unwrap()
+            .ok
+    );
+    assert!(
+        writer
+            .write(put(&games, "d1", json!({"level": 8})))
+            .await
+            .unwrap()
+            .ok
+    );
+    let r = writer
+        .write(WriteMessage {
+            op: WriteOp::Merge,
+            data: None,
+            patch: Some(json!({"gold": 3})),
+            ..put(&games, "d1", json!({}))
+        })
+        .await
+        .unwrap();
+    let d1_version = r.version.unwrap();
+    within(
+        "d1 back, then patched",
+        client.wait_until(|r| r.version(&games, "d1") == d1_version, T),
+    )
+    .await
+    .unwrap();
+    assert_eq!(held(&client, &games), ["d1", "d2", "d3"], "{transport:?}");
+    assert_eq!(
+        client.with_replica(|r| r.document(&games, "d1").cloned().map(Value::Object)),
+        Some(json!({"level": 8, "gold": 3}))
+    );
+
+    // Live subscribe: a scope of another collection, its catch-up, its synced.
+    let one = Scope {
+        ids: Some(vec!["p1".into()]),
+        ..scope("one", players.as_str())
+    };
+    within("subscribe", client.subscribe(one)).await.unwrap();
+    assert_eq!(client.subscription_synced("one"), Some(true));
+    assert_eq!(held(&client, &players), ["p1"], "{transport:?}");
+    // Unsubscribe: its documents leave.
+    within("unsubscribe", client.unsubscribe("one")).await.unwrap();
+    assert!(held(&client, &players).is_empty(), "{transport:?}");
+    assert_eq!(held(&client, &games), ["d1", "d2", "d3"], "{transport:?}");
+    let r = client.replica();
+    r.check().unwrap();
+    assert_eq!(r.applied_twice(), 0);
+    assert!(!r.vector().contains_key(&players), "{transport:?}");
+
+    let (mut removed, mut named_synced) = (Vec::new(), Vec::new());
+    while let Ok(change) = changes.try_recv() {
+        match change {
+            Change::Removed(r) => removed.push(format!("{}/{}", r.collection == games, r.id)),
+            Change::Synced(s) => named_synced.extend(s.subscription.clone()),
+            Change::Event(_) | Change::Snapshot(_) => {}
+        }
+    }
+    assert_eq!(removed, ["true/d1", "false/p1"], "{transport:?}");
+    if transport == Transport::WebSocket {
+        assert_eq!(named_synced, ["one"]);
+    }
+    client.close().await;
+    writer.close().await;
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! One WebSocket session: `GET /sync/ws`, `hello` with the replica's vector, then messages both
-//! ways until the connection ends.
+//! One WebSocket session: `GET /sync/ws`, `hello` with the current subscriptions and the replica's
+//! vector, then messages both ways until the connection ends (live subscription changes among
+//! them: `subscribe` / `unsubscribe`, see [`super::subs`]).
 
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -10,6 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
+use super::subs::{self, Via};
 use super::task::{self, Conn, End, Next, TaskState, SEND_TIMEOUT};
 use super::{endpoint, Command, Shared, Status};
 use eventsync_protocol::messages::{ClientMessage, Hello};
@@ -57,9 +59,11 @@ pub(crate) async fn session(
     tracing::debug!(%client, "WebSocket connected");
     let mut conn = Conn::new();
     let token = shared.fresh_token().await;
+    // Changes not yet carried out go with the hello, which says the current set.
+    subs::absorb(shared, &mut st.subs);
     let hello = ClientMessage::Hello(Hello {
         client_id: options.client_id.clone(),
-        subscribe: options.subscribe.clone(),
+        subscribe: shared.subscriptions(),
         state_vector: Some(shared.replica().vector().clone()),
         token,
     });
@@ -110,6 +114,15 @@ pub(crate) async fn session(
                     }
                     None => Next::Continue,
                 },
+                // Queued: sent once live, one at a time (below).
+                Some(Command::Subscribe(s, reply)) => {
+                    subs::subscribe(shared, &mut st.subs, *s, reply, Via::Socket);
+                    Next::Continue
+                }
+                Some(Command::Unsubscribe(id, reply)) => {
+                    subs::unsubscribe(shared, &mut st.subs, id, reply, Via::Socket);
+                    Next::Continue
+                }
             },
             message = ws.next() => match message {
                 None => {
@@ -183,6 +196,12 @@ pub(crate) async fn session(
                 if send(&mut ws, &sync).await.is_err() {
                     return End::RETRY;
                 }
+            }
+        }
+        // A subscription change, when no catch-up runs and none is unanswered.
+        if let Some(change) = subs::next_to_send(&mut st.subs, !conn.sync_in_flight) {
+            if send(&mut ws, &change).await.is_err() {
+                return End::RETRY;
             }
         }
         // Writes waiting, within the in-flight bound (new ones, or room made by a result).

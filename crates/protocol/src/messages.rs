@@ -2,9 +2,10 @@
 //! reference with an example exchange per message; this module is its implementation, used by the
 //! server, the Rust client and the tests alike (the server re-exports it as `sync::protocol`).
 //!
-//! Client → server: [`ClientMessage`] (`hello`, `auth`, `sync`, `write`, `ack`, `ping`).
-//! Server → client: [`ServerMessage`] (`snapshot`, `event`, `synced`, `result`, `error`, `pong`,
-//! `authenticated`).
+//! Client → server: [`ClientMessage`] (`hello`, `auth`, `sync`, `subscribe`, `unsubscribe`,
+//! `write`, `ack`, `ping`).
+//! Server → client: [`ServerMessage`] (`snapshot`, `event`, `removed`, `synced`, `unsubscribed`,
+//! `result`, `error`, `pong`, `authenticated`).
 
 use std::collections::BTreeMap;
 
@@ -34,6 +35,12 @@ pub enum ClientMessage {
         #[serde(default)]
         state_vector: Option<StateVector>,
     },
+    /// Adds a subscription to a live session: answered with that scope's catch-up and a `synced`
+    /// naming it (or an `error`).
+    Subscribe { subscription: Subscription },
+    /// Ends the subscription with this id: documents that leave every remaining scope arrive as
+    /// `removed`, then `unsubscribed`.
+    Unsubscribe { id: String },
     /// A write, answered by a `result` with the same `op_id`.
     Write(WriteMessage),
     /// The client has applied everything up to this position (an event's `seq`, or a `synced`'s).
@@ -49,9 +56,9 @@ pub enum ClientMessage {
 #[serde(deny_unknown_fields)]
 pub struct Hello {
     pub client_id: String,
-    /// Collections to follow.
+    /// What to follow: collections by name, or scopes.
     #[serde(default)]
-    pub subscribe: Vec<String>,
+    pub subscribe: Vec<Subscription>,
     /// What the client has; absent means "resume from what the server last saw acknowledged"
     /// (or nothing, for a new client). An empty vector means "I have nothing".
     #[serde(default)]
@@ -60,6 +67,77 @@ pub struct Hello {
     /// `--auth none`. A WebSocket has no other place for it: browsers cannot set its headers.
     #[serde(default)]
     pub token: Option<String>,
+}
+
+/// A subscription: a whole collection by name (`"games"`, whose subscription id is the name), or a
+/// [`Scope`] that narrows one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Subscription {
+    Collection(String),
+    Scope(Scope),
+}
+
+impl Subscription {
+    /// The subscription's id: a scope's client-chosen one, a collection's name.
+    pub fn id(&self) -> &str {
+        match self {
+            Subscription::Collection(c) => c,
+            Subscription::Scope(s) => &s.id,
+        }
+    }
+
+    pub fn collection(&self) -> &str {
+        match self {
+            Subscription::Collection(c) => c,
+            Subscription::Scope(s) => &s.collection,
+        }
+    }
+}
+
+impl From<&str> for Subscription {
+    fn from(c: &str) -> Subscription {
+        Subscription::Collection(c.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Subscription {
+    /// A string or an object — decided by the JSON's type, so that a bad scope is told what is
+    /// wrong with it (an untagged enum would only say that nothing matched).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Subscription, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(c) => Ok(Subscription::Collection(c)),
+            v @ Value::Object(_) => serde_json::from_value(v)
+                .map(Subscription::Scope)
+                .map_err(serde::de::Error::custom),
+            _ => Err(serde::de::Error::custom(
+                "a subscription is a collection name or a scope object",
+            )),
+        }
+    }
+}
+
+/// A collection narrowed: every condition given must hold (documents the token may not read are
+/// never in any scope).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scope {
+    /// Chosen by the client, unique among its subscriptions: `synced` and `unsubscribe` name it.
+    pub id: String,
+    pub collection: String,
+    /// Only these documents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<String>>,
+    /// Only documents whose id starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Only documents whose body matches this filter (`docs/PROTOCOL.md`, "Filters").
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Value>,
+    /// The catch-up brings only the newest `latest` matching documents by creation; documents
+    /// created afterwards arrive live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest: Option<u64>,
 }
 
 /// What a write does.
@@ -118,6 +196,23 @@ pub struct SyncedMessage {
     /// How many snapshots and events this catch-up sent.
     pub snapshots: u64,
     pub events: u64,
+    /// The subscription a live `subscribe` added, whose catch-up this ends (absent for the
+    /// hello's and a `sync`'s, which cover every subscription).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<String>,
+}
+
+/// A document left every scope of the client (a write made it stop matching, or its subscription
+/// ended): drop it and its vector entry. Not a delete — the document may still exist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedMessage {
+    pub collection: String,
+    pub id: String,
+    /// The document's version when it left (the client's, when it left with a subscription).
+    pub version: Version,
+    /// The event that moved it out, when a write did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<Seq>,
 }
 
 /// The answer to a `write`.
@@ -148,7 +243,12 @@ pub enum ServerMessage {
     Snapshot(SnapshotMessage),
     /// An event exactly as stored in the log.
     Event(Event),
+    Removed(RemovedMessage),
     Synced(SyncedMessage),
+    /// The answer to an `unsubscribe`, after the `removed` messages it caused.
+    Unsubscribed {
+        id: String,
+    },
     Result(ResultMessage),
     Error {
         code: ErrorCode,
@@ -184,7 +284,9 @@ impl ServerMessage {
         match self {
             ServerMessage::Snapshot(_) => "snapshot",
             ServerMessage::Event(_) => "event",
+            ServerMessage::Removed(_) => "removed",
             ServerMessage::Synced(_) => "synced",
+            ServerMessage::Unsubscribed { .. } => "unsubscribed",
             ServerMessage::Result(_) => "result",
             ServerMessage::Error { .. } => "error",
             ServerMessage::Pong { .. } => "pong",

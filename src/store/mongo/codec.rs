@@ -239,11 +239,12 @@ pub fn summary(d: &BsonDoc) -> Result<crate::plan::DocSummary, StoreError> {
         deleted: bool_field(d, "deleted")?,
         compacted_through: u64_field(d, "compacted_through")?,
         data_bytes: u64_field(d, "bytes")?,
+        created: i64_field(d, "created_at")?,
     })
 }
 
 pub fn summary_fields() -> BsonDoc {
-    doc! {"version": 1, "deleted": 1, "compacted_through": 1, "bytes": 1}
+    doc! {"version": 1, "deleted": 1, "compacted_through": 1, "bytes": 1, "created_at": 1}
 }
 
 /// The value of the sequence counter document (0 when it does not exist yet).

@@ -41,7 +41,7 @@ use self::transaction::{transaction, Abort, READ};
 use self::writer::{Command, Writer};
 use crate::hub::Hub;
 use crate::model::{Document, Event, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
-use crate::plan::{Answer, CatchUpRows, DocSummary, Need, Planner, Readable};
+use crate::plan::{Answer, CatchUpRows, DocSummary, Need, Planner, Selection};
 use crate::protocol::StateVector;
 use crate::store::{
     Budget, ClientState, Committed, EventFilter, Filling, MaintenanceStats, Paged, Retention, Store,
@@ -561,17 +561,17 @@ impl Store for MongoStore {
         collections: &[String],
         vector: &StateVector,
         budget: u64,
-        readable: Option<Arc<Readable>>,
+        selection: Option<Arc<Selection>>,
     ) -> Result<CatchUpRows, StoreError> {
         self.check_open()?;
-        let readable = readable.as_deref();
+        let selection = selection.as_deref();
         Ok(transaction!(&self.sessions, READ, |s| catch_up(
             &self.db,
             s,
             collections,
             vector,
             budget,
-            readable
+            selection
         ))?)
     }
 
@@ -763,12 +763,12 @@ async fn catch_up(
     collections: &[String],
     vector: &StateVector,
     budget: u64,
-    readable: Option<&Readable>,
+    selection: Option<&Selection>,
 ) -> Result<CatchUpRows, Abort> {
     let position = read_counter(db, Some(&mut *s)).await?;
     let mut planner = Planner::new(position, collections, vector)
         .with_budget(budget)
-        .with_filter(readable);
+        .with_selection(selection);
     while let Some(need) = planner.need() {
         let answer = match need {
             Need::Summaries { collection } => Answer::Summaries(summaries(db, s, collection).await?),

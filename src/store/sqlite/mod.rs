@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use self::writer::{backend, Chunk, Command, DocKey, Writer};
 use crate::hub::Hub;
 use crate::model::{Document, Event, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
-use crate::plan::{CatchUpRows, Readable};
+use crate::plan::{CatchUpRows, Selection};
 use crate::protocol::StateVector;
 use crate::store::{
     Budget, ClientState, Committed, EventFilter, MaintenanceStats, Paged, Retention, Store, StoreError,
@@ -295,11 +295,11 @@ impl Store for SqliteStore {
         collections: &[String],
         vector: &StateVector,
         budget: u64,
-        readable: Option<Arc<Readable>>,
+        selection: Option<Arc<Selection>>,
     ) -> Result<CatchUpRows, StoreError> {
         let (c, v) = (collections.to_vec(), vector.clone());
         self.readers
-            .run(move |conn| rows::catch_up(conn, &c, &v, budget, readable.as_deref()))
+            .run(move |conn| rows::catch_up(conn, &c, &v, budget, selection.as_deref()))
             .await
     }
 

@@ -4,7 +4,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::Value;
 
 use crate::model::{Data, Document, Event, Op, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
-use crate::plan::{Answer, CatchUpRows, DocSummary, Need, Planner, Readable};
+use crate::plan::{Answer, CatchUpRows, DocSummary, Need, Planner, Selection};
 use crate::protocol::StateVector;
 use crate::store::{Budget, ClientState, EventFilter, Filling, Paged};
 use crate::time::Timestamp;
@@ -243,12 +243,12 @@ pub fn catch_up(
     collections: &[String],
     vector: &StateVector,
     budget: u64,
-    readable: Option<&Readable>,
+    selection: Option<&Selection>,
 ) -> rusqlite::Result<CatchUpRows> {
     let tx = conn.unchecked_transaction()?;
     let mut planner = Planner::new(last_seq(&tx)?, collections, vector)
         .with_budget(budget)
-        .with_filter(readable);
+        .with_selection(selection);
     while let Some(need) = planner.need() {
         let answer = match need {
             Need::Summaries { collection } => Answer::Summaries(doc_summaries(&tx, collection)?),
@@ -274,7 +274,7 @@ pub fn catch_up(
 
 fn doc_summaries(conn: &Connection, collection: &str) -> rusqlite::Result<Vec<DocSummary>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, version, deleted, compacted_through, octet_length(data) FROM documents \
+        "SELECT id, version, deleted, compacted_through, octet_length(data), created_at FROM documents \
          WHERE collection = ?1 ORDER BY id",
     )?;
     let rows = stmt.query_map(params![collection], |r| {
@@ -284,6 +284,7 @@ fn doc_summaries(conn: &Connection, collection: &str) -> rusqlite::Result<Vec<Do
             deleted: r.get::<_, i64>(2)? != 0,
             compacted_through: u64_at(r, 3)?,
             data_bytes: u64_at(r, 4)?,
+            created: r.get(5)?,
         })
     })?;
     rows.collect()
