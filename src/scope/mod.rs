@@ -122,6 +122,11 @@ impl Scope {
         self.ids.is_none() && self.prefix.is_none() && self.filter.is_none() && self.latest.is_none()
     }
 
+    /// The documents it is limited to, if it names them (`ids`).
+    pub fn ids(&self) -> Option<&BTreeSet<String>> {
+        self.ids.as_deref()
+    }
+
     /// Its window's size (`latest`), if it has one.
     pub fn latest(&self) -> Option<usize> {
         self.latest

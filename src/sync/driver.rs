@@ -304,7 +304,7 @@ async fn live_loop<T: Transport>(
             incoming = t.receive() => {
                 last_seen = Instant::now();
                 let before = conn.expires;
-                if let Err(end) = on_incoming(ctx, t, session, conn, incoming, &mut writes).await {
+                if let Err(end) = on_incoming(ctx, t, session, conn, incoming, &mut writes, live).await {
                     return end;
                 }
                 if conn.expires != before {
@@ -366,9 +366,10 @@ async fn on_incoming<T: Transport>(
     conn: &mut Conn,
     incoming: Result<Incoming, End>,
     writes: &mut Option<Writes>,
+    live: &mut Subscription,
 ) -> Result<(), End> {
     let refusal = match incoming? {
-        Incoming::Message(msg) => Box::pin(handle(ctx, t, session, conn, msg, writes)).await?,
+        Incoming::Message(msg) => Box::pin(handle(ctx, t, session, conn, msg, writes, live)).await?,
         Incoming::Refused(e) => Some(e),
         Incoming::Noise => None,
     };
@@ -479,6 +480,7 @@ async fn handle<T: Transport>(
     conn: &mut Conn,
     msg: ClientMessage,
     writes: &mut Option<Writes>,
+    live: &mut Subscription,
 ) -> Result<Option<ProtocolError>, End> {
     match msg {
         ClientMessage::Hello(_) => {
@@ -516,6 +518,8 @@ async fn handle<T: Transport>(
             if let Err(e) = session.subscribe(scope.clone(), access) {
                 return Ok(Some(e));
             }
+            // Subscribe before you read: the hub wakes the session for the new scope first.
+            live.set_interest(session.interest());
             catch_up_scope(ctx, t, session, &scope.collection, Some(&scope)).await?;
         }
         ClientMessage::Unsubscribe { id } => {
@@ -531,6 +535,7 @@ async fn handle<T: Transport>(
                 }
                 Ok(Unsubscribed::Nothing) => {}
             }
+            live.set_interest(session.interest());
             send(t, &ServerMessage::Unsubscribed { id }).await?;
         }
         ClientMessage::Ack { seq } => session.ack(seq),
@@ -544,7 +549,10 @@ async fn handle<T: Transport>(
                 send(t, &ServerMessage::Result(refused)).await?;
             }
         }
-        ClientMessage::Auth { token } => reauthenticate(ctx, t, session, conn, &token).await?,
+        ClientMessage::Auth { token } => {
+            reauthenticate(ctx, t, session, conn, &token).await?;
+            live.set_interest(session.interest());
+        }
     }
     Ok(None)
 }

@@ -105,13 +105,14 @@ pub struct Opened {
 
 /// Subscribes, then finds the session's starting vector.
 pub async fn open(ctx: &SyncContext, accepted: Accepted, start: Start) -> Result<Opened, StoreError> {
-    let live = ctx.hub.subscribe();
     let Parts {
         mut session,
         vector,
         principal,
         refusals,
     } = session_of(accepted);
+    // Before anything is read: what is committed from here on reaches the session.
+    let live = ctx.hub.subscribe_to(session.interest());
     match start {
         Start::Hello => match vector {
             Some(v) => {

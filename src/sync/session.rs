@@ -12,11 +12,12 @@
 //! not read are never sent, and the vector never holds them. A session whose every collection is
 //! readable whole (`--auth none`, or `games/*`) pays one branch per live event for this.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::auth::Access;
 use crate::error::ErrorCode;
+use crate::hub::Interest;
 use crate::model::{validate_collection, validate_id, Event, Op, Seq, StoredDoc, Version};
 use crate::plan::Selection;
 use crate::scope::{self, Scope, Scopes};
@@ -261,6 +262,37 @@ impl Session {
             .cloned()
             .zip(self.access.iter().cloned())
             .collect()
+    }
+
+    /// What the hub should wake the session for: the collections it follows, except those whose
+    /// every scope names its documents (`ids`) — for those, just the documents. A superset of what
+    /// [`Session::live`] forwards, never less.
+    pub fn interest(&self) -> Interest {
+        let mut collections = BTreeSet::new();
+        let mut documents: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for c in &self.collections {
+            let by_ids = self.scoped.get(c).map(|scopes| {
+                scopes
+                    .iter()
+                    .map(Scope::ids)
+                    .collect::<Option<Vec<_>>>()
+            });
+            match by_ids {
+                Some(Some(sets)) => {
+                    let docs = documents.entry(c.clone()).or_default();
+                    for ids in sets {
+                        docs.extend(ids.iter().cloned());
+                    }
+                }
+                _ => {
+                    collections.insert(c.clone());
+                }
+            }
+        }
+        Interest::Some {
+            collections,
+            documents,
+        }
     }
 
     /// The subscriptions, in the order made.
