@@ -513,3 +513,38 @@ async fn a_registered_sse_opening_takes_a_vector_no_url_could_and_is_used_once()
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"]["code"], "invalid_subscription");
 }
+
+/// SSE's back channel takes live `subscribe` / `unsubscribe` like a WebSocket does.
+#[tokio::test]
+async fn an_sse_stream_subscribes_live_through_its_back_channel() {
+    let server = TestServer::start(&[]);
+    for (id, l) in [("g1", 1), ("g2", 9)] {
+        rest_create(&server, "games", id, json!({"level": l})).await;
+    }
+    let mut sse = SseClient::open(&server, "client_id=s1", None).await;
+    sse.recv_until("synced").await;
+    let url = format!("{}/sync/sse/{}", server.url, sse.stream.clone().unwrap());
+    let post = |m: Value| {
+        let url = url.clone();
+        async move {
+            let resp = reqwest::Client::new().post(url).json(&m).send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        }
+    };
+    post(json!({"type": "subscribe", "subscription": high(5)})).await;
+    let (frames, synced) = sse.recv_until("synced").await;
+    assert_eq!(synced.json()["subscription"], "high");
+    let msgs: Vec<Value> = frames.iter().map(|f| f.json()).collect();
+    assert_eq!(ids(&msgs, "snapshot"), ["g2"]);
+    level(&server, "g1", 6).await;
+    let f = sse.recv().await;
+    assert_eq!(
+        (f.json()["type"].as_str(), f.json()["id"].as_str()),
+        (Some("snapshot"), Some("g1"))
+    );
+    post(json!({"type": "unsubscribe", "id": "high"})).await;
+    let (frames, done) = sse.recv_until("unsubscribed").await;
+    assert_eq!(done.json()["id"], "high");
+    let msgs: Vec<Value> = frames.iter().map(|f| f.json()).collect();
+    assert_eq!(ids(&msgs, "removed"), ["g1", "g2"]);
+}

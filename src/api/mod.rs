@@ -51,6 +51,10 @@ pub struct AppState {
     pub limits: Arc<ClientLimits>,
     /// SSE openings registered with `POST /sync/sse`, waiting for their stream.
     pub registrations: Arc<sse::Registrations>,
+    /// The open SSE streams' back channels.
+    pub streams: Arc<sse::Streams>,
+    /// Presence channels (ephemeral: this node's memory only).
+    pub presence: Arc<crate::sync::presence::Presence>,
 }
 
 impl AppState {
@@ -64,6 +68,7 @@ impl AppState {
             catch_up_bytes: self.config.limits.max_catch_up_bytes as u64,
             auth: Arc::clone(&self.auth),
             limits: Arc::clone(&self.limits),
+            presence: Arc::clone(&self.presence),
         }
     }
 }
@@ -114,6 +119,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api", api)
         .route("/sync/ws", get(ws::upgrade))
         .route("/sync/sse", get(sse::stream).post(sse::register))
+        .route("/sync/sse/{stream}", axum::routing::post(sse::post))
         .route(
             "/client/eventsync.js",
             get(move |request: axum::extract::Request| files::serve_file(client_module.clone(), request)),

@@ -26,6 +26,12 @@
 //! vector: a registered opening ignores `Last-Event-ID` (the vector it carries is the client's
 //! word, fresher than any position).
 //!
+//! **A back channel.** A stream's first frame is `event: stream` with its id; the client posts
+//! any protocol message but `hello` — `subscribe`, `unsubscribe`, `join`, `broadcast`, `sync`,
+//! `write`, ... — to `POST /sync/sse/{stream}` (a token of the stream's subject), answered `202`
+//! once queued (at most [`POSTED_QUEUE`] wait; beyond, `429`). The answers come down the stream,
+//! as over a WebSocket.
+//!
 //! This file owns the framing (`event:`, `id:`, `data:`), the query and the header, the response's
 //! frame queue and the keep-alive comments; the session is the driver's.
 
@@ -35,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -54,7 +60,7 @@ use crate::hub::LiveEvent;
 use crate::model::Seq;
 use crate::sync::driver::{self, End, Incoming, Transport};
 use crate::sync::open::{accept, open, Start};
-use crate::sync::protocol::{Hello, ServerMessage, StateVector, Subscription};
+use crate::sync::protocol::{ClientMessage, Hello, ServerMessage, StateVector, Subscription};
 use crate::sync::{SEND_TIMEOUT, SSE_KEEPALIVE};
 
 /// Frames queued for one SSE response before the session waits (and, if it stays full, lags).
@@ -62,6 +68,70 @@ const SSE_QUEUE: usize = 64;
 /// Bytes of frames queued for one SSE response: a frame waits for its share (a frame larger than
 /// this takes all of it), and each share is given back as hyper takes the frame to write.
 const SSE_QUEUE_BYTES: usize = 256 * 1024;
+
+/// Messages posted to one stream and not yet handled by its session.
+pub const POSTED_QUEUE: usize = 64;
+
+/// A stream's back channel: the subject it belongs to, and its session's queue.
+type BackChannel = (Option<String>, mpsc::Sender<ClientMessage>);
+
+/// The open streams' back channels, by stream id.
+#[derive(Default)]
+pub struct Streams {
+    inner: Mutex<HashMap<String, BackChannel>>,
+}
+
+impl Streams {
+    fn open(&self, subject: Option<String>) -> (String, mpsc::Receiver<ClientMessage>) {
+        let (tx, rx) = mpsc::channel(POSTED_QUEUE);
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let mut streams = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        streams.insert(id.clone(), (subject, tx));
+        (id, rx)
+    }
+
+    fn close(&self, id: &str) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+
+    fn sender(&self, id: &str) -> Option<BackChannel> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+}
+
+/// `POST /sync/sse/{stream}`: a protocol message for the stream's session.
+pub async fn post(
+    State(state): State<AppState>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let principal = state.auth.authenticate(bearer(&headers)?)?;
+    let (subject, tx) = state
+        .streams
+        .sender(&stream)
+        .ok_or_else(|| ApiError::not_found("no such SSE stream (it ended, or never was)"))?;
+    if subject.as_deref() != principal.subject() {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this stream belongs to another subject",
+        ));
+    }
+    let msg: ClientMessage = serde_json::from_value(body.value)
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidMessage, format!("invalid message: {e}")))?;
+    tx.try_send(msg).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => ApiError::new(
+            ErrorCode::RateLimited,
+            format!("{POSTED_QUEUE} messages already wait for this stream's session"),
+        ),
+        mpsc::error::TrySendError::Closed(_) => ApiError::not_found("the stream ended"),
+    })?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"accepted": true}))))
+}
 
 /// How long a registered opening waits for its `GET /sync/sse?resume=`.
 pub const RESUME_TTL: Duration = Duration::from_secs(30);
@@ -237,16 +307,25 @@ pub async fn stream(
         .limits
         .stream(accepted.principal.limit_key(peer).as_deref())?;
     let ctx = state.sync();
+    let subject = accepted.principal.subject().map(str::to_string);
     let opened = open(&ctx, accepted, start).await?;
+    let streams = Arc::clone(&state.streams);
+    let (stream_id, posted) = streams.open(subject);
     let (tx, frames) = mpsc::channel::<(Bytes, OwnedSemaphorePermit)>(SSE_QUEUE);
     let room = Arc::new(Semaphore::new(SSE_QUEUE_BYTES));
     state.sessions.spawn(async move {
         // The stream's place among its client's is held as long as the session runs.
         let _slot = slot;
         let _open = crate::metrics::SessionGauge::open("sse");
-        let mut sse = Sse { tx, room };
+        let mut sse = Sse { tx, room, posted };
         let _ = sse.send(Bytes::from_static(b"retry: 1000\n\n")).await;
-        driver::run(&ctx, &mut sse, opened, peer).await;
+        let first = ServerMessage::Stream {
+            stream: stream_id.clone(),
+        };
+        if sse.send(frame(&first)).await.is_ok() {
+            driver::run(&ctx, &mut sse, opened, peer).await;
+        }
+        streams.close(&stream_id);
     });
     // The share of a frame is given back as hyper takes it (its own buffer is bounded too).
     let body =
@@ -331,6 +410,8 @@ fn frame_without_id(msg: &ServerMessage) -> Bytes {
 struct Sse {
     tx: mpsc::Sender<(Bytes, OwnedSemaphorePermit)>,
     room: Arc<Semaphore>,
+    /// What the client posted to `POST /sync/sse/{stream}`.
+    posted: mpsc::Receiver<ClientMessage>,
 }
 
 impl Sse {
@@ -370,10 +451,12 @@ impl Transport for Sse {
         Ok(())
     }
 
-    /// No back channel: the only news from the client is that the response was dropped.
+    /// What the client posted, or that the response was dropped.
     async fn receive(&mut self) -> Result<Incoming, End> {
-        self.tx.closed().await;
-        Err(End::Gone)
+        tokio::select! {
+            _ = self.tx.closed() => Err(End::Gone),
+            m = self.posted.recv() => m.map(Incoming::Message).ok_or(End::Gone),
+        }
     }
 
     async fn heartbeat(&mut self, _idle: Duration) -> Result<(), End> {

@@ -88,6 +88,8 @@ impl Server {
             auth,
             limits: Arc::clone(&client_limits),
             registrations: Default::default(),
+            presence: Default::default(),
+            streams: Default::default(),
         };
         let tasks = TaskTracker::new();
         tasks.spawn(forget_idle_clients(client_limits, shutdown.child_token()));

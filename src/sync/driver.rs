@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::open::{accept, open, read_catch_up, Accepted, Opened, Start, SyncContext};
+use super::presence::Ephemeral;
 use super::protocol::{ClientMessage, ServerMessage};
 use super::session::{validate_vector, Live, ProtocolError, Recheck, Session, Unsubscribed};
 use super::writes::{Writer, Writes};
@@ -155,20 +156,22 @@ async fn await_hello<T: Transport>(ctx: &SyncContext, t: &mut T) -> Result<Accep
     }
 }
 
-/// Who a session is for: its current principal, what limits count it as, and when its token
-/// stops counting.
+/// Who a session is for: its current principal, what limits count it as, when its token stops
+/// counting, and the presence channels it is in (left when the connection ends).
 struct Conn {
     principal: Arc<Principal>,
     limit_key: Option<String>,
     expires: Option<tokio::time::Instant>,
+    eph: Ephemeral,
 }
 
 impl Conn {
-    fn new(principal: Arc<Principal>, peer: Option<IpAddr>) -> Conn {
+    fn new(principal: Arc<Principal>, peer: Option<IpAddr>, eph: Ephemeral) -> Conn {
         Conn {
             limit_key: principal.limit_key(peer),
             expires: deadline(&principal),
             principal,
+            eph,
         }
     }
 }
@@ -186,7 +189,8 @@ pub async fn run<T: Transport>(ctx: &SyncContext, t: &mut T, opened: Opened, pee
         principal,
         refusals,
     } = opened;
-    let mut conn = Conn::new(principal, peer);
+    let eph = Ephemeral::new(Arc::clone(&ctx.presence), session.client_id());
+    let mut conn = Conn::new(principal, peer, eph);
     let mut end = None;
     for r in &refusals {
         if let Err(e) = t.feed(r).await {
@@ -341,6 +345,11 @@ async fn live_loop<T: Transport>(
                         }
                     }
                     Err(end) => return end,
+                }
+            }
+            Some(news) = conn.eph.next() => {
+                if let Err(end) = send(t, &news).await {
+                    return end;
                 }
             }
             Some(result) = Writes::next(&mut writes) => {
@@ -507,16 +516,20 @@ async fn handle<T: Transport>(
             catch_up(ctx, t, session).await?;
         }
         ClientMessage::Subscribe { subscription } => {
+            let id = subscription.id().to_string();
             let scope = match Scope::parse(&subscription) {
                 Ok(scope) => scope,
-                Err(e) => return Ok(Some(ProtocolError::new(ErrorCode::InvalidSubscription, e))),
+                Err(e) => {
+                    let e = ProtocolError::new(ErrorCode::InvalidSubscription, e);
+                    return Ok(Some(e.refusing(&id)));
+                }
             };
             let access = match conn.principal.check_read_collection(&scope.collection) {
                 Ok(access) => access,
-                Err(e) => return Ok(Some(ProtocolError::new(e.code, e.message))),
+                Err(e) => return Ok(Some(ProtocolError::new(e.code, e.message).refusing(&id))),
             };
             if let Err(e) = session.subscribe(scope.clone(), access) {
-                return Ok(Some(e));
+                return Ok(Some(e.refusing(&id)));
             }
             // Subscribe before you read: the hub wakes the session for the new scope first.
             live.set_interest(session.interest());
@@ -538,6 +551,26 @@ async fn handle<T: Transport>(
             live.set_interest(session.interest());
             send(t, &ServerMessage::Unsubscribed { id }).await?;
         }
+        ClientMessage::Join { channel, state } => match conn.eph.join(&conn.principal, &channel, state) {
+            Ok(members) => send(t, &members).await?,
+            Err(e) => return Ok(Some(e)),
+        },
+        // Over the rate is answered, not counted as a bad message (like a write over its rate).
+        ClientMessage::Presence { channel, state } => match conn.eph.update(&channel, state) {
+            Err(e) if e.code == ErrorCode::RateLimited => send(t, &e.into_message()).await?,
+            Err(e) => return Ok(Some(e)),
+            Ok(()) => {}
+        },
+        ClientMessage::Broadcast { channel, data } => match conn.eph.broadcast(&channel, data) {
+            Err(e) if e.code == ErrorCode::RateLimited => send(t, &e.into_message()).await?,
+            Err(e) => return Ok(Some(e)),
+            Ok(()) => {}
+        },
+        ClientMessage::Leave { channel } => {
+            if let Err(e) = conn.eph.leave(&channel) {
+                return Ok(Some(e));
+            }
+        }
         ClientMessage::Ack { seq } => session.ack(seq),
         ClientMessage::Ping { id } => send(t, &ServerMessage::Pong { id }).await?,
         ClientMessage::Write(w) => {
@@ -552,6 +585,11 @@ async fn handle<T: Transport>(
         ClientMessage::Auth { token } => {
             reauthenticate(ctx, t, session, conn, &token).await?;
             live.set_interest(session.interest());
+            let principal = Arc::clone(&conn.principal);
+            for c in conn.eph.reauthorize(&principal) {
+                let msg = format!("this token may not read '{c}': left the channel");
+                send(t, &ServerMessage::error(ErrorCode::Forbidden, msg)).await?;
+            }
         }
     }
     Ok(None)

@@ -20,6 +20,7 @@
 mod catch_up;
 pub mod driver;
 pub mod open;
+pub mod presence;
 pub mod resume;
 pub mod session;
 pub mod writes;

@@ -43,6 +43,8 @@ pub struct SyncContext {
     pub auth: Arc<crate::auth::Auth>,
     /// Per-client write rate (protocol writes count like REST ones).
     pub limits: Arc<crate::auth::limits::ClientLimits>,
+    /// This node's presence channels.
+    pub presence: Arc<super::presence::Presence>,
 }
 
 /// A hello that passed [`accept`]: who it is from, what it may follow, and what it was refused.
@@ -71,7 +73,7 @@ pub fn accept(auth: &crate::auth::Auth, hello: Hello) -> Result<Accepted, Protoc
     for scope in compile(&hello.subscribe)? {
         match principal.check_read_collection(&scope.collection) {
             Ok(access) => subscriptions.push((scope, access)),
-            Err(e) => refusals.push(ServerMessage::error(e.code, e.message)),
+            Err(e) => refusals.push(ServerMessage::refused(&scope.id, e.code, e.message)),
         }
     }
     Ok(Accepted {

@@ -54,6 +54,8 @@ impl HelloError {
 pub struct ProtocolError {
     pub code: ErrorCode,
     pub message: String,
+    /// The subscription it refuses, if it answers one.
+    pub subscription: Option<String>,
 }
 
 impl ProtocolError {
@@ -61,7 +63,14 @@ impl ProtocolError {
         ProtocolError {
             code,
             message: message.into(),
+            subscription: None,
         }
+    }
+
+    /// The same, naming the subscription it refuses.
+    pub fn refusing(mut self, id: &str) -> ProtocolError {
+        self.subscription = Some(id.to_string());
+        self
     }
 
     /// The `error` message that answers it.
@@ -69,6 +78,7 @@ impl ProtocolError {
         ServerMessage::Error {
             code: self.code,
             message: self.message,
+            subscription: self.subscription,
         }
     }
 }
@@ -271,12 +281,10 @@ impl Session {
         let mut collections = BTreeSet::new();
         let mut documents: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for c in &self.collections {
-            let by_ids = self.scoped.get(c).map(|scopes| {
-                scopes
-                    .iter()
-                    .map(Scope::ids)
-                    .collect::<Option<Vec<_>>>()
-            });
+            let by_ids = self
+                .scoped
+                .get(c)
+                .map(|scopes| scopes.iter().map(Scope::ids).collect::<Option<Vec<_>>>());
             match by_ids {
                 Some(Some(sets)) => {
                     let docs = documents.entry(c.clone()).or_default();

@@ -23,6 +23,7 @@ pub mod auth;
 pub mod in_process;
 pub mod mongo;
 pub mod process;
+pub mod scopes;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -557,6 +558,8 @@ pub struct SseClient {
     pub comments: usize,
     /// Data frames received (those with `data:`), in order.
     pub log: Vec<SseFrame>,
+    /// The stream's id (its first frame), for `POST /sync/sse/{stream}`.
+    pub stream: Option<String>,
 }
 
 impl SseClient {
@@ -591,6 +594,7 @@ impl SseClient {
             ready: Default::default(),
             comments: 0,
             log: Vec::new(),
+            stream: None,
         }
     }
 
@@ -639,6 +643,11 @@ impl SseClient {
         let deadline = Instant::now() + within;
         loop {
             if let Some(f) = self.ready.pop_front() {
+                if f.event.as_deref() == Some("stream") {
+                    // The stream's back channel id, first of every stream: kept, not returned.
+                    self.stream = f.json()["stream"].as_str().map(str::to_string);
+                    continue;
+                }
                 if !f.data.is_empty() {
                     self.log.push(f.clone());
                 }

@@ -41,6 +41,23 @@ pub enum ClientMessage {
     /// Ends the subscription with this id: documents that leave every remaining scope arrive as
     /// `removed`, then `unsubscribed`.
     Unsubscribe { id: String },
+    /// Joins a presence channel (`games` — a collection — or `games/g1` — a document — that the
+    /// token may read) with a small public state: answered with `presence` `sync` (the members),
+    /// the others get `join`.
+    Join {
+        channel: String,
+        #[serde(default)]
+        state: Option<Map<String, Value>>,
+    },
+    /// Replaces this session's state in a channel it joined: the others get `update`.
+    Presence {
+        channel: String,
+        state: Map<String, Value>,
+    },
+    /// Leaves a channel: the others get `leave` (as they do when the session ends).
+    Leave { channel: String },
+    /// An ephemeral message to the channel's other members (typing, cursors): never stored.
+    Broadcast { channel: String, data: Value },
     /// A write, answered by a `result` with the same `op_id`.
     Write(WriteMessage),
     /// The client has applied everything up to this position (an event's `seq`, or a `synced`'s).
@@ -236,6 +253,30 @@ pub struct ResultMessage {
     pub error: Option<ErrorBody>,
 }
 
+/// One member of a presence channel: a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    /// The session's id in the channel (unique per connection).
+    pub member: String,
+    pub client_id: String,
+    /// The token's subject, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub state: Map<String, Value>,
+}
+
+/// What happened in a presence channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceEvent {
+    /// The answer to a `join`: every member now, the joiner included (`members`).
+    Sync,
+    Join,
+    Update,
+    Leave,
+}
+
 /// Messages the server sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -249,10 +290,35 @@ pub enum ServerMessage {
     Unsubscribed {
         id: String,
     },
+    /// A presence channel's news: `sync` (to a joiner, with `members`), or a member's `join`,
+    /// `update` or `leave` (with `member`).
+    Presence {
+        channel: String,
+        event: PresenceEvent,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        member: Option<Box<Member>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        members: Option<Vec<Member>>,
+    },
+    /// Another member's ephemeral message (boxed: a rare message keeps every message small).
+    Broadcast {
+        channel: String,
+        from: Box<Member>,
+        data: Value,
+    },
+    /// The first message of an SSE stream: its id, to which the client posts its messages
+    /// (`POST /sync/sse/{stream}`) — SSE's back channel.
+    Stream {
+        stream: String,
+    },
     Result(ResultMessage),
     Error {
         code: ErrorCode,
         message: String,
+        /// The subscription refused, when the error is the answer to one (a `subscribe`, or a
+        /// subscription of a `hello` refused while the others proceed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subscription: Option<String>,
     },
     Pong {
         #[serde(default)]
@@ -271,6 +337,16 @@ impl ServerMessage {
         ServerMessage::Error {
             code,
             message: message.into(),
+            subscription: None,
+        }
+    }
+
+    /// The `error` refusing subscription `id`.
+    pub fn refused(id: impl Into<String>, code: ErrorCode, message: impl Into<String>) -> ServerMessage {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+            subscription: Some(id.into()),
         }
     }
 
@@ -287,6 +363,9 @@ impl ServerMessage {
             ServerMessage::Removed(_) => "removed",
             ServerMessage::Synced(_) => "synced",
             ServerMessage::Unsubscribed { .. } => "unsubscribed",
+            ServerMessage::Presence { .. } => "presence",
+            ServerMessage::Broadcast { .. } => "broadcast",
+            ServerMessage::Stream { .. } => "stream",
             ServerMessage::Result(_) => "result",
             ServerMessage::Error { .. } => "error",
             ServerMessage::Pong { .. } => "pong",
