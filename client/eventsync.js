@@ -230,6 +230,18 @@ export function validateMessage(m) {
     case 'error':
     case 'pong':
       return null;
+    case 'stream':
+      if (!isStr(m.stream)) return 'malformed stream';
+      return null;
+    case 'presence':
+      if (!isStr(m.channel) || !PRESENCE_EVENTS.has(m.event)) return 'malformed presence';
+      if (m.event === 'sync') {
+        if (!Array.isArray(m.members) || !m.members.every(isMember)) return 'malformed presence';
+      } else if (!isMember(m.member)) return 'malformed presence';
+      return null;
+    case 'broadcast':
+      if (!isStr(m.channel) || !isMember(m.from) || !hasOwn(m, 'data')) return 'malformed broadcast';
+      return null;
     default:
       return `unknown message type ${JSON.stringify(m.type)}`;
   }
@@ -345,6 +357,46 @@ export function subscriptionId(s) {
 /** The collection a subscription follows (part of). */
 export function subscriptionCollection(s) {
   return typeof s === 'string' ? s : s.collection;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Presence: the server's bounds (src/sync/presence.rs), checked here before sending so that a refusal
+// the server could not tie to its message does not happen.
+
+export const PRESENCE_LIMITS = Object.freeze({
+  stateBytes: 1024, // a member's state, as JSON
+  dataBytes: 4096, // a broadcast's data, as JSON
+  channels: 16, // per session
+  rate: 20, // presence updates and broadcasts per second per session (twice as many in a burst)
+});
+
+function jsonBytes(v) {
+  const text = JSON.stringify(v);
+  return text === undefined ? 0 : new TextEncoder().encode(text).length;
+}
+
+function presenceError(message, code = 'invalid_message') {
+  return Object.assign(new Error(message), { code });
+}
+
+function channelError(channel) {
+  if (!isStr(channel)) return 'a channel is a collection name or "collection/id"';
+  return null;
+}
+
+function stateError(state) {
+  if (!isObject(state)) return 'a presence state must be an object';
+  const n = jsonBytes(state);
+  if (n > PRESENCE_LIMITS.stateBytes) return `state: at most ${PRESENCE_LIMITS.stateBytes} bytes of JSON, not ${n}`;
+  return null;
+}
+
+const PRESENCE_EVENTS = new Set(['sync', 'join', 'update', 'leave']);
+
+function isMember(x) {
+  return isObject(x) && isStr(x.member) && typeof x.client_id === 'string' &&
+    (x.user === undefined || x.user === null || typeof x.user === 'string') &&
+    (x.state === undefined || isObject(x.state));
 }
 
 // An SSE opening whose vector is larger than this (as JSON) is registered with POST /sync/sse
@@ -604,6 +656,9 @@ export class EventSyncClient {
     this._lastEventId = null; // SSE
     this._inflight = null; // op_id of the write being sent
     this._writeRetryTimer = null;
+    // Presence channels joined: channel -> {state, waiters, members, self, sentOn, synced, ...}.
+    this._channels = new Map();
+    this._joinOrder = 0;
   }
 
   // --- events ---
@@ -872,6 +927,328 @@ export class EventSyncClient {
     return rejected || this.subscribe.some(names);
   }
 
+  // --- presence ---
+  /**
+   * Joins the presence channel `channel` (a collection name, or `collection/id`, that the token may
+   * read) with a small public `state` (an object, at most 1 KiB as JSON). Resolves with the members
+   * (the `presence` `sync` answer: every member, this session included, see members()). The channel
+   * stays joined until leave(): it is joined again, with the last state, on every new session (a
+   * reconnect; over SSE also a reopened stream). Called while offline or connecting, the join goes
+   * out once the session is live. Rejects when the server refuses it (`err.code`: `forbidden`,
+   * `invalid_message`, `rate_limited` — the channel is then not kept), on leave() before the
+   * answer (`code: 'left'`), and on disconnect() before it (`'disconnected'`; the channel is kept for
+   * the next connect()). Joining a channel already joined sets its state (setPresence) and resolves
+   * with the members once they are known.
+   */
+  join(channel, state = {}) {
+    const bad = channelError(channel) || stateError(state);
+    if (bad) return Promise.reject(presenceError(bad));
+    const had = this._channels.get(channel);
+    if (had) {
+      this.setPresence(channel, state);
+      if (had.synced) return Promise.resolve(this.members(channel));
+      return new Promise((resolve, reject) => had.waiters.push({ resolve, reject }));
+    }
+    if (this._channels.size >= PRESENCE_LIMITS.channels) {
+      return Promise.reject(presenceError(`at most ${PRESENCE_LIMITS.channels} channels per session`));
+    }
+    return new Promise((resolve, reject) => {
+      const entry = {
+        channel,
+        state: clone(state),
+        waiters: [{ resolve, reject }],
+        members: new Map(), // member id -> member, once synced
+        self: null, // this session's member id in the channel
+        sentOn: null, // the connection the join went out on
+        synced: false, // the `sync` for that join arrived
+        order: ++this._joinOrder,
+        sentAt: 0, // when the state was last sent
+      };
+      this._channels.set(channel, entry);
+      const conn = this._presenceConn();
+      if (conn) this._sendJoin(conn, entry);
+    });
+  }
+
+  /** Replaces this session's state in a joined channel (the other members get `update`; kept for the
+   *  re-joins). Throws for a channel not joined and for a state that is not an object of at most
+   *  1 KiB of JSON. Returns whether it went out now (else it goes with the next join). */
+  setPresence(channel, state) {
+    const entry = this._channels.get(channel);
+    if (!entry) throw presenceError(`not joined to '${channel}': join it first`, 'not_joined');
+    const bad = stateError(state);
+    if (bad) throw presenceError(bad);
+    entry.state = clone(state);
+    const me = entry.self && entry.members.get(entry.self);
+    if (me) me.state = clone(state);
+    const conn = this._presenceConn();
+    if (!conn || entry.sentOn !== conn) return false;
+    entry.sentAt = Date.now();
+    return this._presenceSend(conn, { type: 'presence', channel, state: entry.state });
+  }
+
+  /** Leaves a channel: the other members get `leave` (they do too when the session ends). Returns
+   *  whether the channel was joined. */
+  leave(channel) {
+    const entry = this._channels.get(channel);
+    if (!entry) return false;
+    this._channels.delete(channel);
+    this._rejectJoin(entry, presenceError(`left '${channel}' before the server answered the join`, 'left'));
+    const conn = this._presenceConn();
+    if (conn && entry.sentOn === conn) this._presenceSend(conn, { type: 'leave', channel });
+    return true;
+  }
+
+  /** Sends an ephemeral message (any JSON value, at most 4 KiB) to the channel's other members, who
+   *  get it as a `broadcast` event with `from` (the sender's member). Never stored, never queued:
+   *  returns false (and drops it) when there is no live session. Throws for a channel not joined
+   *  and for data too large. */
+  broadcast(channel, data) {
+    const entry = this._channels.get(channel);
+    if (!entry) throw presenceError(`not joined to '${channel}': join it first`, 'not_joined');
+    if (data === undefined) throw presenceError('broadcast data is missing');
+    const n = jsonBytes(data);
+    if (n > PRESENCE_LIMITS.dataBytes) {
+      throw presenceError(`broadcast data: at most ${PRESENCE_LIMITS.dataBytes} bytes of JSON, not ${n}`);
+    }
+    const conn = this._presenceConn();
+    if (!conn || entry.sentOn !== conn) return false;
+    return this._presenceSend(conn, { type: 'broadcast', channel, data: clone(data) });
+  }
+
+  /** The members of a joined channel as last told by the server (copies: `{member, client_id, user?,
+   *  state, self}`; `self: true` on this session's own); [] for a channel not joined or while the
+   *  (re-)join is not answered. */
+  members(channel) {
+    const entry = this._channels.get(channel);
+    if (!entry || !entry.synced) return [];
+    return [...entry.members.values()].map((m) => ({ ...clone(m), self: m.member === entry.self }));
+  }
+
+  /** The channels joined (whether or not the server answered yet). */
+  channels() {
+    return [...this._channels.keys()];
+  }
+
+  /** The connection presence messages may go out on now: a live session (over SSE, one whose
+   *  stream id is known). */
+  _presenceConn() {
+    const c = this._conn;
+    if (!c || c.closed || !c.live || !c.presenceStarted) return null;
+    if (c.kind === 'ws') return c.ws && c.ws.readyState === 1 ? c : null;
+    return c.stream ? c : null;
+  }
+
+  /** A connection's first full `synced`: its session is live, so every joined channel is (re)joined. */
+  _startPresence(conn) {
+    if (conn.presenceStarted) return;
+    conn.presenceStarted = true;
+    if (conn.kind === 'sse' && !conn.stream) {
+      if (this._channels.size) this._emit('error', new Error('the SSE stream named no back channel: presence needs one'));
+      return;
+    }
+    const entries = [...this._channels.values()].sort((a, b) => a.order - b.order);
+    for (const entry of entries) this._sendJoin(conn, entry);
+  }
+
+  _sendJoin(conn, entry) {
+    entry.sentOn = conn;
+    entry.synced = false;
+    entry.sentAt = Date.now();
+    this._presenceSend(conn, { type: 'join', channel: entry.channel, state: entry.state });
+  }
+
+  /** Sends a presence message on `conn`: on the socket, or posted to the SSE stream's back channel. */
+  _presenceSend(conn, msg) {
+    if (conn.kind === 'ws') return this._wsSend(conn, msg);
+    (conn.posts || (conn.posts = [])).push({ msg, tries: 0 });
+    this._pumpPosts(conn);
+    return true;
+  }
+
+  /** Posts the SSE connection's queued messages to `POST /sync/sse/<stream>`, one at a time (so that
+   *  they reach the session in order). What the session answers comes down the stream. */
+  async _pumpPosts(conn) {
+    if (conn.posting) return;
+    conn.posting = true;
+    try {
+      while (conn.posts.length && conn === this._conn && !conn.closed) {
+        const item = conn.posts[0];
+        const token = await this._withToken((t) => t);
+        if (conn !== this._conn || conn.closed) return;
+        const headers = { 'content-type': 'application/json', accept: 'application/json' };
+        if (token) headers.authorization = `Bearer ${token}`;
+        let status = 0;
+        let text = '';
+        try {
+          const res = await this._fetch(`${this.url}/sync/sse/${encodeURIComponent(conn.stream)}`, {
+            method: 'POST', headers, body: JSON.stringify(item.msg), signal: conn.abort.signal,
+          });
+          status = res.status;
+          text = await res.text().catch(() => '');
+        } catch (e) {
+          if (e && e.name === 'AbortError') return;
+          status = 0;
+          text = String((e && e.message) || e);
+        }
+        if (conn !== this._conn || conn.closed) return;
+        if (status === 202 || (status >= 200 && status < 300)) {
+          conn.posts.shift();
+          continue;
+        }
+        // 404: the stream ended (the next one joins again); 429 (its queue is full), 5xx and network
+        // errors are tried again a few times for what carries state; a broadcast is dropped.
+        const transient = status === 0 || status === 429 || status >= 500;
+        if (transient && item.msg.type !== 'broadcast' && item.tries < 5) {
+          item.tries++;
+          await new Promise((r) => setTimeout(r, 100 * 2 ** item.tries));
+          continue;
+        }
+        conn.posts.shift();
+        if (status === 404) continue;
+        let code = `http_${status}`;
+        let message = text;
+        try {
+          const e = JSON.parse(text).error;
+          code = e.code || code;
+          message = e.message || message;
+        } catch {
+          // not a JSON error
+        }
+        const err = Object.assign(new Error(`posting ${item.msg.type} to the SSE stream failed: HTTP ${status} ${message}`.trim()), { code });
+        if (item.msg.type === 'join') {
+          const entry = this._channels.get(item.msg.channel);
+          if (entry && entry.sentOn === conn && !entry.synced && (status === 400 || status === 403)) {
+            this._channels.delete(entry.channel);
+            this._rejectJoin(entry, err);
+          }
+        }
+        this._emit('error', err);
+      }
+    } finally {
+      conn.posting = false;
+    }
+  }
+
+  _rejectJoin(entry, err) {
+    const waiters = entry.waiters;
+    entry.waiters = [];
+    for (const w of waiters) w.reject(err);
+  }
+
+  /** A `presence` message from the server. */
+  _onPresence(conn, m) {
+    const entry = this._channels.get(m.channel);
+    // A channel left meanwhile (its news may still arrive until the server has the leave).
+    if (!entry || entry.sentOn !== conn) return;
+    if (m.event === 'sync') {
+      entry.members = new Map(m.members.map((x) => [x.member, clone(x)]));
+      entry.self = this._findSelf(entry, m.members);
+      entry.synced = true;
+      const list = this.members(m.channel);
+      const waiters = entry.waiters;
+      entry.waiters = [];
+      this._emit('presence', m);
+      for (const w of waiters) w.resolve(list);
+      return;
+    }
+    if (!entry.synced) return; // news before our sync cannot happen: the sync comes first
+    if (m.event === 'leave') entry.members.delete(m.member.member);
+    else entry.members.set(m.member.member, clone(m.member));
+    this._emit('presence', m);
+  }
+
+  /** This session's member in a `sync`: the one with this client's id (a session of this client
+   *  that ended without the server noticing yet may still be listed: then the one with the state
+   *  just sent). */
+  _findSelf(entry, members) {
+    const mine = members.filter((x) => x.client_id === this.clientId);
+    if (mine.length <= 1) return mine.length ? mine[0].member : null;
+    const same = mine.filter((x) => deepEqual(x.state || {}, entry.state));
+    return (same.length ? same[same.length - 1] : mine[mine.length - 1]).member;
+  }
+
+  /** The connection ended: the channels are joined again on the next one. Their members are not
+   *  known meanwhile: a `presence` event `reset` (made by the client, `members: []`) says so. */
+  _presenceLost() {
+    const lost = [];
+    for (const entry of this._channels.values()) {
+      if (entry.sentOn === null) continue;
+      if (entry.synced) lost.push(entry.channel);
+      entry.sentOn = null;
+      entry.synced = false;
+      entry.members = new Map();
+      entry.self = null;
+    }
+    for (const channel of lost) this._emit('presence', { type: 'presence', channel, event: 'reset', members: [] });
+  }
+
+  /**
+   * A server `error` that answers a presence message: a refused `join` (`forbidden` naming the
+   * channel, or `invalid_message` about the channel — "channel: …", "already in '…'", "at most N
+   * channels" — or `rate_limited` "'…' has N members already") rejects that join and drops the
+   * channel; a channel the session had to leave after an `auth` ("… left the channel") is dropped;
+   * a refused update or broadcast (the rate, "not in '…'") is only reported — over the rate, the
+   * latest states are sent again a second later. Returns whether the error was one of these.
+   */
+  _presenceRefused(conn, m, err) {
+    const text = String(m.message || '');
+    const named = (e) => text.includes(`'${e.channel}'`);
+    if (m.code === 'forbidden' && /left the channel/.test(text)) {
+      const entry = [...this._channels.values()].find(named);
+      if (entry) {
+        this._channels.delete(entry.channel);
+        this._rejectJoin(entry, err);
+        if (entry.synced) this._emit('presence', { type: 'presence', channel: entry.channel, event: 'reset', members: [] });
+      }
+      return true;
+    }
+    const pending = [...this._channels.values()]
+      .filter((e) => e.sentOn === conn && !e.synced)
+      .sort((a, b) => a.order - b.order);
+    const refuse = (entry) => {
+      this._channels.delete(entry.channel);
+      this._rejectJoin(entry, err);
+      return true;
+    };
+    const target = pending.find(named);
+    if (m.code === 'forbidden') return target ? refuse(target) : false;
+    if (m.code === 'rate_limited' && /members already/.test(text)) return target ? refuse(target) : true;
+    if (m.code === 'rate_limited' && /presence updates and broadcasts/.test(text)) {
+      this._resendStatesLater(conn);
+      return true;
+    }
+    if (m.code === 'invalid_message') {
+      if (/^not in '/.test(text) || /^data: at most/.test(text)) return true;
+      // (A state over the limit is refused here before it is sent: the server's "state: …" is
+      // only reported, it cannot say which message it answers.)
+      if (/^state: at most/.test(text)) return true;
+      const joinish = /^channel: /.test(text) || /^already in '/.test(text) || /^at most \d+ channels/.test(text);
+      if (joinish) {
+        const entry = target || pending[0];
+        return entry ? refuse(entry) : true;
+      }
+    }
+    return false;
+  }
+
+  /** Over the presence rate: a second later, the states sent in the last seconds are sent again
+   *  (one of them may have been refused, and the others would then hold an older one). */
+  _resendStatesLater(conn) {
+    if (conn.presenceRetry) return;
+    const since = Date.now() - 2000;
+    conn.presenceRetry = setTimeout(() => {
+      conn.presenceRetry = null;
+      if (conn !== this._presenceConn()) return;
+      for (const entry of this._channels.values()) {
+        if (entry.sentOn === conn && entry.sentAt >= since) {
+          entry.sentAt = Date.now();
+          this._presenceSend(conn, { type: 'presence', channel: entry.channel, state: entry.state });
+        }
+      }
+    }, 1100);
+  }
+
   // --- tokens ---
   /** Calls `fn` with the current token (null without one): at once for a fixed token, after the
    *  promise for a token function. */
@@ -970,6 +1347,10 @@ export class EventSyncClient {
       if (w.kind === 'unsubscribe') this._unsubscribed(w);
       else w.reject(new Error('disconnected'));
     }
+    // Joined channels stay joined (the next connect() joins them again); their joins are not answered.
+    for (const entry of this._channels.values()) {
+      this._rejectJoin(entry, Object.assign(new Error('disconnected'), { code: 'disconnected' }));
+    }
   }
 
   _closeConn() {
@@ -986,12 +1367,15 @@ export class EventSyncClient {
     c.controls = [];
     if (c.ackTimer) clearTimeout(c.ackTimer);
     if (c.refreshTimer) clearTimeout(c.refreshTimer);
+    if (c.presenceRetry) clearTimeout(c.presenceRetry);
+    c.posts = [];
     try {
       if (c.ws) c.ws.close();
       if (c.abort) c.abort.abort();
     } catch {
       // ignore
     }
+    this._presenceLost();
   }
 
   _open(opts = {}) {
@@ -1296,7 +1680,10 @@ export class EventSyncClient {
   _handle(conn, m) {
     const bad = validateMessage(m);
     if (bad) {
-      this._garbage(conn, new Error(`bad message from the server: ${bad}`));
+      const err = new Error(`bad message from the server: ${bad}`);
+      // Ephemeral news says nothing about the documents: no resync for it.
+      if (m && ['presence', 'broadcast', 'stream'].includes(m.type)) this._emit('error', err);
+      else this._garbage(conn, err);
       return;
     }
     if (m.type === 'event') this._emit('event', m);
@@ -1364,6 +1751,19 @@ export class EventSyncClient {
         for (const w of waiters) w.resolve(m);
         this._settleSubWaiters(m);
         this._pumpWrites();
+        this._startPresence(conn);
+        return;
+      }
+      case 'stream':
+        // An SSE stream's first frame: the id its back channel is posted to (a new one per stream).
+        if (conn.kind === 'sse') conn.stream = m.stream;
+        return;
+      case 'presence':
+        this._onPresence(conn, m);
+        return;
+      case 'broadcast': {
+        const entry = this._channels.get(m.channel);
+        if (entry && entry.sentOn === conn) this._emit('broadcast', m);
         return;
       }
       case 'result':
@@ -1375,7 +1775,7 @@ export class EventSyncClient {
         return;
       case 'error': {
         const err = Object.assign(new Error(`server error ${m.code}: ${m.message}`), { code: m.code });
-        const answered = this._subscriptionRefused(conn, m, err);
+        const answered = this._presenceRefused(conn, m, err) || this._subscriptionRefused(conn, m, err);
         this._emit('error', err);
         // An error answers the last message sent: if that was a write, the write is refused.
         if (!answered && this._lastSentWrite && this._lastSentWrite === this._inflight) {

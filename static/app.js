@@ -26,6 +26,30 @@
  *                          tabindex=0, select with click / Enter / Space (ArrowUp/Down move between rows).
  *                          Cells inside a row: data-field="name" | "gold" | "level" | "experience" | "version".
  *     games-count          number of games in the list.
+ *     games-empty          "No games yet." / "No games with level ≥ N." when the list is empty.
+ *   Level filter (what the page subscribes to)
+ *     filter-level, filter-apply (Enter submits), filter-clear
+ *                          with a number N the page follows the scope
+ *                          {"id":"games-filter","collection":"games","where":{"level":{"$gte":N}}} instead of
+ *                          the whole collection; an empty value (or Clear) goes back to the whole collection.
+ *                          The list shows what the client holds: a document moving out of the filter (a
+ *                          `removed` from the server) disappears, one moving in appears, live. Kept in this
+ *                          tab's sessionStorage["eventsync.levelFilter"] (a reload keeps it).
+ *     filter-state         "Showing every game" / "Showing games with level ≥ N"; attributes data-level (N, or
+ *                          "" for the whole collection) and data-state: "pending" (the change is not synced
+ *                          yet: sent, or waiting for a connection), "synced", "error".
+ *   Open a game by id (a lookup by id, whatever the filter)
+ *     open-id, open-submit subscribes the scope {"id":"open-<id>","collection":"games","ids":["<id>"]} and shows
+ *                          the document. Opening another id replaces it. (An id over 123 characters gets a
+ *                          shortened subscription id: "open-<start>-<hash>", since those are ≤ 128.)
+ *     open-message         data-kind: "pending" ("Opening …"), "not-found" ("No game with id "x" …": the scope
+ *                          is dropped again), "error"; empty once the game is shown.
+ *     opened               container (hidden unless a game is open); data-id, data-state "loading" | "open";
+ *                          opened-id, opened-version (follows live changes), opened-data (JSON),
+ *                          opened-outside (shown when the game does not match the level filter: it is then
+ *                          held only by the open scope and left out of the games list), opened-deleted,
+ *                          opened-edit (select it in Details), opened-close (unsubscribes the scope: a game
+ *                          outside the filter leaves the client).
  *   Detail (of the selected row)
  *     detail               container (hidden until a row is selected); detail-id; detail-data (JSON).
  *     detail-version       text = the version being edited (the one shown when opened / last refreshed).
@@ -37,6 +61,8 @@
  *                          expectedVersion = detail-version.
  *     delete               deletes the selected game (expectedVersion = detail-version).
  *     detail-deleted       shown when the selected game was deleted.
+ *     detail-removed       shown when the selected game left the client's subscriptions (a `removed`: it no
+ *                          longer matches the filter, or its open-by-id scope was closed) — not a delete.
  *     conflict             shown on a version conflict: "Conflict: game X is at version N (you edited
  *                          version M); current values: name=…, gold=…, level=…, experience=…";
  *                          attributes data-current-version, data-edited-version; conflict-text;
@@ -53,12 +79,15 @@
  *                          full text in its title), who (client id, "(you)" for this client's writes;
  *                          class "mine" on the entry), patch (compact JSON). On page load it shows the last
  *                          HISTORY events of the collection from GET /api/events, then the live ones.
- *                          Deduplicated by seq; keeps the newest 500.
+ *                          Deduplicated by seq; keeps the newest 500. A write that moved a game out of the
+ *                          subscriptions arrives as `removed` instead of its event: it is logged too (the
+ *                          event read from GET /api/events), with data-left="true" and class "left".
  *     log-count            number of entries.
  *   Messages
  *     notice               last write result / error message (data-kind="ok" | "error").
  *     fatal                shown if /client/eventsync.js cannot be loaded.
- *   window.eventsyncUI = { client, select(id) } for debugging/tests.
+ *   window.eventsyncUI = { client, select(id), setLevelFilter(n|null), openGame(id), closeGame() } for
+ *   debugging/tests.
  *
  * The JS client keeps one client id per tab (in sessionStorage: a reload keeps it, another tab or a
  * duplicated tab gets its own), and its documents, vector and offline queue with it. Open the page as
@@ -73,6 +102,11 @@ const LOG_MAX = 500;
 const HISTORY = 50; // events loaded from the REST API on page load
 const STORE_KEY = 'eventsync.transport';
 const TOKEN_KEY = 'eventsync.token';
+const FILTER_KEY = 'eventsync.levelFilter';
+const FILTER_ID = 'games-filter';
+// Only ever held for the moment a filter N is replaced by a filter M (see applySubscriptions).
+const FILTER_BRIDGE_ID = 'games-filter-prev';
+const DOC_ID = /^[A-Za-z0-9_\-.:@]{1,128}$/;
 
 const $ = (id) => document.getElementById(id);
 const el = (tag, attrs = {}, ...children) => {
@@ -98,6 +132,18 @@ const unsubscribers = [];
 const detail = { id: null, version: null, base: null };
 let conflictState = null; // {id, currentVersion, editedVersion, data}
 const loggedSeqs = new Set();
+// ids of documents that left every subscription (a `removed`), until they come back; for detail-removed
+const removedIds = new Set();
+
+// What the page subscribes to. `levelFilter`: null (the whole collection) or N (level ≥ N); `filterSync`
+// says whether the client's subscriptions are there yet. `opened`: the game opened by id, or null.
+let levelFilter = savedFilter();
+let filterSync = { state: 'pending', error: null, gen: 0, awaitSync: true }; // until the first synced
+let opened = null; // {id, subId, state: 'loading' | 'open', awaitSync}
+let openMessage = { kind: '', text: '' };
+// games whose open scope is being closed: kept out of the list (when outside the filter) until the server
+// has removed them, so that they do not flash into it meanwhile
+const closingIds = new Map(); // id -> count
 
 /* ---------------------------------------------------------------- transport & connection */
 
@@ -112,6 +158,21 @@ function savedTransport() {
 
 function saveTransport(t) {
   try { localStorage.setItem(STORE_KEY, t); } catch { /* private mode */ }
+}
+
+function savedFilter() {
+  try {
+    const raw = sessionStorage.getItem(FILTER_KEY);
+    const n = raw === null || raw === '' ? NaN : Number(raw);
+    return Number.isFinite(n) ? n : null;
+  } catch { return null; }
+}
+
+function saveFilter(n) {
+  try {
+    if (n === null) sessionStorage.removeItem(FILTER_KEY);
+    else sessionStorage.setItem(FILTER_KEY, String(n));
+  } catch { /* private mode */ }
 }
 
 function savedToken() {
@@ -179,7 +240,7 @@ function dropClient() {
 function makeClient(transport) {
   dropClient();
   // The client asks for the token at each connection, so "Use" also applies to the next one.
-  const opts = { url: location.origin, transport, subscribe: [COLLECTION], token: () => currentToken() };
+  const opts = { url: location.origin, transport, subscribe: wantedSubscriptions(), token: () => currentToken() };
   const forced = new URLSearchParams(location.search).get('client');
   if (forced) opts.clientId = forced;
   const c = new EventSyncClient(opts);
@@ -187,9 +248,17 @@ function makeClient(transport) {
   clientTransport = transport;
   window.eventsyncUI.client = c;
   on(c, 'status', () => { if (c === client) renderStatus(); });
-  on(c, 'change', () => { if (c === client) scheduleRender(); });
-  on(c, 'synced', () => { if (c === client) scheduleRender(); });
+  on(c, 'change', (ch) => {
+    if (c !== client) return;
+    if (ch && ch.collection === COLLECTION) {
+      if (ch.removed) removedIds.add(ch.id);
+      else removedIds.delete(ch.id);
+    }
+    scheduleRender();
+  });
+  on(c, 'synced', (m) => { if (c === client) { onSynced(m); scheduleRender(); } });
   on(c, 'event', (ev) => { if (c === client) { logEvent(ev); scheduleRender(); } });
+  on(c, 'removed', (m) => { if (c === client) logRemoved(m); });
   on(c, 'conflict', (info) => { if (c === client) onConflictEvent(info); });
   on(c, 'error', (err) => {
     if (c !== client) return;
@@ -201,6 +270,12 @@ function makeClient(transport) {
     showAuthBanner('unauthenticated', `The server refused the token (${err.message}). Enter a valid token above and press Use.`);
   });
   on(c, 'status', (st) => { if (c === client && st === 'live') hideAuthBanner('unauthenticated'); });
+  // The new client starts with the wanted set in its hello (or SSE opening): its first full `synced`
+  // settles what was still pending with the old one.
+  filterSync = { state: 'pending', error: null, gen: ++filterSync.gen, awaitSync: true };
+  if (opened && opened.state === 'loading') opened.awaitSync = true;
+  removedIds.clear();
+  closingIds.clear();
   return c;
 }
 
@@ -268,9 +343,11 @@ function scheduleRender() {
 
 function renderAll() {
   renderStatus();
+  renderFilter();
   renderList();
   renderVector();
   renderDetail();
+  renderOpened();
 }
 
 function docs() {
@@ -312,7 +389,7 @@ function buildRow(id) {
 
 function renderList() {
   const list = $('games-list');
-  const items = docs();
+  const items = docs().filter(listed);
   const seen = new Set();
   items.forEach((d, i) => {
     seen.add(d.id);
@@ -332,6 +409,7 @@ function renderList() {
     if (!seen.has(id)) { li.remove(); rowNodes.delete(id); }
   }
   $('games-count').textContent = String(items.length);
+  $('games-empty').textContent = levelFilter === null ? 'No games yet.' : `No games with level ≥ ${levelFilter}.`;
   show($('games-empty'), items.length === 0);
 }
 
@@ -360,6 +438,257 @@ function renderVector() {
       el('th', { scope: 'col', class: 'num' }, 'version'))),
     el('tbody', {}, ...rows));
   box.replaceChildren(table);
+}
+
+/* ---------------------------------------------------------------- subscriptions: level filter, open by id */
+
+const subIdOf = (sub) => (typeof sub === 'string' ? sub : sub.id);
+const sameSub = (a, b) => compact(a) === compact(b);
+const isStopped = (e) => e && (e.message === 'disconnected' || e.code === 'removed');
+
+function filterScope(n) {
+  return { id: FILTER_ID, collection: COLLECTION, where: { level: { $gte: n } } };
+}
+
+/** The page's base subscription: the whole collection, or the level filter's scope. */
+function wantedBase() {
+  return levelFilter === null ? COLLECTION : filterScope(levelFilter);
+}
+
+/** "open-<id>"; a subscription id has at most 128 characters, so a long document id is shortened (with a
+ *  hash of the whole id, so that two long ids sharing a start still differ). */
+function openSubId(id) {
+  const full = `open-${id}`;
+  if (full.length <= 128) return full;
+  let h = 0x811c9dc5; // FNV-1a
+  for (let i = 0; i < id.length; i++) { h ^= id.charCodeAt(i); h = Math.imul(h, 0x01000193) >>> 0; }
+  return `open-${id.slice(0, 110)}-${h.toString(16).padStart(8, '0')}`;
+}
+
+function openScope(o) {
+  return { id: o.subId, collection: COLLECTION, ids: [o.id] };
+}
+
+/** What a new client subscribes to (its hello / SSE opening). */
+function wantedSubscriptions() {
+  return [wantedBase(), ...(opened ? [openScope(opened)] : [])];
+}
+
+/** The level filter, evaluated locally the way the server does `$gte` (numbers only; on an array, any
+ *  element). Only used to leave the opened game out of the list when it does not match: everything else
+ *  the client holds is there because the filter scope (or the whole collection) took it. */
+function matchesFilter(data) {
+  if (levelFilter === null) return true;
+  const v = data ? data.level : undefined;
+  const ok = (x) => typeof x === 'number' && x >= levelFilter;
+  return Array.isArray(v) ? ok(v) || v.some(ok) : ok(v);
+}
+
+function listed(d) {
+  const openOnly = (opened && d.id === opened.id) || closingIds.has(d.id);
+  return !(openOnly && !matchesFilter(d.data));
+}
+
+/** Ends an open scope (the open game `o`): outside the filter, the server then sends its `removed`. */
+function unsubscribeOpen(c, o, what) {
+  closingIds.set(o.id, (closingIds.get(o.id) || 0) + 1);
+  const done = () => {
+    const n = (closingIds.get(o.id) || 1) - 1;
+    if (n > 0) closingIds.set(o.id, n); else closingIds.delete(o.id);
+    scheduleRender();
+  };
+  c.removeSubscription(o.subId).then(done, (e) => {
+    done();
+    if (c === client && !isStopped(e)) notify(`Could not ${what} game ${o.id}: ${errorText(e)}`, 'error');
+  });
+}
+
+/**
+ * Changes the client's base subscription to `wanted` in place, without a reconnect: on a live WebSocket
+ * each step is a `subscribe`/`unsubscribe` message (the server answers with only the difference); on SSE,
+ * which has no back channel, all the steps are made synchronously, so the client reopens its stream once,
+ * with the final set, and that catch-up is again only the difference. Removing first would make the
+ * server send `removed` for everything the old subscription brought and then snapshot it all again, so the
+ * new subscription is always added before the old one goes:
+ *   whole → filter, filter → whole: add the new one, remove the old one (only what leaves is `removed`);
+ *   filter N → filter M (the same id, "games-filter"): a bridge holds the old filter under another id while
+ *   "games-filter" is replaced, then goes: add bridge(N), remove games-filter, add games-filter(M),
+ *   remove bridge — the documents in both filters never leave, those only in M arrive, those only in N are
+ *   `removed` at the end.
+ * Returns the promises of the steps.
+ */
+function changeBase(c, wanted) {
+  const subs = c.subscriptions();
+  const has = (id) => subs.some((x) => subIdOf(x) === id);
+  const current = subs.find((x) => x === COLLECTION) ?? subs.find((x) => typeof x === 'object' && x.id === FILTER_ID) ?? null;
+  const bridge = has(FILTER_BRIDGE_ID); // left over by a step that failed
+  const ops = [];
+  const add = (sub) => ops.push(c.addSubscription(sub));
+  const remove = (id) => ops.push(c.removeSubscription(id));
+  if (!current) add(wanted);
+  else if (subIdOf(current) !== subIdOf(wanted)) { add(wanted); remove(subIdOf(current)); }
+  else if (!sameSub(current, wanted)) {
+    if (!bridge) add({ ...current, id: FILTER_BRIDGE_ID });
+    remove(FILTER_ID);
+    add(wanted);
+    remove(FILTER_BRIDGE_ID);
+    return ops;
+  }
+  if (bridge) remove(FILTER_BRIDGE_ID);
+  return ops;
+}
+
+/** Sets the level filter: a number N (level ≥ N) or null (the whole collection). */
+async function setLevelFilter(value) {
+  const n = value === null || value === undefined || value === '' ? null : Number(value);
+  if (n !== null && !Number.isFinite(n)) {
+    filterSync = { state: 'error', error: `not a number: ${value}`, gen: ++filterSync.gen };
+    renderFilter();
+    return;
+  }
+  $('filter-level').value = n === null ? '' : String(n);
+  if (n === levelFilter && filterSync.state !== 'error') { renderAll(); return; } // already so (or on its way)
+  const gen = ++filterSync.gen;
+  levelFilter = n;
+  saveFilter(n);
+  filterSync = { state: 'pending', error: null, gen };
+  renderAll();
+  if (!client) return; // the next client starts with it
+  const c = client;
+  const results = await Promise.allSettled(changeBase(c, wantedBase()));
+  if (c !== client || gen !== filterSync.gen) return; // a newer change (or client) took over
+  const failed = results.filter((r) => r.status === 'rejected' && !isStopped(r.reason));
+  if (failed.length) {
+    const text = failed.map((r) => errorText(r.reason)).join('; ');
+    filterSync = { state: 'error', error: text, gen };
+    notify(`Could not change the filter: ${text}`, 'error');
+    // never stay without a subscription to the games
+    const subs = c.subscriptions();
+    if (!subs.some((x) => x === COLLECTION || (typeof x === 'object' && x.id === FILTER_ID))) {
+      c.addSubscription(COLLECTION).catch(() => {});
+      levelFilter = null;
+      saveFilter(null);
+    }
+  } else if (results.some((r) => r.status === 'rejected' && r.reason.message === 'disconnected')) {
+    filterSync = { state: 'pending', error: null, gen, awaitSync: true }; // the next connection settles it
+  } else {
+    filterSync = { state: 'synced', error: null, gen };
+  }
+  scheduleRender();
+}
+
+/** A `synced` of the current client: a full one (not a single subscription's) settles what waited for a
+ *  connection. */
+function onSynced(m) {
+  if (m && m.subscription) return;
+  if (filterSync.state === 'pending' && filterSync.awaitSync) filterSync = { state: 'synced', error: null, gen: filterSync.gen };
+  if (opened && opened.state === 'loading' && opened.awaitSync) settleOpen(opened);
+}
+
+function renderFilter() {
+  const out = $('filter-state');
+  const { state, error } = filterSync;
+  out.dataset.level = levelFilter === null ? '' : String(levelFilter);
+  out.dataset.state = state;
+  const what = levelFilter === null ? 'every game' : `games with level ≥ ${levelFilter}`;
+  if (state === 'error') out.textContent = `Filter not applied: ${error}`;
+  else if (state === 'pending') {
+    const waiting = !client || client.status !== 'live' ? ' (when connected)' : '';
+    out.textContent = `Subscribing to ${what}…${waiting}`;
+  } else out.textContent = `Showing ${what}`;
+  $('filter-clear').disabled = levelFilter === null && state !== 'error';
+}
+
+function onFilterSubmit(ev) {
+  ev.preventDefault();
+  const raw = $('filter-level').value.trim();
+  setLevelFilter(raw === '' ? null : raw);
+}
+
+function onFilterClear() {
+  $('filter-level').value = '';
+  setLevelFilter(null);
+}
+
+/** Opens the game `id` in the "Open a game by id" panel (replacing the open one). */
+async function openGame(rawId) {
+  const id = String(rawId ?? '').trim();
+  if (!DOC_ID.test(id) || id.startsWith('.')) {
+    openMessage = { kind: 'error', text: `"${id}" is not a game id (1–128 of A–Z a–z 0–9 _ - . : @, not starting with ".").` };
+    renderOpened();
+    return;
+  }
+  if (opened && opened.id === id) { renderOpened(); return; }
+  const prev = opened;
+  opened = { id, subId: openSubId(id), state: 'loading', awaitSync: false };
+  openMessage = { kind: 'pending', text: `Opening game "${id}"…` };
+  renderAll();
+  if (!client) { opened.awaitSync = true; return; }
+  const c = client;
+  const o = opened;
+  const adding = c.addSubscription(openScope(o)); // added before the old one goes (see changeBase)
+  if (prev) unsubscribeOpen(c, prev, 'close');
+  try {
+    await adding;
+  } catch (e) {
+    if (c !== client || o !== opened) return;
+    if (isStopped(e)) { o.awaitSync = true; return; } // kept for the next connection
+    opened = null;
+    openMessage = { kind: 'error', text: `Could not open game "${id}": ${errorText(e)}` };
+    scheduleRender();
+    return;
+  }
+  if (c !== client || o !== opened) return;
+  settleOpen(o);
+}
+
+/** The open scope's catch-up is done: the client holds the game, or it does not exist. */
+function settleOpen(o) {
+  if (o !== opened) return;
+  if (getDoc(o.id)) {
+    o.state = 'open';
+    openMessage = { kind: '', text: '' };
+  } else {
+    // nothing to follow: drop the scope again (a game created later with that id is not shown)
+    opened = null;
+    if (client) unsubscribeOpen(client, o, 'close');
+    openMessage = { kind: 'not-found', text: `No game with id "${o.id}" (it does not exist, or it was deleted).` };
+  }
+  scheduleRender();
+}
+
+function closeGame() {
+  if (!opened) return;
+  const o = opened;
+  opened = null;
+  openMessage = { kind: '', text: '' };
+  if (client) unsubscribeOpen(client, o, 'close');
+  renderAll();
+}
+
+function renderOpened() {
+  const msg = $('open-message');
+  msg.textContent = openMessage.text;
+  msg.dataset.kind = openMessage.kind;
+  const box = $('opened');
+  show(box, !!opened);
+  if (!opened) { delete box.dataset.id; delete box.dataset.state; return; }
+  const d = getDoc(opened.id);
+  if (d && opened.state === 'loading') { opened.state = 'open'; openMessage = { kind: '', text: '' }; msg.textContent = ''; msg.dataset.kind = ''; }
+  box.dataset.id = opened.id;
+  box.dataset.state = opened.state;
+  $('opened-id').textContent = opened.id;
+  $('opened-version').textContent = d ? String(d.version) : '—';
+  $('opened-data').textContent = d ? JSON.stringify(d.data ?? {}, null, 2) : '';
+  show($('opened-data'), !!d);
+  show($('opened-deleted'), !d && opened.state === 'open');
+  show($('opened-outside'), !!d && !matchesFilter(d.data));
+  $('opened-edit').disabled = !d;
+}
+
+function onOpenSubmit(ev) {
+  ev.preventDefault();
+  openGame($('open-id').value);
 }
 
 /* ---------------------------------------------------------------- detail & forms */
@@ -394,7 +723,8 @@ function renderDetail() {
   const d = getDoc(detail.id);
   $('detail-id').textContent = detail.id;
   $('detail-version').textContent = String(detail.version);
-  show($('detail-deleted'), !d);
+  show($('detail-deleted'), !d && !removedIds.has(detail.id));
+  show($('detail-removed'), !d && removedIds.has(detail.id));
   const stale = !!d && d.version !== detail.version;
   show($('detail-stale'), stale && !conflictState);
   if (stale) $('detail-stale-text').textContent = `A newer version (v${d.version}) has arrived.`;
@@ -647,11 +977,25 @@ async function loadHistory() {
   }
 }
 
-function logEvent(ev) {
+/** A write that moved a game out of the client's scopes comes as `removed` (with the event's seq) instead
+ *  of the event: the log shows that event (read from GET /api/events), marked as having left. */
+async function logRemoved(m) {
+  if (!m || m.collection !== COLLECTION || m.seq === undefined || loggedSeqs.has(m.seq)) return;
+  let ev = null;
+  try {
+    const q = `collection=${encodeURIComponent(m.collection)}&id=${encodeURIComponent(m.id)}&after=${m.seq - 1}&limit=1`;
+    const res = await fetch(`/api/events?${q}`, { headers: authHeaders() });
+    if (res.ok) ev = ((await res.json()).items || []).find((e) => e.seq === m.seq) || null;
+  } catch { /* the entry below says what is known */ }
+  logEvent(ev || { seq: m.seq, collection: m.collection, id: m.id, version: m.version, op: 'removed', client_id: '—' }, { left: true });
+}
+
+function logEvent(ev, { left = false } = {}) {
   if (!ev || ev.seq === undefined || loggedSeqs.has(ev.seq)) return;
   loggedSeqs.add(ev.seq);
   const mine = client && ev.client_id === client.clientId;
-  const li = el('li', { 'data-testid': 'log-entry', class: `log-entry op-${ev.op}${mine ? ' mine' : ''}`, value: ev.seq });
+  const li = el('li', { 'data-testid': 'log-entry', class: `log-entry op-${ev.op}${mine ? ' mine' : ''}${left ? ' left' : ''}`, value: ev.seq });
+  if (left) li.dataset.left = 'true';
   li.dataset.seq = String(ev.seq);
   li.dataset.id = String(ev.id);
   li.dataset.op = String(ev.op);
@@ -666,7 +1010,7 @@ function logEvent(ev) {
     // prefix (UUIDv7: a timestamp) stay distinguishable; the full text is in the title
     el('span', { class: 'doc', title: `${docText} v${ev.version}` }, ...clipped(docText), el('span', { class: 'ver' }, ` v${ev.version}`)),
     el('span', { class: 'who', title: `client ${who}${mine ? ' (this tab)' : ''}` }, ...clipped(who), mine ? el('span', { class: 'you' }, ' (you)') : null),
-    el('code', { class: 'patch' }, compact(ev.patch ?? [])),
+    el('code', { class: 'patch' }, left ? el('span', { class: 'left-note' }, 'left your subscriptions · ') : null, compact(ev.patch ?? [])),
   );
   // newest (highest seq) first; catch-up events may arrive out of global order
   const log = $('event-log');
@@ -701,13 +1045,19 @@ function wire() {
   $('detail-refresh').addEventListener('click', onDetailRefresh);
   $('sync').addEventListener('click', onSync);
   $('token-form').addEventListener('submit', onTokenApply);
+  $('filter-form').addEventListener('submit', onFilterSubmit);
+  $('filter-clear').addEventListener('click', onFilterClear);
+  $('open-form').addEventListener('submit', onOpenSubmit);
+  $('opened-close').addEventListener('click', closeGame);
+  $('opened-edit').addEventListener('click', () => { if (opened) select(opened.id); });
 }
 
 async function boot() {
-  window.eventsyncUI = { client: null, select };
+  window.eventsyncUI = { client: null, select, setLevelFilter, openGame, closeGame };
   const t = savedTransport();
   $(`transport-${t}`).checked = true;
   $('token').value = savedToken();
+  $('filter-level').value = levelFilter === null ? '' : String(levelFilter);
   wire();
   renderAll();
   try {
@@ -716,7 +1066,7 @@ async function boot() {
     const f = $('fatal');
     f.textContent = `Could not load the sync client (/client/eventsync.js): ${e && e.message ? e.message : e}`;
     show(f, true);
-    for (const id of ['connect', 'disconnect', 'sync', 'create-submit']) $(id).disabled = true;
+    for (const id of ['connect', 'disconnect', 'sync', 'create-submit', 'filter-apply', 'open-submit']) $(id).disabled = true;
     return;
   }
   connect();

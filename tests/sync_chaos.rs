@@ -5,10 +5,19 @@
 //! (SIGKILL or SIGTERM, then started again on the same data directory and address; the clients
 //! reconnect on their own).
 //!
+//! Besides the clients of the whole collection, scope clients (over both transports) follow
+//! subscriptions narrower than it — `where` filters on a `level` that many writes change (numbers,
+//! fractions, a string, `null`, or none), on a nested field and an array, ids, a prefix — and
+//! subscribe and unsubscribe at random throughout (sometimes to the whole collection), so that
+//! documents keep moving in and out of their scopes by writes and by subscription changes.
+//!
 //! When the chaos stops, every client must become live and hold exactly the server's state: every
-//! live document with its version, and the tombstone (delete version) of every deleted one; no event
-//! may have been applied twice; and every write acknowledged `ok` (over the WebSocket or REST) must
-//! be in the server's log — writes that failed because of the restart are fine.
+//! live document with its version, and the tombstone (delete version) of every deleted one; a scope
+//! client exactly the live documents its current subscriptions take (by the tests' own filter
+//! evaluator, `common::scopes`), at their versions, each subscription synced, and no tombstone the
+//! server contradicts; no event may have been applied twice; and every write acknowledged `ok`
+//! (over the WebSocket or REST) must be in the server's log — writes that failed because of the
+//! restart are fine.
 //!
 //! The run is driven by a seeded xorshift; the seed is printed, and `EVENTSYNC_CHAOS_SEED=<seed>`
 //! replays the same choices (the interleavings, being real time, differ).
@@ -22,7 +31,10 @@ use std::time::{Duration, Instant};
 
 use common::{all_events, Rng, TestServer};
 use eventsync::sync::protocol::{ResultMessage, WriteMessage, WriteOp};
-use eventsync_client::{new_op_id, Backoff, Client, ClientError, ClientOptions, Status, Transport};
+use eventsync_client::{
+    new_op_id, scope, Backoff, Client, ClientError, ClientOptions, IntoSubscription, Scope, Status,
+    Subscription, Transport,
+};
 use reqwest::header::{CONTENT_TYPE, IF_MATCH};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Map, Value};
@@ -31,6 +43,10 @@ use tokio::task::JoinSet;
 const COLLECTION: &str = "games";
 const WS_CLIENTS: usize = 8;
 const SSE_CLIENTS: usize = 8;
+/// Clients that follow scopes of the collection (filters, ids, a prefix, now and then the whole
+/// collection) and change them at random while the chaos goes on.
+const SCOPE_WS_CLIENTS: usize = 3;
+const SCOPE_SSE_CLIENTS: usize = 2;
 /// The document ids written (few, so that writes collide, conflict, delete and re-create).
 const IDS: u64 = 12;
 /// How long writes, disconnects and reconnects go on; the restart is in the middle.
@@ -73,21 +89,38 @@ fn object(v: Value) -> Map<String, Value> {
     }
 }
 
+/// A random `level`, what the filtered scopes look at: mostly an integer 0-9, sometimes a
+/// fraction, a string (never ordered with numbers) or `null`.
+fn random_level(rng: &mut Rng) -> Value {
+    match rng.below(20) {
+        0 => Value::Null,
+        1 => json!("7"),
+        2 | 3 => json!(rng.below(10) as f64 + 0.5),
+        _ => json!(rng.below(10)),
+    }
+}
+
 /// A random write to one of the [`IDS`] documents: create (a re-create if the id was deleted),
 /// JSON Patch (sometimes failing), merge patch, replace or delete, now and then with an expected
-/// version (which mostly conflicts).
+/// version (which mostly conflicts). Many change `level` (or drop it), moving documents in and
+/// out of the scope clients' filters.
 fn random_write(rng: &mut Rng) -> WriteMessage {
     let id = doc_id(rng.below(IDS));
     let r = rng.below(1000);
     let field = format!("f{}", rng.below(6));
+    let level = random_level(rng);
     let (op, data, patch) = match rng.below(100) {
         0..=14 => (
             WriteOp::Create,
-            Some(object(json!({"name": id, "born": r, "tags": ["new"]}))),
+            Some(object(
+                json!({"name": id, "born": r, "tags": ["new"], "level": level}),
+            )),
             None,
         ),
         15..=44 => {
-            let patch = match rng.below(5) {
+            let patch = match rng.below(7) {
+                5 => json!([{"op": "add", "path": "/level", "value": level}]),
+                6 => json!([{"op": "remove", "path": "/level"}]),
                 0 => json!([{"op": "add", "path": format!("/{field}"), "value": r}]),
                 1 => json!([{"op": "remove", "path": format!("/{field}")}]),
                 2 => {
@@ -101,18 +134,23 @@ fn random_write(rng: &mut Rng) -> WriteMessage {
             (WriteOp::Patch, None, Some(patch))
         }
         45..=64 => {
-            let patch = if rng.below(3) == 0 {
+            let patch = if rng.below(4) == 0 {
+                json!({ "level": level })
+            } else if rng.below(3) == 0 {
                 json!({ field: null })
             } else {
                 json!({ field: {"deep": r, "text": "x".repeat(rng.below(200) as usize)} })
             };
             (WriteOp::Merge, None, Some(patch))
         }
-        65..=79 => (
-            WriteOp::Replace,
-            Some(object(json!({"name": id, "replaced": r}))),
-            None,
-        ),
+        65..=79 => {
+            let body = if rng.below(3) == 0 {
+                json!({"name": id, "replaced": r})
+            } else {
+                json!({"name": id, "replaced": r, "level": level})
+            };
+            (WriteOp::Replace, Some(object(body)), None)
+        }
         _ => (WriteOp::Delete, None, None),
     };
     WriteMessage {
@@ -424,11 +462,189 @@ fn differences(r: &eventsync_client::Replica, want: &ServerState) -> Vec<String>
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Scope clients: what they may follow, and what they must hold
+// ---------------------------------------------------------------------------------------------------
+
+/// The subscriptions a scope client picks from: filters over `level` (numbers only: a string or
+/// `null` level is in none of the ordered ones), over a nested field and an array, ids, a prefix,
+/// and the whole collection.
+fn scope_pool() -> Vec<Subscription> {
+    let filtered = |id: &str, filter: Value| Scope {
+        filter: Some(filter),
+        ..scope(id, COLLECTION)
+    };
+    let ids = |id: &str, ids: &[&str]| Scope {
+        ids: Some(ids.iter().map(|s| s.to_string()).collect()),
+        ..scope(id, COLLECTION)
+    };
+    vec![
+        filtered("high", json!({"level": {"$gte": 5}})).into_subscription(),
+        filtered("low", json!({"level": {"$lt": 3}})).into_subscription(),
+        filtered(
+            "mid-or-new",
+            json!({"$or": [{"level": {"$in": [3, 4, 4.5]}}, {"tags": "new"}]}),
+        )
+        .into_subscription(),
+        filtered("deep", json!({"f1.deep": {"$lt": 500}})).into_subscription(),
+        filtered("no-f2", json!({"f2": {"$exists": false}, "level": {"$ne": null}})).into_subscription(),
+        Scope {
+            prefix: Some("doc-1".into()),
+            ..scope("ones", COLLECTION)
+        }
+        .into_subscription(),
+        ids("pair", &["doc-2", "doc-5"]).into_subscription(),
+        Scope {
+            filter: Some(json!({"level": {"$gte": 4}})),
+            ..ids("trio-high", &["doc-3", "doc-4", "doc-6"])
+        }
+        .into_subscription(),
+        COLLECTION.into_subscription(),
+    ]
+}
+
+/// What subscriptions `subs` take of the server's live documents: id → (version, body).
+fn taken_of(subs: &[Subscription], want: &ServerState) -> BTreeMap<String, (u64, Value)> {
+    want.docs
+        .iter()
+        .filter(|(id, body)| common::scopes::subscriptions_take(subs, COLLECTION, id, body))
+        .map(|(id, body)| (id.clone(), (want.vector[id], Value::Object(body.clone()))))
+        .collect()
+}
+
+/// Whether a scope client holds exactly what its current subscriptions take of the server: every
+/// such document at its version, nothing else live; and each entry it keeps without a document
+/// (a tombstone) names a version the server has had, the server's version only if deleted there.
+/// (Which tombstones a scope client keeps depends on what it saw: a document deleted while out of
+/// its scopes is never told to it.)
+fn scoped_matches(c: &Client, want: &ServerState) -> bool {
+    scoped_differences(c, want).is_empty()
+}
+
+fn scoped_differences(c: &Client, want: &ServerState) -> Vec<String> {
+    let subs = c.subscriptions();
+    c.with_replica(|r| scoped_differences_in(&subs, r, want))
+}
+
+/// Waits (at most `within`) until the scope client holds what its subscriptions — read again
+/// every little while, since a change that timed out may still be in effect late — take.
+async fn wait_scoped(c: &Client, want: &ServerState, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        let subs = c.subscriptions();
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(250));
+        let held = c
+            .wait_until(|r| scoped_differences_in(&subs, r, want).is_empty(), left)
+            .await
+            .is_ok();
+        if held && c.subscriptions() == subs {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
+fn scoped_differences_in(
+    subs: &[Subscription],
+    r: &eventsync_client::Replica,
+    want: &ServerState,
+) -> Vec<String> {
+    let expected = taken_of(subs, want);
+    {
+        let got = common::scopes::replica_docs(r, COLLECTION);
+        let empty = BTreeMap::new();
+        let vector = r.vector().get(COLLECTION).unwrap_or(&empty);
+        let short = |d: Option<&(u64, Value)>| match d {
+            None => "-".to_string(),
+            Some((v, body)) => {
+                let s = body.to_string();
+                let s = if s.len() > 120 {
+                    format!("{}... ({} bytes)", &s[..120], s.len())
+                } else {
+                    s
+                };
+                format!("v{v} {s}")
+            }
+        };
+        let mut out: Vec<String> = got
+            .keys()
+            .chain(expected.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter(|id| got.get(*id) != expected.get(*id))
+            .map(|id| {
+                format!(
+                    "{id}: replica {} / should hold {}",
+                    short(got.get(id)),
+                    short(expected.get(id))
+                )
+            })
+            .collect();
+        for (id, &v) in vector.iter().filter(|(id, _)| !got.contains_key(*id)) {
+            let server = want.vector.get(id).copied().unwrap_or(0);
+            if v > server || (v == server && want.docs.contains_key(id)) {
+                out.push(format!(
+                    "{id}: tombstone v{v}, server v{server} live {}",
+                    want.docs.contains_key(id)
+                ));
+            }
+        }
+        if !out.is_empty() {
+            out.insert(
+                0,
+                format!(
+                    "subscriptions {:?}",
+                    subs.iter().map(|s| s.id()).collect::<Vec<_>>()
+                ),
+            );
+        }
+        out
+    }
+}
+
+/// What the scope clients' subscription changes came to.
+#[derive(Default, Debug)]
+struct SubRecord {
+    /// ("subscribe"/"unsubscribe", outcome) → count.
+    outcomes: BTreeMap<(&'static str, String), u64>,
+}
+
+impl SubRecord {
+    fn count(&mut self, what: &'static str, answer: &Result<(), ClientError>) {
+        let outcome = match answer {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("failed: {}", error_kind(e)),
+        };
+        *self.outcomes.entry((what, outcome)).or_default() += 1;
+    }
+
+    fn ok(&self, what: &str) -> u64 {
+        self.outcomes
+            .iter()
+            .filter(|((w, o), _)| *w == what && o == "ok")
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
 // The test
 // ---------------------------------------------------------------------------------------------------
 
 fn client_options(url: &str, client_id: &str, transport: Transport) -> ClientOptions {
-    let mut o = ClientOptions::new(url, client_id, [COLLECTION]);
+    scoped_options(url, client_id, transport, vec![COLLECTION.into_subscription()])
+}
+
+fn scoped_options(
+    url: &str,
+    client_id: &str,
+    transport: Transport,
+    subs: Vec<Subscription>,
+) -> ClientOptions {
+    let mut o = ClientOptions::new(url, client_id, subs);
     o.transport = transport;
     // Quick reconnects, so the clients are back soon after the restart.
     o.reconnect = Backoff {
@@ -445,8 +661,19 @@ fn client_options(url: &str, client_id: &str, transport: Transport) -> ClientOpt
 
 fn describe(c: &Client) -> String {
     let r = c.replica();
+    let subs = c.subscriptions();
+    let scoped = match subs.as_slice() {
+        [Subscription::Collection(_)] => String::new(),
+        _ => format!(
+            " subscriptions [{}]",
+            subs.iter()
+                .map(|s| format!("{} {:?}", s.id(), c.subscription_synced(s.id())))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     format!(
-        "{} status {:?} counters {:?} stats {:?}",
+        "{} status {:?}{scoped} counters {:?} stats {:?}",
         c.client_id(),
         c.status(),
         r.counters(),
@@ -516,7 +743,7 @@ async fn chaos(nodes: usize) {
             server,
             COLLECTION,
             &doc_id(n),
-            json!({"name": doc_id(n), "born": 0}),
+            json!({"name": doc_id(n), "born": 0, "level": n % 10}),
         )
         .await;
     }
@@ -545,9 +772,45 @@ async fn chaos(nodes: usize) {
         .await
         .unwrap_or_else(|e| panic!("{} did not get every document: {e}", describe(c)));
     }
+    // Scope clients, each starting with one to three subscriptions of the pool.
+    let pool = scope_pool();
+    let mut scoped = Vec::new();
+    for i in 0..SCOPE_WS_CLIENTS + SCOPE_SSE_CLIENTS {
+        let url = &urls[i % nodes];
+        let (transport, name) = if i < SCOPE_WS_CLIENTS {
+            (Transport::WebSocket, format!("scoped-ws-{i}"))
+        } else {
+            (Transport::Sse, format!("scoped-sse-{i}"))
+        };
+        let mut subs: Vec<Subscription> = Vec::new();
+        for _ in 0..1 + rng.below(3) {
+            let s = &pool[rng.below(pool.len() as u64) as usize];
+            if !subs.contains(s) {
+                subs.push(s.clone());
+            }
+        }
+        scoped.push(
+            Client::connect(scoped_options(url, &name, transport, subs))
+                .await
+                .expect("client options"),
+        );
+    }
+    let before_chaos = server_state(server).await;
+    for c in &scoped {
+        c.wait_synced(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("{} not live: {e}", describe(c)));
+        // Nothing is written yet: what its catch-up brought is exactly what it should hold.
+        assert!(
+            scoped_matches(c, &before_chaos),
+            "{} after its first catch-up:\n  {}",
+            describe(c),
+            scoped_differences(c, &before_chaos).join("\n  ")
+        );
+    }
     let ws_clients: Arc<Vec<Client>> = Arc::new(clients[..WS_CLIENTS].to_vec());
     let sse_clients: Arc<Vec<Client>> = Arc::new(clients[WS_CLIENTS..].to_vec());
-    let all_clients: Arc<Vec<Client>> = Arc::new(clients.clone());
+    let all_clients: Arc<Vec<Client>> = Arc::new(clients.iter().chain(&scoped).cloned().collect());
 
     // --- Chaos ---------------------------------------------------------------------------------
     let stop = Arc::new(AtomicBool::new(false));
@@ -620,6 +883,39 @@ async fn chaos(nodes: usize) {
             }
         });
     }
+    let sub_record = Arc::new(Mutex::new(SubRecord::default()));
+    for c in &scoped {
+        // Each scope client changes its subscriptions at random, one change at a time (so that an
+        // unsubscribe always names a subscription it has): subscribe to one it lacks, or end one.
+        let (mut rng, stop, record, c, pool) = (
+            next_rng(),
+            stop.clone(),
+            sub_record.clone(),
+            c.clone(),
+            pool.clone(),
+        );
+        tasks.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(rng.millis(30, 300)).await;
+                let subs = c.subscriptions();
+                let unsubscribe = !subs.is_empty() && (subs.len() >= 4 || rng.below(2) == 0);
+                let (what, answer) = if unsubscribe {
+                    let id = subs[rng.below(subs.len() as u64) as usize].id().to_string();
+                    ("unsubscribe", c.unsubscribe(&id).await)
+                } else {
+                    let lacking: Vec<&Subscription> = pool.iter().filter(|s| !subs.contains(s)).collect();
+                    let s = lacking[rng.below(lacking.len() as u64) as usize].clone();
+                    ("subscribe", c.subscribe(s).await)
+                };
+                // A change may time out while the server is down (it stays made, and the next
+                // connection carries it); a refusal of a valid change is a failure.
+                if let Err(e @ (ClientError::Subscription(_) | ClientError::Closed)) = &answer {
+                    panic!("{}: {what} refused: {e}", describe(&c));
+                }
+                record.lock().unwrap().count(what, &answer);
+            }
+        });
+    }
     {
         // Disconnects and reconnects, several clients at once; now and then a manual resync instead
         // (`sync`: over WebSocket a `sync` with the client's vector, over SSE a reconnect).
@@ -686,7 +982,7 @@ async fn chaos(nodes: usize) {
     // (so each of them misses exactly one event per document), then all come back.
     let mut end_rng = rng.fork(u64::MAX);
     let mut offline = Vec::new();
-    for c in &clients {
+    for c in clients.iter().chain(&scoped) {
         if end_rng.below(2) == 0 {
             c.disconnect()
                 .await
@@ -729,7 +1025,7 @@ async fn chaos(nodes: usize) {
             "seed {seed}: could not change {id} after the chaos: {attempts:?}"
         );
     }
-    for c in &clients {
+    for c in clients.iter().chain(&scoped) {
         c.reconnect()
             .await
             .unwrap_or_else(|e| panic!("{}: reconnect: {e}", describe(c)));
@@ -748,8 +1044,20 @@ async fn chaos(nodes: usize) {
                 .min(Duration::from_secs(3));
             let matched = c.wait_until(|r| matches(r, &want), left).await.is_ok();
             if !matched || c.wait_synced(left).await.is_err() {
-                behind = Some(c);
+                behind = Some((c, differences(&c.replica(), &want)));
                 break;
+            }
+        }
+        if behind.is_none() {
+            for c in &scoped {
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_secs(3));
+                let matched = wait_scoped(c, &want, left).await;
+                if !matched || c.wait_synced(left).await.is_err() {
+                    behind = Some((c, scoped_differences(c, &want)));
+                    break;
+                }
             }
         }
         let mut moved = false;
@@ -760,7 +1068,7 @@ async fn chaos(nodes: usize) {
             None if !moved => break want,
             _ if Instant::now() < deadline => continue,
             None => panic!("seed {seed}: the server's log kept moving after the chaos stopped"),
-            Some(c) => {
+            Some((c, differences)) => {
                 // Where each node's log and live stream stand (`published_seq` on MongoDB).
                 let mut nodes = Vec::new();
                 for node in servers.iter().chain([&restarted]) {
@@ -772,7 +1080,7 @@ async fn chaos(nodes: usize) {
                     describe(c),
                     want.last_seq,
                     nodes.join(", "),
-                    differences(&c.replica(), &want).join("\n  ")
+                    differences.join("\n  ")
                 )
             }
         }
@@ -793,6 +1101,32 @@ async fn chaos(nodes: usize) {
             .unwrap_or_else(|e| panic!("seed {seed}: {}: {e}", describe(c)));
         // A client of the restarted node (the last URL) lost its connection at the restart; one
         // of another node reconnects only when the flapping happened to pick it.
+        let on_restarted = i % nodes == nodes - 1;
+        assert!(
+            !on_restarted || c.stats().reconnects >= 1,
+            "seed {seed}: {} never reconnected, yet its server restarted",
+            describe(c)
+        );
+    }
+    for (i, c) in scoped.iter().enumerate() {
+        let r = c.replica();
+        assert_eq!(c.status(), Status::Live, "seed {seed}: {}", describe(c));
+        let differs = scoped_differences(c, &want);
+        assert!(
+            differs.is_empty(),
+            "seed {seed}: {} differs:\n  {}",
+            describe(c),
+            differs.join("\n  ")
+        );
+        // Every subscription it has is synced on its connection.
+        for sub in c.subscriptions() {
+            c.wait_subscription_synced(sub.id(), Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|e| panic!("seed {seed}: {}: {} not synced: {e}", describe(c), sub.id()));
+        }
+        assert_eq!(r.applied_twice(), 0, "seed {seed}: {}", describe(c));
+        r.check()
+            .unwrap_or_else(|e| panic!("seed {seed}: {}: {e}", describe(c)));
         let on_restarted = i % nodes == nodes - 1;
         assert!(
             !on_restarted || c.stats().reconnects >= 1,
@@ -843,7 +1177,14 @@ async fn chaos(nodes: usize) {
     for ((via, op, outcome), n) in &record.outcomes {
         println!("  {via:>10} {op:>7} {outcome}: {n}");
     }
-    for c in &clients {
+    let sub_record = Arc::try_unwrap(sub_record)
+        .unwrap_or_else(|_| panic!("the chaos tasks are done"))
+        .into_inner()
+        .unwrap();
+    for ((what, outcome), n) in &sub_record.outcomes {
+        println!("  {what:>11} {outcome}: {n}");
+    }
+    for c in clients.iter().chain(&scoped) {
         println!("  {}", describe(c));
     }
 
@@ -858,8 +1199,16 @@ async fn chaos(nodes: usize) {
             "seed {seed}: no write through {via} was acknowledged"
         );
     }
+    for what in ["subscribe", "unsubscribe"] {
+        assert!(sub_record.ok(what) > 0, "seed {seed}: no {what} succeeded");
+    }
+    let removed: u64 = scoped.iter().map(|c| c.replica().counters().removed).sum();
+    assert!(
+        removed > 0,
+        "seed {seed}: no document ever left a scope client's scopes"
+    );
 
-    for c in &clients {
+    for c in clients.iter().chain(&scoped) {
         c.close().await;
     }
     drop(servers);

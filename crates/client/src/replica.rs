@@ -128,7 +128,10 @@ impl Replica {
             | ServerMessage::Result(_)
             | ServerMessage::Error { .. }
             | ServerMessage::Pong { .. }
-            | ServerMessage::Authenticated { .. } => Applied::Ignored,
+            | ServerMessage::Authenticated { .. }
+            | ServerMessage::Presence { .. }
+            | ServerMessage::Broadcast { .. }
+            | ServerMessage::Stream { .. } => Applied::Ignored,
         }
     }
 

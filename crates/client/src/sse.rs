@@ -21,6 +21,7 @@ use super::subs::{self, Via};
 use super::task::{self, Conn, End, Next, TaskState};
 use super::{endpoint, ClientError, Command, Shared, Status};
 use eventsync_protocol::messages::Subscription;
+use eventsync_protocol::ErrorBody;
 
 /// A `GET` URL longer than this registers with `POST /sync/sse` instead (the server reads URIs of
 /// up to 64 KiB).
@@ -66,6 +67,17 @@ pub(crate) async fn session(
         let resume = tokio::select! {
             _ = cancel.cancelled() => return End::Exit,
             r = register(shared, http, &url, &body, token.as_deref()) => r,
+        };
+        let resume = match resume {
+            Err(Refused::Hello(body)) if refused_subscribes(shared, st, &body) => {
+                return End::Reconnect {
+                    immediate: true,
+                    penalty: false,
+                };
+            }
+            Err(Refused::Hello(_)) => Err(End::PENALTY),
+            Err(Refused::End(end)) => Err(end),
+            Ok(resume) => Ok(resume),
         };
         url = match resume {
             Ok(resume) => url_with_resume(&shared.base, &resume),
@@ -121,6 +133,12 @@ pub(crate) async fn session(
                 s.unauthenticated += 1;
             }
         });
+        if refused_subscribes(shared, st, body.as_bytes()) {
+            return End::Reconnect {
+                immediate: true,
+                penalty: false,
+            };
+        }
         // Our request was refused (4xx): do not hammer the server with it.
         return if status.is_client_error() || (status.is_success() && !is_stream) {
             End::PENALTY
@@ -219,6 +237,29 @@ pub(crate) async fn session(
     }
 }
 
+/// A refused opening whose error body refuses the subscribes it carried: they leave the set and
+/// their `subscribe` fails (see [`subs::on_hello_refused`]). True when some did.
+fn refused_subscribes(shared: &Shared, st: &mut TaskState, body: &[u8]) -> bool {
+    let Ok(answer) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    let Some(error) = answer
+        .get("error")
+        .and_then(|e| serde_json::from_value::<ErrorBody>(e.clone()).ok())
+    else {
+        return false;
+    };
+    subs::on_hello_refused(shared, &mut st.subs, error.code, &error.message)
+}
+
+/// Why a registration gave no resume id.
+enum Refused {
+    /// The server refused it (4xx) with this body.
+    Hello(Vec<u8>),
+    /// Anything else: how the session ends.
+    End(End),
+}
+
 /// `POST /sync/sse`: registers the stream's hello, answered with a single-use resume id.
 async fn register(
     shared: &Shared,
@@ -226,7 +267,7 @@ async fn register(
     url: &Url,
     body: &Value,
     token: Option<&str>,
-) -> Result<String, End> {
+) -> Result<String, Refused> {
     let options = &shared.options;
     let client = options.client_id.as_str();
     let mut request = http.post(url.clone()).json(body);
@@ -240,7 +281,7 @@ async fn register(
                 s.unauthenticated += 1;
             }
         });
-        Err(if penalty { End::PENALTY } else { End::RETRY })
+        Err(Refused::End(if penalty { End::PENALTY } else { End::RETRY }))
     };
     let answer = tokio::time::timeout(options.connect_timeout, async {
         let mut response = request.send().await?;
@@ -270,8 +311,12 @@ async fn register(
     if !status.is_success() {
         let body = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
         tracing::warn!(%client, %status, %body, "SSE registration refused; reconnecting");
+        let refused = failed(status.is_client_error(), status == StatusCode::UNAUTHORIZED);
         // Our request was refused (4xx): do not hammer the server with it.
-        return failed(status.is_client_error(), status == StatusCode::UNAUTHORIZED);
+        return match status.is_client_error() {
+            true => Err(Refused::Hello(bytes)),
+            false => refused,
+        };
     }
     let resume = serde_json::from_slice::<Value>(&bytes)
         .ok()

@@ -14,9 +14,12 @@
 //! - over SSE (no back channel), reopens the stream: the new registration carries the new set;
 //! - while offline, leaves it to the next connection's `hello`.
 //!
-//! An `error` names no request: while a change is unanswered, an `invalid_subscription`,
-//! `forbidden` or `invalid_message` error is taken as its answer (changes go one at a time for
-//! that reason). A change carried by a `hello` is answered by that connection's `synced`. An unsubscribe that no
+//! A refusal (`invalid_subscription`, `forbidden`, `invalid_message`) names the subscription it
+//! refuses in its `subscription` member when there is one; one naming nothing is the answer to the
+//! change in flight (changes go one at a time for that reason). A change carried by a `hello` is
+//! answered by that connection's `synced` — or by a refusal naming it, or by the refusal of the
+//! whole hello (over SSE, of its registration: every subscribe it carried fails, so the next
+//! connection says the set that was accepted rather than being refused forever). An unsubscribe that no
 //! server answers (SSE, offline) drops at once the documents of a collection no remaining
 //! subscription follows (the server's catch-up only speaks of the collections it is asked about);
 //! documents of a still-followed collection that left every scope come as `removed` in the next
@@ -144,8 +147,8 @@ pub(crate) struct SubOps {
     /// Sent, unanswered (one at a time: an `error` names no request).
     in_flight: Option<(SubOp, Reply)>,
     /// Carried by a `hello` (or an SSE registration): answered by the next `synced` that covers
-    /// every subscription.
-    on_synced: Vec<Reply>,
+    /// every subscription — or, a subscribe among them, by the hello's refusal.
+    on_synced: Vec<(Option<Subscription>, Reply)>,
 }
 
 impl SubOps {
@@ -155,7 +158,7 @@ impl SubOps {
         for (_, reply) in self.queue.drain(..).chain(self.in_flight.take()) {
             let _ = reply.send(closed());
         }
-        for reply in self.on_synced.drain(..) {
+        for (_, reply) in self.on_synced.drain(..) {
             let _ = reply.send(closed());
         }
     }
@@ -265,7 +268,7 @@ pub(crate) fn subscribe(shared: &Shared, ops: &mut SubOps, s: Subscription, repl
     shared.bump();
     match via {
         Via::Socket => ops.queue.push_back((SubOp::Subscribe(s), reply)),
-        Via::Hello => ops.on_synced.push(reply),
+        Via::Hello => ops.on_synced.push((Some(s), reply)),
     }
     true
 }
@@ -291,7 +294,7 @@ pub(crate) fn unsubscribe(shared: &Shared, ops: &mut SubOps, id: String, reply: 
             .push_back((SubOp::Unsubscribe { id, collection }, reply)),
         Via::Hello => {
             drop_unfollowed(shared, &collection);
-            ops.on_synced.push(reply);
+            ops.on_synced.push((None, reply));
         }
     }
     true
@@ -307,10 +310,13 @@ pub(crate) fn absorb(shared: &Shared, ops: &mut SubOps) {
         .chain(ops.queue.drain(..))
         .collect();
     for (op, reply) in waiting {
-        if let SubOp::Unsubscribe { collection, .. } = &op {
-            drop_unfollowed(shared, collection);
+        match op {
+            SubOp::Subscribe(s) => ops.on_synced.push((Some(s), reply)),
+            SubOp::Unsubscribe { collection, .. } => {
+                drop_unfollowed(shared, &collection);
+                ops.on_synced.push((None, reply));
+            }
         }
-        ops.on_synced.push(reply);
     }
 }
 
@@ -357,7 +363,7 @@ pub(crate) fn on_full_synced(shared: &Shared, ops: &mut SubOps) {
             s.synced = true;
         }
     }
-    for reply in ops.on_synced.drain(..) {
+    for (_, reply) in ops.on_synced.drain(..) {
         let _ = reply.send(Ok(()));
     }
 }
@@ -391,18 +397,42 @@ pub(crate) fn on_unsubscribed(shared: &Shared, ops: &mut SubOps, id: &str) {
     }
 }
 
-/// An `error`: the answer to the change in flight when its code is one a change is refused with.
-/// True when it was.
-pub(crate) fn on_error(shared: &Shared, ops: &mut SubOps, code: ErrorCode, message: &str) -> bool {
-    let refusal = matches!(
-        code,
-        ErrorCode::InvalidSubscription | ErrorCode::Forbidden | ErrorCode::InvalidMessage
-    );
-    if !refusal {
+/// An `error`: the answer to a change when its code is one a change is refused with. One naming
+/// a subscription (`subscription`) refuses that one — the `subscribe` in flight, or one a `hello`
+/// carried (the hello's other subscriptions proceed); one naming none answers the change in
+/// flight, or else refuses the subscribes a `hello` carried. True when it answered a change.
+pub(crate) fn on_error(
+    shared: &Shared,
+    ops: &mut SubOps,
+    code: ErrorCode,
+    message: &str,
+    subscription: Option<&str>,
+) -> bool {
+    if !is_refusal(code) {
         return false;
     }
+    if let Some(id) = subscription {
+        let error = || ClientError::Subscription(ErrorBody::new(code, message));
+        let in_flight = matches!(&ops.in_flight, Some((SubOp::Subscribe(s), _)) if s.id() == id);
+        let reply = if in_flight {
+            ops.in_flight.take().map(|(_, reply)| reply)
+        } else {
+            let i = ops
+                .on_synced
+                .iter()
+                .position(|(s, _)| s.as_ref().is_some_and(|s| s.id() == id));
+            i.map(|i| ops.on_synced.remove(i).1)
+        };
+        let Some(reply) = reply else {
+            return false;
+        };
+        shared.state().subscriptions.retain(|o| o.subscription.id() != id);
+        shared.bump();
+        let _ = reply.send(Err(error()));
+        return true;
+    }
     let Some((op, reply)) = ops.in_flight.take() else {
-        return false;
+        return on_hello_refused(shared, ops, code, message);
     };
     match op {
         // Not subscribed after all: out of the set (nothing of it was sent).
@@ -414,6 +444,38 @@ pub(crate) fn on_error(shared: &Shared, ops: &mut SubOps, code: ErrorCode, messa
     }
     shared.bump();
     let _ = reply.send(Err(ClientError::Subscription(ErrorBody::new(code, message))));
+    true
+}
+
+/// The codes a subscription change is refused with.
+fn is_refusal(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::InvalidSubscription | ErrorCode::Forbidden | ErrorCode::InvalidMessage
+    )
+}
+
+/// A `hello` (or an SSE registration) refused with `code`: when it carried subscribes not yet
+/// answered and the code is one a subscription is refused with, they are what the server refuses
+/// (the set it accepted before did not have them): each leaves the set and its
+/// [`Client::subscribe`](super::Client::subscribe) fails with the server's error, so that the
+/// next connection says the set that was accepted instead of being refused forever. True when
+/// some were. An error names no subscription, so every carried subscribe fails with it: changes
+/// made while offline go together.
+pub(crate) fn on_hello_refused(shared: &Shared, ops: &mut SubOps, code: ErrorCode, message: &str) -> bool {
+    if !is_refusal(code) || !ops.on_synced.iter().any(|(s, _)| s.is_some()) {
+        return false;
+    }
+    let (refused, kept): (Vec<_>, Vec<_>) = ops.on_synced.drain(..).partition(|(s, _)| s.is_some());
+    ops.on_synced = kept;
+    for (s, reply) in refused {
+        if let Some(s) = s {
+            shared.state().subscriptions.retain(|o| o.subscription != s);
+            drop_unfollowed(shared, s.collection());
+        }
+        let _ = reply.send(Err(ClientError::Subscription(ErrorBody::new(code, message))));
+    }
+    shared.bump();
     true
 }
 

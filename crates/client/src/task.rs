@@ -237,6 +237,9 @@ const KNOWN_TYPES: &[&str] = &[
     "error",
     "pong",
     "authenticated",
+    "presence",
+    "broadcast",
+    "stream",
 ];
 
 pub(crate) fn parse(text: &str, sse_event: Option<&str>) -> Parsed {
@@ -389,8 +392,12 @@ pub(crate) fn on_message(shared: &Shared, st: &mut TaskState, conn: &mut Conn, m
             }
             Next::Continue
         }
-        ServerMessage::Error { code, message } => {
-            if subs::on_error(shared, &mut st.subs, code, &message) {
+        ServerMessage::Error {
+            code,
+            message,
+            subscription,
+        } => {
+            if subs::on_error(shared, &mut st.subs, code, &message, subscription.as_deref()) {
                 tracing::info!(%client, %code, %message, "subscription change refused");
             } else {
                 tracing::warn!(%client, %code, %message, "error from the server");
@@ -417,7 +424,12 @@ pub(crate) fn on_message(shared: &Shared, st: &mut TaskState, conn: &mut Conn, m
             shared.bump();
             Next::Continue
         }
-        ServerMessage::Pong { .. } => Next::Continue,
+        // Presence is not part of the replica (a client of it subscribes to the changes' raw
+        // messages); an SSE stream's id is its back channel, which this client does not use.
+        ServerMessage::Pong { .. }
+        | ServerMessage::Presence { .. }
+        | ServerMessage::Broadcast { .. }
+        | ServerMessage::Stream { .. } => Next::Continue,
         ServerMessage::Authenticated { .. } => {
             shared.stat(|s| s.authenticated += 1);
             Next::Continue
