@@ -25,7 +25,9 @@
 
 mod planner;
 
-pub use planner::{Answer, CatchUpRows, CollectionRows, DocRows, Need, Planner, Readable, Selection};
+pub use planner::{
+    Answer, CatchUpRows, CollectionRows, DocRows, Need, Planner, Readable, Selection, SUMMARY_PAGE,
+};
 
 use std::collections::BTreeMap;
 
@@ -118,6 +120,21 @@ pub fn events_or_snapshot(s: &DocSummary, from: Version, to: Version, patch_byte
     }
 }
 
+/// The ids a page of summaries speaks for: above the first (all when `None`), up to and including
+/// the second (to the end when `None`).
+pub type IdRange<'r> = (Option<&'r str>, Option<&'r str>);
+
+/// The client's entries whose ids are in `range`.
+pub fn in_range<'c>(
+    client: &'c BTreeMap<String, Version>,
+    (after, through): IdRange<'_>,
+) -> impl Iterator<Item = (&'c String, &'c Version)> {
+    use std::ops::Bound::{Excluded, Included, Unbounded};
+    let low = after.map_or(Unbounded, Excluded);
+    let high = through.map_or(Unbounded, Included);
+    client.range::<str, _>((low, high))
+}
+
 /// The summary of document `id` in `summaries` (sorted by id, as [`plan_collection`] takes them).
 pub fn summary_of<'a>(summaries: &'a [DocSummary], id: &str) -> Option<&'a DocSummary> {
     summaries
@@ -149,6 +166,7 @@ pub fn refine(first: Step, summary: Option<&DocSummary>, patch_bytes: &[u64]) ->
 pub fn plan_collection(
     client: Option<&BTreeMap<String, Version>>,
     server: &[DocSummary],
+    range: IdRange<'_>,
 ) -> Vec<(String, Step)> {
     let empty = BTreeMap::new();
     let client = client.unwrap_or(&empty);
@@ -160,7 +178,7 @@ pub fn plan_collection(
         }
     }
     let known: std::collections::HashSet<&str> = server.iter().map(|s| s.id.as_str()).collect();
-    for (id, v) in client {
+    for (id, v) in in_range(client, range) {
         if !known.contains(id.as_str()) {
             let st = step(Some(*v), None);
             if st != Step::Nothing {
@@ -325,7 +343,7 @@ mod tests {
             ("d".to_string(), 5),
         ]
         .into();
-        let plan = plan_collection(Some(&client), &server);
+        let plan = plan_collection(Some(&client), &server, (None, None));
         assert_eq!(
             plan,
             vec![
@@ -334,7 +352,7 @@ mod tests {
                 ("d".to_string(), Step::Delete { version: 0 }),
             ]
         );
-        let fresh = plan_collection(None, &server);
+        let fresh = plan_collection(None, &server, (None, None));
         assert_eq!(
             fresh,
             vec![

@@ -2,9 +2,11 @@
 //! read it needs ([`Need`]) and is fed the answer ([`Answer`]), until it has the rows of every
 //! document to send ([`CatchUpRows`]).
 //!
-//! The order of the reads is the plan's: a collection's summaries, then per document that needs
-//! something, the patch sizes that decide between its events and a snapshot (only when a snapshot
-//! could be the cheaper), then its events or its body. A backend answers every read inside one
+//! The order of the reads is the plan's: a page of a collection's summaries, then per document of
+//! it that needs something, the patch sizes that decide between its events and a snapshot (only
+//! when a snapshot could be the cheaper), then its events or its body; then the next page. A page
+//! speaks for the ids from the last page's end to its own, so what the client has there and the
+//! page lacks is reset (deleted at version 0). A backend answers every read inside one
 //! consistent read transaction, so the rows describe one position of the log:
 //!
 //! ```text
@@ -22,14 +24,23 @@ use crate::model::{Data, Event, Seq, StoredDoc, Version};
 use crate::protocol::StateVector;
 use crate::scope::{Admit, Scopes};
 
-use super::{plan_collection, refine, sizes_needed, step, summary_of, DocSummary, Step};
+use super::{in_range, plan_collection, refine, sizes_needed, step, summary_of, DocSummary, IdRange, Step};
+
+/// Summaries per read: what a catch-up holds of a collection at once (about 100 bytes each), however
+/// large the collection — but for a scope with a window, which ranks the whole collection.
+pub const SUMMARY_PAGE: usize = 1000;
 
 /// A read the planner needs answered next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need<'p> {
-    /// Every document of `collection` (tombstones included), summarized, in id order:
-    /// [`Answer::Summaries`].
-    Summaries { collection: &'p str },
+    /// The next page of `collection`'s documents (tombstones included), summarized, in id
+    /// order: at most `limit` of those whose id is above `after` (from the first when `None`):
+    /// [`Answer::Summaries`]. A page shorter than `limit` is the last.
+    Summaries {
+        collection: &'p str,
+        after: Option<&'p str>,
+        limit: usize,
+    },
     /// The patch sizes in bytes of one document's retained events with versions `from..=to`, in
     /// version order: [`Answer::PatchSizes`].
     PatchSizes {
@@ -133,7 +144,12 @@ struct Collection<'a> {
     name: &'a str,
     /// The client's scopes of it, when it follows it only in part.
     scopes: Option<&'a Scopes>,
+    /// The page of summaries being planned (every summary, for a collection with windows).
     summaries: Vec<DocSummary>,
+    /// The last id of the pages read so far, when a page was full (more may follow).
+    after: Option<String>,
+    /// Whether a page after this one may hold documents.
+    more: bool,
     /// The windows being resolved (scopes with `latest`), then the ids they took.
     windows: Vec<Window>,
     taken: HashSet<String>,
@@ -214,8 +230,10 @@ impl<'a> Planner<'a> {
     /// Plans only until the rows taken reach `bytes` (at least one document is always planned,
     /// whatever its size). A document counts its body's size plus a snapshot's overhead, whether
     /// it is sent as a snapshot or as events (events are chosen only when they are the cheaper),
-    /// so what the rows hold in memory stays near the budget. The summaries of the collections
-    /// planned are read whole (ids, versions and sizes, no bodies).
+    /// so what the rows hold in memory stays near the budget. Summaries (ids, versions and sizes,
+    /// no bodies) are read [`SUMMARY_PAGE`] at a time, so what a plan holds is the budget plus one
+    /// page, whatever the collection's size — but for a scope with a window (`latest`), whose
+    /// ranking reads the collection's summaries whole.
     pub fn with_budget(mut self, bytes: u64) -> Planner<'a> {
         self.budget = bytes;
         self
@@ -259,7 +277,11 @@ impl<'a> Planner<'a> {
     pub fn need(&self) -> Option<Need<'_>> {
         let collection = self.current.as_ref()?.name;
         Some(match &self.waiting {
-            Waiting::Summaries => Need::Summaries { collection },
+            Waiting::Summaries => Need::Summaries {
+                collection,
+                after: self.current.as_ref()?.after.as_deref(),
+                limit: SUMMARY_PAGE,
+            },
             Waiting::PatchSizes { id, from, to } => Need::PatchSizes {
                 collection,
                 id,
@@ -290,21 +312,39 @@ impl<'a> Planner<'a> {
             .as_mut()
             .expect("answered after the plan was complete");
         match (waiting, answer) {
-            (Waiting::Summaries, Answer::Summaries(mut summaries)) => {
+            (Waiting::Summaries, Answer::Summaries(mut page)) => {
+                // The ids this page speaks for: above the last page's, up to its own last one (to
+                // the end when it is the last) — what the client has there and the page lacks is
+                // gone from the server.
+                let from = c.after.take();
+                c.more = page.len() >= SUMMARY_PAGE;
+                c.after = page.last().filter(|_| c.more).map(|s| s.id.clone());
+                let range = (from.as_deref(), c.after.as_deref());
                 if let Some(readable) = self.selection.and_then(|s| s.readable.as_deref()) {
-                    summaries.retain(|s| readable(c.name, &s.id));
+                    page.retain(|s| readable(c.name, &s.id));
                 }
-                c.summaries = summaries;
-                if let Some(scopes) = c.scopes {
+                let windowed = c.scopes.is_some_and(|s| s.windows().next().is_some());
+                if windowed {
+                    // A window ranks the whole collection: its pages are gathered first.
+                    c.summaries.append(&mut page);
+                    if c.more {
+                        self.waiting = Waiting::Summaries;
+                        return;
+                    }
+                    let scopes = c.scopes.expect("windowed");
                     c.windows = windows(scopes, &c.summaries);
                     return self.next_window();
                 }
-                let steps = plan_collection(self.vector.get(c.name), &c.summaries);
-                c.steps = steps
-                    .into_iter()
-                    .map(|(id, step)| (id, Scoped::Plain(step)))
-                    .collect::<Vec<_>>()
-                    .into_iter();
+                c.summaries = page;
+                let client = self.vector.get(c.name);
+                c.steps = match c.scopes {
+                    Some(scopes) => plan_scoped(client, &c.summaries, scopes, &c.taken, range),
+                    None => plan_collection(client, &c.summaries, range)
+                        .into_iter()
+                        .map(|(id, step)| (id, Scoped::Plain(step)))
+                        .collect(),
+                }
+                .into_iter();
             }
             (Waiting::WindowBody { id }, Answer::Document(stored)) => {
                 let w = c.windows.last_mut().expect("a window is being resolved");
@@ -403,7 +443,13 @@ impl<'a> Planner<'a> {
             self.waiting = Waiting::WindowBody { id: s.id.clone() };
             return;
         }
-        let steps = plan_scoped(self.vector.get(c.name), &c.summaries, scopes, &c.taken);
+        let steps = plan_scoped(
+            self.vector.get(c.name),
+            &c.summaries,
+            scopes,
+            &c.taken,
+            (None, None),
+        );
         c.steps = steps.into_iter();
         self.next_document();
     }
@@ -418,6 +464,11 @@ impl<'a> Planner<'a> {
                 return;
             };
             let Some((id, scoped)) = c.steps.next() else {
+                if c.more {
+                    // The collection's next page of summaries is the next read.
+                    self.waiting = Waiting::Summaries;
+                    return;
+                }
                 // The next collection's summaries are the next read.
                 self.next_collection();
                 return;
@@ -491,6 +542,8 @@ impl<'a> Planner<'a> {
                 name,
                 scopes: self.selection.and_then(|s| s.scopes.get(name.as_str())),
                 summaries: Vec::new(),
+                after: None,
+                more: false,
                 windows: Vec::new(),
                 taken: HashSet::new(),
                 steps: Vec::new().into_iter(),
@@ -533,6 +586,7 @@ fn plan_scoped(
     server: &[DocSummary],
     scopes: &Scopes,
     taken: &HashSet<String>,
+    range: IdRange<'_>,
 ) -> Vec<(String, Scoped)> {
     let empty = BTreeMap::new();
     let client = client.unwrap_or(&empty);
@@ -562,7 +616,7 @@ fn plan_scoped(
     for s in server {
         decide(&s.id, Some(s));
     }
-    for id in client.keys() {
+    for (id, _) in in_range(client, range) {
         if summary_of(server, id).is_none() {
             decide(id, None);
         }
@@ -624,10 +678,16 @@ mod tests {
         while let Some(need) = planner.need() {
             reads.push(format!("{need:?}"));
             let answer = match need {
-                Need::Summaries { collection } => Answer::Summaries(
+                Need::Summaries {
+                    collection,
+                    after,
+                    limit,
+                } => Answer::Summaries(
                     db.get(collection)
                         .into_iter()
                         .flatten()
+                        .filter(|(id, _)| after.is_none_or(|a| **id > a))
+                        .take(limit)
                         .map(|(id, d)| DocSummary {
                             id: id.to_string(),
                             version: d.version,
@@ -772,14 +832,61 @@ mod tests {
     }
 
     #[test]
+    fn a_large_collection_is_read_in_pages_and_what_the_client_has_between_them_is_reset() {
+        let n = 2 * SUMMARY_PAGE + 500;
+        let ids: Vec<String> = (0..n).map(|i| format!("d{i:05}")).collect();
+        let docs: BTreeMap<&str, Doc> = ids.iter().map(|id| (id.as_str(), doc(2, false, 0, 10))).collect();
+        let db = BTreeMap::from([("a", docs)]);
+        // Current on all but one; three ids the server never had: before the first page, between
+        // the first two pages (after the first page's last id), past the last page.
+        let last_of_first = ids[SUMMARY_PAGE - 1].clone();
+        let between = format!("{last_of_first}x");
+        let mut entries: Vec<(&str, &str, Version)> = ids.iter().map(|id| ("a", id.as_str(), 2)).collect();
+        entries[7].2 = 1;
+        entries.extend([("a", "a0", 1), ("a", between.as_str(), 3), ("a", "zz", 4)]);
+        let (rows, reads) = run(&db, &["a"], &vector(&entries));
+        let pages: Vec<String> = reads
+            .iter()
+            .filter(|r| r.starts_with("Summaries"))
+            .cloned()
+            .collect();
+        assert_eq!(
+            pages,
+            [
+                r#"Summaries { collection: "a", after: None, limit: 1000 }"#.to_string(),
+                format!(r#"Summaries {{ collection: "a", after: Some("{last_of_first}"), limit: 1000 }}"#),
+                format!(
+                    r#"Summaries {{ collection: "a", after: Some("{}"), limit: 1000 }}"#,
+                    ids[2 * SUMMARY_PAGE - 1]
+                ),
+            ]
+        );
+        let docs: Vec<(&str, &DocRows)> = rows.collections[0]
+            .documents
+            .iter()
+            .map(|(id, r)| (id.as_str(), r))
+            .collect();
+        assert_eq!(docs.len(), 4, "{docs:?}");
+        assert_eq!(docs[0], ("a0", &DocRows::Deleted { version: 0 }));
+        assert_eq!(docs[1].0, ids[7]);
+        assert!(matches!(
+            docs[1].1,
+            DocRows::Events { to: 2, .. } | DocRows::Body { version: 2, .. }
+        ));
+        assert_eq!(docs[2], (between.as_str(), &DocRows::Deleted { version: 0 }));
+        assert_eq!(docs[3], ("zz", &DocRows::Deleted { version: 0 }));
+        assert!(rows.complete);
+    }
+
+    #[test]
     fn a_current_client_costs_one_read_per_collection() {
         let db = BTreeMap::from([("a", BTreeMap::from([("x", doc(3, false, 0, 10))]))]);
         let (rows, reads) = run(&db, &["a", "b"], &vector(&[("a", "x", 3)]));
         assert_eq!(
             reads,
             [
-                r#"Summaries { collection: "a" }"#,
-                r#"Summaries { collection: "b" }"#
+                r#"Summaries { collection: "a", after: None, limit: 1000 }"#,
+                r#"Summaries { collection: "b", after: None, limit: 1000 }"#
             ]
         );
         assert_eq!(rows.position, 99);

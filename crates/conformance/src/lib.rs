@@ -160,6 +160,7 @@ macro_rules! conformance_tests {
             maintenance_covers_every_document,
             idempotency_records_expire_after_the_ttl,
             last_seq_survives_compaction_of_the_newest_events,
+            catch_up_reads_a_large_collection_in_pages,
             close_refuses_later_writes,
         }
     };
@@ -2077,6 +2078,78 @@ pub async fn compaction_drops_covered_events_beyond_the_last_n(store: Arc<dyn St
 
 /// Events younger than `keep_for_ms` stay even where `keep_last` alone would drop them: the cut is
 /// the newest snapshot at or below the newest *old* version.
+pub async fn catch_up_reads_a_large_collection_in_pages(store: Arc<dyn Store>, _hub: Hub) {
+    use eventsync::plan::{DocRows, SUMMARY_PAGE};
+    use eventsync::protocol::StateVector;
+    let s = &*store;
+    // More documents than two pages of summaries; ids whose order is the bytes' order.
+    let n = 2 * SUMMARY_PAGE + 37;
+    let ids: Vec<String> = (0..n).map(|i| format!("d{i:05}")).collect();
+    for id in &ids {
+        ok(s, create("big", id, json!({"n": 1}))).await;
+    }
+    ok(
+        s,
+        patch(
+            "big",
+            &ids[5],
+            json!([{"op": "replace", "path": "/n", "value": 2}]),
+        ),
+    )
+    .await;
+    ok(s, delete("big", &ids[SUMMARY_PAGE + 3])).await;
+    let collections = vec!["big".to_string()];
+    // A fresh client: every live document once, in id order, whatever the pages.
+    let rows = s
+        .catch_up(&collections, &StateVector::new(), u64::MAX, None)
+        .await
+        .unwrap();
+    assert!(rows.complete);
+    let sent: Vec<&str> = rows.collections[0]
+        .documents
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let live: Vec<&str> = ids
+        .iter()
+        .map(String::as_str)
+        .filter(|id| *id != ids[SUMMARY_PAGE + 3])
+        .collect();
+    assert_eq!(sent, live, "a fresh client gets every live document once");
+    // A client current on all: what it has that the server never had is reset wherever it falls
+    // among the pages (before the first id, between pages, past the last); the rest is exact.
+    let mut vector = StateVector::new();
+    let has = vector.entry("big".to_string()).or_default();
+    for id in &ids {
+        has.insert(id.clone(), 1);
+    }
+    has.insert(ids[SUMMARY_PAGE + 3].clone(), 2);
+    let (before, between, after) = (
+        "a0".to_string(),
+        format!("{}x", ids[SUMMARY_PAGE - 1]),
+        "zz".to_string(),
+    );
+    for id in [&before, &between, &after] {
+        has.insert(id.clone(), 1);
+    }
+    let rows = s.catch_up(&collections, &vector, u64::MAX, None).await.unwrap();
+    let sent: Vec<(&str, bool)> = rows.collections[0]
+        .documents
+        .iter()
+        .map(|(id, r)| (id.as_str(), matches!(r, DocRows::Deleted { version: 0 })))
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            (before.as_str(), true),
+            (ids[5].as_str(), false),
+            (between.as_str(), true),
+            (after.as_str(), true)
+        ],
+        "only the changed document and the resets"
+    );
+}
+
 pub async fn compaction_keeps_events_younger_than_keep_for(store: Arc<dyn Store>, _hub: Hub) {
     const KEEP_FOR: i64 = 60_000;
     let s = &*store;

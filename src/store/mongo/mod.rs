@@ -771,7 +771,11 @@ async fn catch_up(
         .with_selection(selection);
     while let Some(need) = planner.need() {
         let answer = match need {
-            Need::Summaries { collection } => Answer::Summaries(summaries(db, s, collection).await?),
+            Need::Summaries {
+                collection,
+                after,
+                limit,
+            } => Answer::Summaries(summaries(db, s, collection, after, limit).await?),
             Need::PatchSizes {
                 collection,
                 id,
@@ -806,13 +810,25 @@ async fn catch_up(
     Ok(planner.finish())
 }
 
-/// Every document of `collection`, summarized, in id order.
-async fn summaries(db: &Database, s: &mut ClientSession, collection: &str) -> Result<Vec<DocSummary>, Abort> {
+/// A page of `collection`'s summaries: at most `limit`, ids above `after`, in id order (BSON
+/// compares strings by their UTF-8 bytes, as Rust does).
+async fn summaries(
+    db: &Database,
+    s: &mut ClientSession,
+    collection: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<DocSummary>, Abort> {
+    let filter = match after {
+        Some(after) => doc! {"_id": {"$gt": after}},
+        None => doc! {},
+    };
     let cursor = db
         .collection::<BsonDoc>(collection)
-        .find(doc! {})
+        .find(filter)
         .projection(codec::summary_fields())
         .sort(doc! {"_id": 1})
+        .limit(i64::try_from(limit).unwrap_or(i64::MAX))
         .session(&mut *s)
         .await?;
     let records = collect(cursor, s).await?;

@@ -251,7 +251,11 @@ pub fn catch_up(
         .with_selection(selection);
     while let Some(need) = planner.need() {
         let answer = match need {
-            Need::Summaries { collection } => Answer::Summaries(doc_summaries(&tx, collection)?),
+            Need::Summaries {
+                collection,
+                after,
+                limit,
+            } => Answer::Summaries(doc_summaries(&tx, collection, after, limit)?),
             Need::PatchSizes {
                 collection,
                 id,
@@ -272,12 +276,20 @@ pub fn catch_up(
     Ok(planner.finish())
 }
 
-fn doc_summaries(conn: &Connection, collection: &str) -> rusqlite::Result<Vec<DocSummary>> {
+/// A page of `collection`'s summaries: at most `limit`, ids above `after`, in id order (the
+/// primary key's order: SQLite's binary collation, as Rust's string order).
+fn doc_summaries(
+    conn: &Connection,
+    collection: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> rusqlite::Result<Vec<DocSummary>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, version, deleted, compacted_through, octet_length(data), created_at FROM documents \
-         WHERE collection = ?1 ORDER BY id",
+         WHERE collection = ?1 AND (?2 IS NULL OR id > ?2) ORDER BY id LIMIT ?3",
     )?;
-    let rows = stmt.query_map(params![collection], |r| {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![collection, after, limit], |r| {
         Ok(DocSummary {
             id: r.get(0)?,
             version: u64_at(r, 1)?,
