@@ -55,6 +55,8 @@ pub struct AppState {
     pub streams: Arc<sse::Streams>,
     /// Presence channels (ephemeral: this node's memory only).
     pub presence: Arc<crate::sync::presence::Presence>,
+    /// The document reads filtered sessions share.
+    pub rechecks: Arc<crate::sync::recheck::Rechecks>,
 }
 
 impl AppState {
@@ -69,6 +71,7 @@ impl AppState {
             auth: Arc::clone(&self.auth),
             limits: Arc::clone(&self.limits),
             presence: Arc::clone(&self.presence),
+            rechecks: Arc::clone(&self.rechecks),
         }
     }
 }

@@ -17,7 +17,7 @@
 //! | create | its body (the create's patch applied to `{}`) | forward | `removed` if the client has it |
 //! | delete | whether the client has it | forward the delete | nothing |
 //! | update not touching any filter's paths | whether the client has it | forward | nothing |
-//! | update touching a filter's paths | the body, read from the store ([`Live::Recheck`]) | the event, or a snapshot | `removed` if the client has it |
+//! | update touching a filter's paths | the body, read from the store once per event for every session ([`Live::Recheck`], `sync::recheck`) | the event, or a snapshot | `removed` if the client has it |
 //!
 //! A **window** (`latest: N`) is decided at each catch-up: the N newest documents of the scope by
 //! `created_at` (then id) are in, older ones the client still holds are `removed`; while live,

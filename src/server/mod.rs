@@ -89,6 +89,7 @@ impl Server {
             limits: Arc::clone(&client_limits),
             registrations: Default::default(),
             presence: Default::default(),
+            rechecks: Default::default(),
             streams: Default::default(),
         };
         let tasks = TaskTracker::new();

@@ -445,15 +445,16 @@ async fn forward<T: Transport>(
             }
             Live::Recheck => {
                 // The write may have moved the document in or out of a filtered scope: its body
-                // now decides (read after the event was committed, so at its version or later).
-                let stored = match ctx.store.get(&e.collection, &e.id).await {
+                // now decides (read after the event was committed, so at its version or later;
+                // once per event for every session that asks).
+                let stored = match ctx.rechecks.read(&*ctx.store, e).await {
                     Ok(stored) => stored,
                     Err(err) => {
                         tracing::warn!(error = %err, "reading a document to recheck its scope failed");
                         return Err(End::Close(CLOSE_INTERNAL, "store unavailable"));
                     }
                 };
-                let out = match session.rechecked(e, stored) {
+                let out = match session.rechecked(e, stored.as_deref()) {
                     Recheck::Event => t.feed_live(e).await.map(|()| true),
                     Recheck::Send(m) => t.feed(&m).await.map(|()| true),
                     Recheck::Nothing => Ok(false),

@@ -9,7 +9,8 @@
 //!   authorize its subscriptions —, subscribe, starting vector, catch-up), over a small
 //!   [`SyncContext`]; [`resume`]: an SSE `Last-Event-ID`'s vector.
 //! - [`driver`]: the one session loop, over a [`driver::Transport`] — `api/ws.rs` and `api/sse.rs`
-//!   only frame, parse and keep their own timers; [`writes`]: protocol writes in flight.
+//!   only frame, parse and keep their own timers; [`writes`]: protocol writes in flight;
+//!   [`recheck`]: the document reads filtered sessions share; [`presence`]: who is online.
 //!
 //! The order of a session's life is fixed by one rule — **subscribe before you read**: a session
 //! subscribes to the hub, *then* reads its catch-up from the store at position P, then forwards live
@@ -21,6 +22,7 @@ mod catch_up;
 pub mod driver;
 pub mod open;
 pub mod presence;
+pub mod recheck;
 pub mod resume;
 pub mod session;
 pub mod writes;

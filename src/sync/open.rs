@@ -45,6 +45,8 @@ pub struct SyncContext {
     pub limits: Arc<crate::auth::limits::ClientLimits>,
     /// This node's presence channels.
     pub presence: Arc<super::presence::Presence>,
+    /// The document reads filtered sessions share.
+    pub rechecks: Arc<super::recheck::Rechecks>,
 }
 
 /// A hello that passed [`accept`]: who it is from, what it may follow, and what it was refused.

@@ -624,7 +624,7 @@ impl Session {
     /// document is in and the event follows what the client has, a snapshot when it is in and
     /// the client's copy is older (it moved in, or moved on since), `removed` when it is out and
     /// the client has it, else nothing.
-    pub fn rechecked(&mut self, e: &Event, stored: Option<StoredDoc>) -> Recheck {
+    pub fn rechecked(&mut self, e: &Event, stored: Option<&StoredDoc>) -> Recheck {
         let Some(scopes) = self.scoped.get(&e.collection) else {
             return Recheck::Nothing;
         };
@@ -652,7 +652,7 @@ impl Session {
                     collection,
                     id,
                     version,
-                    data: Some(s.doc.data),
+                    data: Some(s.doc.data.clone()),
                     deleted: false,
                 }))
             }
