@@ -281,3 +281,50 @@ async fn a_channel_is_one_the_token_may_read_and_a_back_channel_its_subjects() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
+
+/// A member whose connection goes dead — it stops answering pings, its socket still open — leaves
+/// within the heartbeat deadline (`--heartbeat-timeout`), and the others are told; a member that
+/// answers stays.
+#[tokio::test]
+async fn a_dead_connection_leaves_within_the_heartbeat_deadline() {
+    let server = TestServer::start(&["--heartbeat-timeout", "1s"]);
+    let mut a = Peer::open(&server, "ws", "a", None).await;
+    let mut b = Peer::open(&server, "ws", "b", None).await;
+    a.send(json!({"type": "join", "channel": "chat", "state": {"name": "ann"}}))
+        .await;
+    assert_eq!(a.next().await["event"], "sync");
+    b.send(json!({"type": "join", "channel": "chat", "state": {"name": "bob"}}))
+        .await;
+    assert_eq!(names(&b.next().await["members"]), ["ann", "bob"]);
+    let joined = a.next().await;
+    assert_eq!(joined["event"], "join");
+    let bob = joined["member"]["member"].clone();
+    // From here b is never read, so it answers no ping: to the server it is dead. `a` reads (and
+    // so answers pings) while it waits for the leave.
+    let went_silent = std::time::Instant::now();
+    let left = a.next().await;
+    let after = went_silent.elapsed();
+    assert_eq!(
+        (left["event"].as_str(), &left["member"]["member"]),
+        (Some("leave"), &bob),
+        "{left}"
+    );
+    // Dead for more than the 1 s timeout, noticed at a ping tick (every third of it).
+    assert!(after < Duration::from_secs(5), "left only after {after:?}");
+    // `a`, which answers, is still a member: a third joiner sees it alone.
+    let mut c = Peer::open(&server, "ws", "c", None).await;
+    c.send(json!({"type": "join", "channel": "chat", "state": {"name": "cy"}}))
+        .await;
+    assert_eq!(names(&c.next().await["members"]), ["ann", "cy"]);
+    // And b's socket was closed as dead (4408; reading it now may first meet the closed
+    // connection, as its queued pongs are written).
+    let Peer::Ws(ws) = &mut b else { unreachable!() };
+    loop {
+        match ws.read(WAIT).await {
+            WsRead::Message(_) => continue,
+            WsRead::Close(code) => break assert_eq!(code, Some(4408)),
+            WsRead::Ended(_) => break,
+            WsRead::Timeout => panic!("b's connection is still open"),
+        }
+    }
+}

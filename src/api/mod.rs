@@ -72,6 +72,7 @@ impl AppState {
             limits: Arc::clone(&self.limits),
             presence: Arc::clone(&self.presence),
             rechecks: Arc::clone(&self.rechecks),
+            heartbeat_timeout: self.config.limits.heartbeat_timeout,
         }
     }
 }

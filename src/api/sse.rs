@@ -431,8 +431,11 @@ impl Sse {
 
 impl Transport for Sse {
     const NAME: &'static str = "sse";
-    const HEARTBEAT: Duration = SSE_KEEPALIVE;
     const ACKS_WHAT_IT_SENDS: bool = true;
+
+    fn heartbeat_period(&self) -> Duration {
+        SSE_KEEPALIVE
+    }
 
     async fn feed(&mut self, msg: &ServerMessage) -> Result<(), End> {
         self.send(frame(msg)).await

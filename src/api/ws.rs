@@ -1,7 +1,7 @@
 //! `GET /sync/ws`: the WebSocket transport of the [session driver](crate::sync::driver). It owns
 //! the socket and nothing else: text frames in and out, the frame-size limit (1009), close frames,
-//! how long a write may block, and its heartbeat — a ping every [`PING_INTERVAL`], and a close
-//! (4408) when the client has shown no sign of life for [`PONG_TIMEOUT`].
+//! how long a write may block, and its heartbeat — a ping every third of `--heartbeat-timeout`
+//! (45 s), and a close (4408) when the client has shown no sign of life for all of it.
 //!
 //! The socket stays unsplit: the driver's loop reads only inside its `select!` and writes only in
 //! its branch bodies, so no lock between a read half and a write half is needed, and no second task.
@@ -24,9 +24,7 @@ use crate::hub::LiveEvent;
 use crate::sync::driver::{self, End, Incoming, Transport};
 use crate::sync::protocol::{ClientMessage, ServerMessage};
 use crate::sync::session::ProtocolError;
-use crate::sync::{
-    SyncContext, CLOSE_GOING_AWAY, CLOSE_TIMEOUT, CLOSE_TOO_BIG, PING_INTERVAL, PONG_TIMEOUT, SEND_TIMEOUT,
-};
+use crate::sync::{SyncContext, CLOSE_GOING_AWAY, CLOSE_TIMEOUT, CLOSE_TOO_BIG, SEND_TIMEOUT};
 
 /// Bytes read from the socket at a time (tungstenite's default is 128 KiB per connection).
 const READ_BUFFER: usize = 1024;
@@ -59,7 +57,11 @@ pub async fn upgrade(
 }
 
 async fn run(socket: WebSocket, ctx: SyncContext, peer: Option<IpAddr>) {
-    let mut ws = Ws { socket, fed_by: None };
+    let mut ws = Ws {
+        socket,
+        fed_by: None,
+        heartbeat_timeout: ctx.heartbeat_timeout,
+    };
     let _open = crate::metrics::SessionGauge::open("ws");
     // The driver watches the token itself (so it can flush acknowledgements first); this outer
     // watch covers a session stuck elsewhere, e.g. in a send.
@@ -79,6 +81,8 @@ struct Ws {
     /// catch-up goes out within one [`SEND_TIMEOUT`] as a whole. Live events and flushes without
     /// such messages have a timeout each.
     fed_by: Option<Instant>,
+    /// `--heartbeat-timeout`: no sign of life for this long closes the session.
+    heartbeat_timeout: Duration,
 }
 
 /// `op` within `deadline`, or the client is gone.
@@ -105,8 +109,12 @@ impl Ws {
 
 impl Transport for Ws {
     const NAME: &'static str = "ws";
-    const HEARTBEAT: Duration = PING_INTERVAL;
     const ACKS_WHAT_IT_SENDS: bool = false;
+
+    /// A ping every third of the timeout: two may be lost before the client is given up.
+    fn heartbeat_period(&self) -> Duration {
+        self.heartbeat_timeout / 3
+    }
 
     async fn feed(&mut self, msg: &ServerMessage) -> Result<(), End> {
         let deadline = *self.fed_by.get_or_insert_with(|| Instant::now() + SEND_TIMEOUT);
@@ -148,7 +156,7 @@ impl Transport for Ws {
     }
 
     async fn heartbeat(&mut self, idle: Duration) -> Result<(), End> {
-        if idle > PONG_TIMEOUT {
+        if idle > self.heartbeat_timeout {
             return Err(End::Close(CLOSE_TIMEOUT, "no sign of life"));
         }
         bounded(

@@ -221,6 +221,11 @@ pub struct LimitsConfig {
     /// connection is closed (REST responses, SSE streams, WebSocket frames).
     #[arg(long, env = "EVENTSYNC_WRITE_TIMEOUT", default_value = "30s", value_parser = values::duration)]
     pub write_timeout: Duration,
+    /// How long a WebSocket may show no sign of life (a message, a pong, or live events its
+    /// socket took) before it is closed with 4408 — and, with it, leaves its presence channels.
+    /// The server pings every third of it.
+    #[arg(long, env = "EVENTSYNC_HEARTBEAT_TIMEOUT", default_value = "45s", value_parser = values::duration)]
+    pub heartbeat_timeout: Duration,
 }
 
 /// When snapshots are taken and how much history compaction keeps.
@@ -347,12 +352,19 @@ impl Config {
             ("header_timeout", l.header_timeout),
             ("body_timeout", l.body_timeout),
             ("write_timeout", l.write_timeout),
+            ("heartbeat_timeout", l.heartbeat_timeout),
             ("snapshot_interval", self.snapshots.interval),
             ("compact_interval", self.snapshots.compact_interval),
         ] {
             if d.is_zero() {
                 return Err(invalid(key, "must be longer than 0"));
             }
+        }
+        if l.heartbeat_timeout < Duration::from_secs(1) {
+            return Err(invalid(
+                "heartbeat_timeout",
+                "at least 1s (the server pings every third of it)",
+            ));
         }
         let a = &self.access;
         if a.auth == AuthMode::Jwt

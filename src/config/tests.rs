@@ -23,7 +23,7 @@ fn with_file(path: &Path, flags: &[&str]) -> Result<Config, ConfigError> {
 
 /// The names deployments already use. Each is a file key, and (by the rule of the test below) a
 /// flag and a variable.
-const KEYS: [&str; 45] = [
+const KEYS: [&str; 46] = [
     "listen",
     "data_dir",
     "store",
@@ -65,6 +65,7 @@ const KEYS: [&str; 45] = [
     "body_timeout",
     "body_buffer_bytes",
     "write_timeout",
+    "heartbeat_timeout",
     "metrics_listen",
     "max_page_bytes",
     "hub_bytes",

@@ -70,8 +70,6 @@ pub enum Incoming {
 pub trait Transport: Send {
     /// Its name in metrics (`ws`, `sse`).
     const NAME: &'static str;
-    /// How often [`Transport::heartbeat`] runs once the session is live.
-    const HEARTBEAT: Duration;
     /// Whether what was written counts as acknowledged — a transport with no back channel (SSE).
     const ACKS_WHAT_IT_SENDS: bool;
 
@@ -89,6 +87,8 @@ pub trait Transport: Send {
     /// The client's next message. Must be cancel-safe: the loop drops it whenever another branch
     /// wins.
     fn receive(&mut self) -> impl Future<Output = Result<Incoming, End>> + Send;
+    /// How often [`Transport::heartbeat`] runs once the session is live.
+    fn heartbeat_period(&self) -> Duration;
     /// The transport's own heartbeat; `idle` is how long since the last sign of life (a message
     /// received, or live events the client's socket took).
     fn heartbeat(&mut self, idle: Duration) -> impl Future<Output = Result<(), End>> + Send;
@@ -295,7 +295,8 @@ async fn live_loop<T: Transport>(
     // timer never registered; it is reset only when an `auth` message changes the deadline.
     let expiry = tokio::time::sleep_until(conn.expires.unwrap_or(start + NEVER));
     tokio::pin!(expiry);
-    let mut heartbeat = tokio::time::interval_at(start + T::HEARTBEAT, T::HEARTBEAT);
+    let period = t.heartbeat_period();
+    let mut heartbeat = tokio::time::interval_at(start + period, period);
     let mut flush = tokio::time::interval_at(start + VECTOR_FLUSH_INTERVAL, VECTOR_FLUSH_INTERVAL);
     let mut last_seen = Instant::now();
     let cancelled = ctx.shutdown.cancelled();

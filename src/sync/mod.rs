@@ -71,10 +71,6 @@ pub async fn catch_up(
     Ok(CatchUp::assemble(rows, session.vector()))
 }
 
-/// How often the server pings an idle WebSocket.
-pub const PING_INTERVAL: Duration = Duration::from_secs(15);
-/// A WebSocket that sends nothing (not even a pong) for this long is closed as dead.
-pub const PONG_TIMEOUT: Duration = Duration::from_secs(45);
 /// How long a new WebSocket may take to send its `hello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one send to a client may block (its TCP window full) before the connection is dropped.
@@ -99,7 +95,7 @@ pub const MAX_UNACKED: usize = 65_536;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code: too many bad messages.
 pub const CLOSE_POLICY: u16 = 4400;
-/// Close code: no `hello` in time, or no sign of life within [`PONG_TIMEOUT`].
+/// Close code: no `hello` in time, or no sign of life within `--heartbeat-timeout`.
 pub const CLOSE_TIMEOUT: u16 = 4408;
 /// Close code: the server could not serve the session (the store failed); reconnect later.
 pub const CLOSE_INTERNAL: u16 = 1011;

@@ -47,6 +47,8 @@ pub struct SyncContext {
     pub presence: Arc<super::presence::Presence>,
     /// The document reads filtered sessions share.
     pub rechecks: Arc<super::recheck::Rechecks>,
+    /// How long a WebSocket may show no sign of life (`--heartbeat-timeout`).
+    pub heartbeat_timeout: std::time::Duration,
 }
 
 /// A hello that passed [`accept`]: who it is from, what it may follow, and what it was refused.
