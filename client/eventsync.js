@@ -899,10 +899,24 @@ export class EventSyncClient {
    * `subscribe` / `unsubscribe` still unanswered (`invalid_subscription`; `forbidden` only answers
    * a `subscribe` of the collection it names, as in "this token may not read 'games'"); before a
    * connection's first `synced`, the adds its opening carried (`invalid_subscription`: all of
-   * them; `forbidden`: those of the collection it names). Returns whether it answered one.
+   * them; `forbidden`: those of the collection it names). An error whose `subscription` names one
+   * answers exactly that one. Returns whether it answered one.
    */
   _subscriptionRefused(conn, m, err) {
     if (m.code !== 'invalid_subscription' && m.code !== 'forbidden') return false;
+    const controls0 = conn.controls || [];
+    if (typeof m.subscription === 'string') {
+      // The server names the subscription it refuses: exactly that one.
+      const mine = (sub) => subscriptionId(sub) === m.subscription;
+      const i = controls0.findIndex((c) => c.kind === 'subscribe' && mine(c.sub));
+      if (i >= 0) {
+        const [entry] = controls0.splice(i, 1);
+        this._forgetSub(entry.sub);
+        entry.reject(err);
+        return true;
+      }
+      return this._rejectAdds(err, (w) => mine(w.sub)) || this.subscribe.some(mine);
+    }
     const text = String(m.message || '');
     const names = (sub) => text.includes(`'${subscriptionCollection(sub)}'`);
     const controls = conn.controls || [];
