@@ -32,7 +32,7 @@ mod support;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -172,39 +172,7 @@ fn raise_own_nofile(opts: &Opts) -> Option<ExitCode> {
         .unwrap_or(0)
         .max(opts.subscribers.iter().copied().max().unwrap_or(0));
     let need = most as u64 + 512;
-    let soft = open_files_limit().unwrap_or(u64::MAX);
-    if soft >= need || std::env::var_os(REEXEC_ENV).is_some() {
-        if soft < need {
-            eprintln!("fanout_bench: warning: open-files limit {soft} < {need} needed");
-        }
-        return None;
-    }
-    let exe = std::env::current_exe().ok()?;
-    let limit = opts.nofile.max(need);
-    eprintln!("fanout_bench: open-files limit {soft} < {need}: re-running under `ulimit -n {limit}`");
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n {limit} 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; exec \"$0\" \"$@\""
-        ))
-        .arg(exe)
-        .args(std::env::args_os().skip(1))
-        .env(REEXEC_ENV, "1")
-        .status();
-    Some(match status {
-        Ok(s) => ExitCode::from(s.code().unwrap_or(2).clamp(0, 255) as u8),
-        Err(e) => {
-            eprintln!("fanout_bench: re-running under sh: {e}");
-            ExitCode::from(2)
-        }
-    })
-}
-
-/// The soft "Max open files" of this process, from /proc/self/limits.
-fn open_files_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
+    support::raise_own_nofile("fanout_bench", REEXEC_ENV, need, opts.nofile)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -326,28 +294,12 @@ async fn open_all(
     concurrency: usize,
 ) -> Result<(Vec<Ws>, Duration), String> {
     let started = Instant::now();
-    let n = ids.len();
-    let mut opened: Vec<(usize, Result<Ws, String>)> = futures::stream::iter(ids)
+    let opened: Vec<(usize, Result<Ws, String>)> = futures::stream::iter(ids)
         .map(|i| async move { (i, open_subscriber(addr, i).await) })
         .buffer_unordered(concurrency)
         .collect()
         .await;
-    opened.sort_by_key(|(i, _)| *i);
-    let mut out = Vec::with_capacity(n);
-    let mut failures = Vec::new();
-    for (i, r) in opened {
-        match r {
-            Ok(ws) => out.push(ws),
-            Err(e) => failures.push(format!("sub-{i}: {e}")),
-        }
-    }
-    if !failures.is_empty() {
-        return Err(format!(
-            "{} of {n} subscribers failed to open, e.g. {}",
-            failures.len(),
-            failures[..failures.len().min(3)].join("; ")
-        ));
-    }
+    let out = support::all_opened(opened, "subscribers", |i| format!("sub-{i}"))?;
     Ok((out, started.elapsed()))
 }
 

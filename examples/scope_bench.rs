@@ -50,7 +50,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -234,39 +234,7 @@ fn check(opts: &Opts) -> Result<(), String> {
 /// If this process may not open enough files, re-runs it through `sh -c 'ulimit -n N; exec ...'`.
 fn raise_own_nofile(opts: &Opts) -> Option<ExitCode> {
     let need = opts.sessions.max(opts.filter_sessions) as u64 + 1024;
-    let soft = open_files_limit().unwrap_or(u64::MAX);
-    if soft >= need || std::env::var_os(REEXEC_ENV).is_some() {
-        if soft < need {
-            eprintln!("scope_bench: warning: open-files limit {soft} < {need} needed");
-        }
-        return None;
-    }
-    let exe = std::env::current_exe().ok()?;
-    let limit = opts.nofile.max(need);
-    eprintln!("scope_bench: open-files limit {soft} < {need}: re-running under `ulimit -n {limit}`");
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n {limit} 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; exec \"$0\" \"$@\""
-        ))
-        .arg(exe)
-        .args(std::env::args_os().skip(1))
-        .env(REEXEC_ENV, "1")
-        .status();
-    Some(match status {
-        Ok(s) => ExitCode::from(s.code().unwrap_or(2).clamp(0, 255) as u8),
-        Err(e) => {
-            eprintln!("scope_bench: re-running under sh: {e}");
-            ExitCode::from(2)
-        }
-    })
-}
-
-/// The soft "Max open files" of this process, from /proc/self/limits.
-fn open_files_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
+    support::raise_own_nofile("scope_bench", REEXEC_ENV, need, opts.nofile)
 }
 
 /// Starts the server (its open-files limit raised to `--nofile`) and waits for it to listen.
@@ -573,25 +541,10 @@ async fn open_all<V: View>(
         .map(|(i, (hello, view))| async move { (i, open_session(addr, hello, view, timeout).await) })
         .buffer_unordered(concurrency)
         .collect::<Vec<_>>();
-    let mut opened = tokio::time::timeout(OPEN_ALL_TIMEOUT, all)
+    let opened = tokio::time::timeout(OPEN_ALL_TIMEOUT, all)
         .await
         .map_err(|_| format!("opening {n} sessions took over {OPEN_ALL_TIMEOUT:?}"))?;
-    opened.sort_by_key(|(i, _)| *i);
-    let mut out = Vec::with_capacity(n);
-    let mut failures = Vec::new();
-    for (i, r) in opened {
-        match r {
-            Ok(s) => out.push(s),
-            Err(e) => failures.push(format!("session {i}: {e}")),
-        }
-    }
-    if !failures.is_empty() {
-        return Err(format!(
-            "{} of {n} sessions failed to open, e.g. {}",
-            failures.len(),
-            failures[..failures.len().min(3)].join("; ")
-        ));
-    }
+    let out = support::all_opened(opened, "sessions", |i| format!("session {i}"))?;
     Ok((out, started.elapsed()))
 }
 

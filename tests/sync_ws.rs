@@ -14,6 +14,7 @@ use common::{
     all_events, filler, health_seq, poll, rest_create, rest_delete, rest_patch, server_docs, Replica,
     SseClient, SseRead, TestServer, WsClient, WAIT,
 };
+use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -1056,4 +1057,44 @@ async fn a_write_retried_on_another_transport_is_replayed() {
         events_before,
         "a replay appends nothing"
     );
+}
+
+/// A `synced` carries the client's whole vector, which may be far larger than any request body
+/// (and than the socket's write buffer): it still goes out, and the client is current. (Before,
+/// a client holding more documents than fit in `--max-body-bytes` of vector — about 50,000 at the
+/// default — was dropped after its last snapshot, before its `synced`, on every connection.)
+#[tokio::test]
+async fn a_synced_larger_than_any_request_body_still_reaches_the_client() {
+    let s = TestServer::start(&["--max-document-bytes", "2048", "--max-body-bytes", "8192"]);
+    const DOCS: usize = 1500;
+    let id = |i: usize| format!("a-rather-long-document-id-so-the-vector-is-large-{i:05}");
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/games", s.url);
+    futures::stream::iter(0..DOCS)
+        .map(|i| {
+            let (http, url, id) = (http.clone(), url.clone(), id(i));
+            async move {
+                let r = http
+                    .post(&url)
+                    .json(&json!({"id": id, "n": i}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), StatusCode::CREATED);
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    let mut ws = WsClient::connect(&s).await;
+    ws.send(&json!({"type": "hello", "client_id": "big", "subscribe": ["games"], "state_vector": {}}))
+        .await;
+    let (before, synced) = ws.recv_until("synced", WAIT).await;
+    let vector = synced["state_vector"]["games"].as_object().expect("the vector");
+    assert_eq!(vector.len(), DOCS);
+    assert!(
+        synced.to_string().len() > 8192 + 16 * 1024,
+        "the synced is larger than a body and the write buffer"
+    );
+    assert_eq!(before.iter().filter(|m| m["type"] == "snapshot").count(), DOCS);
 }

@@ -1,4 +1,5 @@
-//! Support code shared by the benchmark examples (`write_bench`, `fanout_bench`, `catchup_bench`):
+//! Support code shared by the benchmark examples (`write_bench`, `fanout_bench`, `catchup_bench`,
+//! `scope_bench`, ...):
 //! starting a server as a child process, CPU accounting from /proc, latency percentiles and the
 //! clients they have in common. Each example includes it with `mod support;`.
 
@@ -22,6 +23,72 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
 // Running
+
+/// If this process may not open `need` files, re-runs it through `sh -c 'ulimit -n N; exec ...'`
+/// (N: `nofile`, at least `need`), once (`reexec_env` marks the re-run); `Some` is the re-run's
+/// exit code, `None` means go on here.
+pub fn raise_own_nofile(name: &str, reexec_env: &str, need: u64, nofile: u64) -> Option<ExitCode> {
+    let soft = open_files_limit().unwrap_or(u64::MAX);
+    if soft >= need || std::env::var_os(reexec_env).is_some() {
+        if soft < need {
+            eprintln!("{name}: warning: open-files limit {soft} < {need} needed");
+        }
+        return None;
+    }
+    let exe = std::env::current_exe().ok()?;
+    let limit = nofile.max(need);
+    eprintln!("{name}: open-files limit {soft} < {need}: re-running under `ulimit -n {limit}`");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n {limit} 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; exec \"$0\" \"$@\""
+        ))
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .env(reexec_env, "1")
+        .status();
+    Some(match status {
+        Ok(s) => ExitCode::from(s.code().unwrap_or(2).clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("{name}: re-running under sh: {e}");
+            ExitCode::from(2)
+        }
+    })
+}
+
+/// The soft "Max open files" of this process, from /proc/self/limits.
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Connections opened in parallel, `(index, result)` in any order: the opened ones in index order,
+/// or an error naming how many of them failed (`what`: "sessions") and the first three (`label`).
+pub fn all_opened<T>(
+    mut opened: Vec<(usize, Result<T, String>)>,
+    what: &str,
+    label: impl Fn(usize) -> String,
+) -> Result<Vec<T>, String> {
+    let n = opened.len();
+    opened.sort_by_key(|(i, _)| *i);
+    let mut out = Vec::with_capacity(n);
+    let mut failures = Vec::new();
+    for (i, r) in opened {
+        match r {
+            Ok(c) => out.push(c),
+            Err(e) => failures.push(format!("{}: {e}", label(i))),
+        }
+    }
+    if !failures.is_empty() {
+        return Err(format!(
+            "{} of {n} {what} failed to open, e.g. {}",
+            failures.len(),
+            failures[..failures.len().min(3)].join("; ")
+        ));
+    }
+    Ok(out)
+}
 
 /// A `current_thread` tokio runtime: the load generator runs on one thread, so that it takes as
 /// little CPU as possible from the server it shares the machine with.

@@ -52,7 +52,12 @@ pub async fn upgrade(
         .max_frame_size(limit)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(WRITE_BUFFER + limit)
+        // No cap of tungstenite's own: the sink's backpressure keeps what it buffers near
+        // WRITE_BUFFER plus the one frame being written — a frame the server already holds in
+        // memory, whatever its size (a `synced` carries the client's vector: about 20 bytes per
+        // document it holds, more than any request body for a client of 100,000 documents).
+        // With a cap, a larger frame failed the write and the session ended before its `synced`.
+        .max_write_buffer_size(usize::MAX)
         .on_upgrade(move |socket| state.sessions.track_future(run(socket, state.sync(), peer)))
 }
 
