@@ -286,9 +286,12 @@ fn doc_summaries(
 ) -> rusqlite::Result<Vec<DocSummary>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, version, deleted, compacted_through, octet_length(data), created_at FROM documents \
-         WHERE collection = ?1 AND (?2 IS NULL OR id > ?2) ORDER BY id LIMIT ?3",
+         WHERE collection = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
     )?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    // From the first: every id is above the empty string (ids are never empty). A plain `id > ?2`
+    // lets SQLite seek the primary key to the page's start instead of scanning up to it.
+    let after = after.unwrap_or("");
     let rows = stmt.query_map(params![collection, after, limit], |r| {
         Ok(DocSummary {
             id: r.get(0)?,
