@@ -23,8 +23,8 @@
 //!        │   └─ mongo/ ──────────── batched transactions, one retry loop; a change stream follows
 //!        │                          the shared log, so every node publishes every node's writes
 //!        ▼
-//!  hub.rs ───────────────────────── publish in sequence order; each event serialized once
-//!        │
+//!  hub.rs ───────────────────────── publish in sequence order; each event serialized once and put
+//!        │                          only in the mailboxes of the sessions interested in it
 //!        ▼
 //!  sync/open.rs ─────────────────── every session's opening: accept the hello (its token), subscribe
 //!        │                          to what the token may read, start vector
@@ -34,9 +34,12 @@
 //!        │                          takes (pure, sans-IO); the store answers them in one read
 //!  sync/catch_up.rs ─────────────── those rows as messages and the client's resulting vector
 //!  sync/driver.rs ───────────────── the one session loop: catch-up → live → re-sync → acks, over a
-//!        │                          Transport; sync/session.rs keeps its state (sans-IO)
+//!        │                          Transport; sync/session.rs keeps its state (sans-IO);
+//!        │                          sync/recheck.rs shares filtered sessions' document reads;
+//!        │                          sync/presence.rs: presence channels and broadcasts (ephemeral)
 //!        ▼
-//!  api/ws.rs, api/sse.rs ────────── the transports: framing, parsing, their own timers only
+//!  api/ws.rs, api/sse.rs ────────── the transports: framing, parsing, their own timers only (SSE:
+//!                                   registered openings and the back channel too)
 //!  api/sync.rs ──────────────────── POST /api/sync (the same opening, once), client vectors
 //!
 //!  error.rs ─────────────────────── ApiError over the protocol crate's ErrorCode (one enum)

@@ -312,10 +312,12 @@ async fn register(
         let body = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
         tracing::warn!(%client, %status, %body, "SSE registration refused; reconnecting");
         let refused = failed(status.is_client_error(), status == StatusCode::UNAUTHORIZED);
-        // Our request was refused (4xx): do not hammer the server with it.
-        return match status.is_client_error() {
-            true => Err(Refused::Hello(bytes)),
-            false => refused,
+        // Our request was refused (4xx): the caller decides, from the error, whether a
+        // subscription caused it (else it waits its penalty: do not hammer the server with it).
+        return if status.is_client_error() {
+            Err(Refused::Hello(bytes))
+        } else {
+            refused
         };
     }
     let resume = serde_json::from_slice::<Value>(&bytes)
