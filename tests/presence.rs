@@ -328,3 +328,52 @@ async fn a_dead_connection_leaves_within_the_heartbeat_deadline() {
         }
     }
 }
+
+/// What waits on an SSE stream's back channel is bounded in bytes, not only in messages: with the
+/// session stuck writing to a client that reads nothing, large posted messages are refused (`429`)
+/// once about `POSTED_BYTES` (4 MiB) of them wait — long before the 64-message bound would refuse
+/// them — and each refusal changes nothing.
+#[tokio::test]
+async fn a_back_channel_holds_a_bounded_number_of_bytes() {
+    let server = TestServer::start(&[]);
+    let mut sse = SseClient::open(&server, "client_id=stuck", None).await;
+    sse.recv_until("synced").await;
+    let url = format!("{}/sync/sse/{}", server.url, sse.stream.clone().unwrap());
+    // From here the stream is never read: each ping's pong (900 KB, its id echoed) fills the
+    // socket's buffers, then the stream's queue, then the session waits to write.
+    let big = "x".repeat(900_000);
+    let http = reqwest::Client::new();
+    let mut accepted = 0;
+    let refused = loop {
+        let r = http
+            .post(&url)
+            .json(&json!({"type": "ping", "id": big}))
+            .send()
+            .await
+            .unwrap();
+        match r.status() {
+            StatusCode::ACCEPTED => accepted += 1,
+            status => break (status, r.json::<Value>().await.unwrap()),
+        }
+        assert!(
+            accepted < 64,
+            "{accepted} posts of 900 KB accepted: bounded by count only"
+        );
+    };
+    assert_eq!(refused.0, StatusCode::TOO_MANY_REQUESTS, "{}", refused.1);
+    assert_eq!(refused.1["error"]["code"], "rate_limited");
+    assert!(
+        refused.1["error"]["message"].as_str().unwrap().contains("bytes"),
+        "refused for its bytes: {}",
+        refused.1
+    );
+    // Read again, the stream takes what waited: the session answers every accepted ping.
+    let mut pongs = 0;
+    while pongs < accepted {
+        match sse.read_frame(WAIT).await {
+            SseRead::Frame(f) if f.event.as_deref() == Some("pong") => pongs += 1,
+            SseRead::Frame(_) => {}
+            other => panic!("expected the pongs, got {other:?} after {pongs} of {accepted}"),
+        }
+    }
+}

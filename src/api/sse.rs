@@ -29,8 +29,8 @@
 //! **A back channel.** A stream's first frame is `event: stream` with its id; the client posts
 //! any protocol message but `hello` — `subscribe`, `unsubscribe`, `join`, `broadcast`, `sync`,
 //! `write`, ... — to `POST /sync/sse/{stream}` (a token of the stream's subject), answered `202`
-//! once queued (at most [`POSTED_QUEUE`] wait; beyond, `429`). The answers come down the stream,
-//! as over a WebSocket.
+//! once queued (at most [`POSTED_QUEUE`] messages of [`POSTED_BYTES`] wait; beyond, `429`). The
+//! answers come down the stream, as over a WebSocket.
 //!
 //! This file owns the framing (`event:`, `id:`, `data:`), the query and the header, the response's
 //! frame queue and the keep-alive comments; the session is the driver's.
@@ -71,9 +71,17 @@ const SSE_QUEUE_BYTES: usize = 256 * 1024;
 
 /// Messages posted to one stream and not yet handled by its session.
 pub const POSTED_QUEUE: usize = 64;
+/// Bytes (of their JSON bodies) of the messages posted to one stream and not yet handled: a
+/// message is answered `202` only once it has its share (a message larger than this takes all of
+/// it), so what waits for a session is bounded in bytes too, not only by [`POSTED_QUEUE`].
+pub const POSTED_BYTES: usize = 4 * 1024 * 1024;
 
-/// A stream's back channel: the subject it belongs to, and its session's queue.
-type BackChannel = (Option<String>, mpsc::Sender<ClientMessage>);
+/// A posted message and its share of the stream's [`POSTED_BYTES`] (given back when the session
+/// takes it).
+type Posted = (ClientMessage, OwnedSemaphorePermit);
+
+/// A stream's back channel: the subject it belongs to, its session's queue and the bytes left.
+type BackChannel = (Option<String>, mpsc::Sender<Posted>, Arc<Semaphore>);
 
 /// The open streams' back channels, by stream id.
 #[derive(Default)]
@@ -82,11 +90,12 @@ pub struct Streams {
 }
 
 impl Streams {
-    fn open(&self, subject: Option<String>) -> (String, mpsc::Receiver<ClientMessage>) {
+    fn open(&self, subject: Option<String>) -> (String, mpsc::Receiver<Posted>) {
         let (tx, rx) = mpsc::channel(POSTED_QUEUE);
         let id = uuid::Uuid::new_v4().simple().to_string();
+        let room = Arc::new(Semaphore::new(POSTED_BYTES));
         let mut streams = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        streams.insert(id.clone(), (subject, tx));
+        streams.insert(id.clone(), (subject, tx, room));
         (id, rx)
     }
 
@@ -111,7 +120,7 @@ pub async fn post(
     body: JsonBody,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let principal = state.auth.authenticate(bearer(&headers)?)?;
-    let (subject, tx) = state
+    let (subject, tx, room) = state
         .streams
         .sender(&stream)
         .ok_or_else(|| ApiError::not_found("no such SSE stream (it ended, or never was)"))?;
@@ -121,9 +130,17 @@ pub async fn post(
             "this stream belongs to another subject",
         ));
     }
+    let bytes = serde_json::to_vec(&body.value).map_or(POSTED_BYTES, |b| b.len());
     let msg: ClientMessage = serde_json::from_value(body.value)
         .map_err(|e| ApiError::bad_request(ErrorCode::InvalidMessage, format!("invalid message: {e}")))?;
-    tx.try_send(msg).map_err(|e| match e {
+    let share = u32::try_from(bytes.clamp(1, POSTED_BYTES)).unwrap_or(u32::MAX);
+    let permit = room.try_acquire_many_owned(share).map_err(|_| {
+        ApiError::new(
+            ErrorCode::RateLimited,
+            format!("{POSTED_BYTES} bytes of posted messages already wait for this stream's session"),
+        )
+    })?;
+    tx.try_send((msg, permit)).map_err(|e| match e {
         mpsc::error::TrySendError::Full(_) => ApiError::new(
             ErrorCode::RateLimited,
             format!("{POSTED_QUEUE} messages already wait for this stream's session"),
@@ -323,7 +340,13 @@ pub async fn stream(
             stream: stream_id.clone(),
         };
         if sse.send(frame(&first)).await.is_ok() {
-            driver::run(&ctx, &mut sse, opened, peer).await;
+            // The driver watches shutdown itself; this outer watch covers a session stuck in a
+            // send to a client that reads nothing (up to its send timeout), as over a WebSocket.
+            tokio::select! {
+                biased;
+                _ = driver::run(&ctx, &mut sse, opened, peer) => {}
+                _ = ctx.shutdown.cancelled() => {}
+            }
         }
         streams.close(&stream_id);
     });
@@ -411,7 +434,7 @@ struct Sse {
     tx: mpsc::Sender<(Bytes, OwnedSemaphorePermit)>,
     room: Arc<Semaphore>,
     /// What the client posted to `POST /sync/sse/{stream}`.
-    posted: mpsc::Receiver<ClientMessage>,
+    posted: mpsc::Receiver<Posted>,
 }
 
 impl Sse {
@@ -458,7 +481,8 @@ impl Transport for Sse {
     async fn receive(&mut self) -> Result<Incoming, End> {
         tokio::select! {
             _ = self.tx.closed() => Err(End::Gone),
-            m = self.posted.recv() => m.map(Incoming::Message).ok_or(End::Gone),
+            // Taken: its share of the stream's bytes goes back.
+            m = self.posted.recv() => m.map(|(msg, _share)| Incoming::Message(msg)).ok_or(End::Gone),
         }
     }
 
