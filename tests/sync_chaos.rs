@@ -659,6 +659,22 @@ fn scoped_options(
     o
 }
 
+/// What holds of every client at the end, whatever it follows: nothing applied twice, a replica
+/// consistent with its own vector, and — for a client of the restarted node (`on_restarted`: the
+/// last URL), which lost its connection at the restart — a reconnect (a client of another node
+/// reconnects only when the flapping happened to pick it).
+fn assert_sound(c: &Client, on_restarted: bool, seed: u64) {
+    let r = c.replica();
+    assert_eq!(r.applied_twice(), 0, "seed {seed}: {}", describe(c));
+    r.check()
+        .unwrap_or_else(|e| panic!("seed {seed}: {}: {e}", describe(c)));
+    assert!(
+        !on_restarted || c.stats().reconnects >= 1,
+        "seed {seed}: {} never reconnected, yet its server restarted",
+        describe(c)
+    );
+}
+
 fn describe(c: &Client) -> String {
     let r = c.replica();
     let subs = c.subscriptions();
@@ -1096,20 +1112,9 @@ async fn chaos(nodes: usize) {
             describe(c),
             differences(&r, &want).join("\n  ")
         );
-        assert_eq!(r.applied_twice(), 0, "seed {seed}: {}", describe(c));
-        r.check()
-            .unwrap_or_else(|e| panic!("seed {seed}: {}: {e}", describe(c)));
-        // A client of the restarted node (the last URL) lost its connection at the restart; one
-        // of another node reconnects only when the flapping happened to pick it.
-        let on_restarted = i % nodes == nodes - 1;
-        assert!(
-            !on_restarted || c.stats().reconnects >= 1,
-            "seed {seed}: {} never reconnected, yet its server restarted",
-            describe(c)
-        );
+        assert_sound(c, i % nodes == nodes - 1, seed);
     }
     for (i, c) in scoped.iter().enumerate() {
-        let r = c.replica();
         assert_eq!(c.status(), Status::Live, "seed {seed}: {}", describe(c));
         let differs = scoped_differences(c, &want);
         assert!(
@@ -1124,15 +1129,7 @@ async fn chaos(nodes: usize) {
                 .await
                 .unwrap_or_else(|e| panic!("seed {seed}: {}: {} not synced: {e}", describe(c), sub.id()));
         }
-        assert_eq!(r.applied_twice(), 0, "seed {seed}: {}", describe(c));
-        r.check()
-            .unwrap_or_else(|e| panic!("seed {seed}: {}: {e}", describe(c)));
-        let on_restarted = i % nodes == nodes - 1;
-        assert!(
-            !on_restarted || c.stats().reconnects >= 1,
-            "seed {seed}: {} never reconnected, yet its server restarted",
-            describe(c)
-        );
+        assert_sound(c, i % nodes == nodes - 1, seed);
     }
 
     // No acknowledged write lost: each is in the log, as the write that made it.

@@ -49,6 +49,8 @@ impl BodyKind {
 pub struct JsonBody {
     pub kind: BodyKind,
     pub value: Value,
+    /// The body's length as received, in bytes (what a handler that keeps the value counts).
+    pub bytes: usize,
 }
 
 impl FromRequest<AppState> for JsonBody {
@@ -74,7 +76,11 @@ impl FromRequest<AppState> for JsonBody {
             .map_err(|e| ApiError::bad_request(ErrorCode::InvalidJson, format!("invalid JSON: {e}")))?;
         // Valid JSON that would be taken in another meaning than it says.
         check_strict(&raw).map_err(|e| ApiError::bad_request(ErrorCode::InvalidJson, e.to_string()))?;
-        Ok(JsonBody { kind, value })
+        Ok(JsonBody {
+            kind,
+            value,
+            bytes: raw.len(),
+        })
     }
 }
 

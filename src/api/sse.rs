@@ -130,7 +130,7 @@ pub async fn post(
             "this stream belongs to another subject",
         ));
     }
-    let bytes = serde_json::to_vec(&body.value).map_or(POSTED_BYTES, |b| b.len());
+    let bytes = body.bytes;
     let msg: ClientMessage = serde_json::from_value(body.value)
         .map_err(|e| ApiError::bad_request(ErrorCode::InvalidMessage, format!("invalid message: {e}")))?;
     let share = u32::try_from(bytes.clamp(1, POSTED_BYTES)).unwrap_or(u32::MAX);
@@ -233,11 +233,19 @@ pub async fn register(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let bytes = serde_json::to_vec(&body.value).map_or(0, |b| b.len());
+    let bytes = body.bytes;
     let hello = super::sync::hello_of(&state, &headers, body)?;
-    let accepted = accept(&state.auth, hello.clone())?;
+    // The subscriptions are kept as sent (at most 64); the vector, which may be megabytes, moves
+    // through the acceptance instead of being copied.
+    let subscribe = hello.subscribe.clone();
+    let accepted = accept(&state.auth, hello)?;
     let subject = accepted.principal.subject().map(str::to_string);
-    let hello = Hello { token: None, ..hello };
+    let hello = Hello {
+        client_id: accepted.client_id,
+        subscribe,
+        state_vector: accepted.state_vector,
+        token: None,
+    };
     let id = state.registrations.register(hello, subject, bytes)?;
     Ok((
         StatusCode::CREATED,

@@ -56,3 +56,28 @@ export async function waitLive(page) {
     null, { timeout: WAIT },
   );
 }
+
+/** A JSON request to the server at `url`: `[status, body]` (the body parsed, `null` when empty). */
+export async function rest(url, method, path, body, headers = {}) {
+  const res = await fetch(url + path, {
+    method,
+    headers: { 'content-type': 'application/json', ...headers },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  return [res.status, text ? JSON.parse(text) : null];
+}
+
+/** Collects a page's console errors, page errors, HTTP errors and failed requests — but an
+ *  aborted request (ERR_ABORTED: the client aborts its SSE stream when it changes transport or
+ *  subscriptions on purpose). */
+export function watchErrors(page) {
+  const errors = [];
+  page.on('console', (m) => { if (m.type() === 'error') errors.push(`console: ${m.text()}`); });
+  page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
+  page.on('response', (r) => { if (r.status() >= 400) errors.push(`HTTP ${r.status()} ${r.url()}`); });
+  page.on('requestfailed', (r) => {
+    if (r.failure()?.errorText !== 'net::ERR_ABORTED') errors.push(`request failed: ${r.url()} ${r.failure()?.errorText}`);
+  });
+  return errors;
+}

@@ -8,7 +8,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { ROOT, WAIT, startServer, launchBrowser, byId, waitLive } from './harness.mjs';
+import { ROOT, WAIT, startServer, launchBrowser, byId, waitLive, rest as restAt, watchErrors } from './harness.mjs';
 
 const ARTIFACTS = join(ROOT, 'test-artifacts');
 
@@ -25,29 +25,8 @@ after(async () => {
   stopServer?.();
 });
 
-async function rest(method, path, body, headers = {}) {
-  const res = await fetch(url + path, {
-    method,
-    headers: { 'content-type': 'application/json', ...headers },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  return [res.status, text ? JSON.parse(text) : null];
-}
+const rest = (method, path, body, headers) => restAt(url, method, path, body, headers);
 const merge = (id, patch) => rest('PATCH', `/api/games/${id}`, patch, { 'content-type': 'application/merge-patch+json' });
-
-/** Console errors, page errors and failed requests (an SSE stream aborted on purpose when the page
- *  changes its subscriptions, ERR_ABORTED, is not one). */
-function watchErrors(page) {
-  const errors = [];
-  page.on('console', (m) => { if (m.type() === 'error') errors.push(`console: ${m.text()}`); });
-  page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
-  page.on('response', (r) => { if (r.status() >= 400) errors.push(`HTTP ${r.status()} ${r.url()}`); });
-  page.on('requestfailed', (r) => {
-    if (r.failure()?.errorText !== 'net::ERR_ABORTED') errors.push(`request failed: ${r.url()} ${r.failure()?.errorText}`);
-  });
-  return errors;
-}
 
 async function open(context, transport) {
   const page = await context.newPage();

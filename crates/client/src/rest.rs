@@ -176,10 +176,7 @@ fn to_result(w: &WriteMessage, status: StatusCode, replayed: bool, body: &[u8]) 
         result.version = field("version").and_then(Value::as_u64);
         result.seq = event.and_then(|e| e.get("seq")).and_then(Value::as_u64);
     } else {
-        let parsed = value
-            .get("error")
-            .and_then(|e| serde_json::from_value::<ErrorBody>(e.clone()).ok());
-        let mut error = parsed.unwrap_or_else(|| {
+        let mut error = error_of(&value).unwrap_or_else(|| {
             let reason = status.canonical_reason().unwrap_or("error");
             ErrorBody::new(ErrorCode::HttpError, reason)
         });
@@ -190,6 +187,11 @@ fn to_result(w: &WriteMessage, status: StatusCode, replayed: bool, body: &[u8]) 
         result.error = Some(error);
     }
     result
+}
+
+/// The `error` member of an HTTP error body (`{"error": {"code", "message", ...}}`), if it is one.
+pub(crate) fn error_of(body: &Value) -> Option<ErrorBody> {
+    serde::Deserialize::deserialize(body.get("error")?).ok()
 }
 
 #[cfg(test)]

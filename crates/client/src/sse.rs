@@ -21,7 +21,6 @@ use super::subs::{self, Via};
 use super::task::{self, Conn, End, Next, TaskState};
 use super::{endpoint, ClientError, Command, Shared, Status};
 use eventsync_protocol::messages::Subscription;
-use eventsync_protocol::ErrorBody;
 
 /// A `GET` URL longer than this registers with `POST /sync/sse` instead (the server reads URIs of
 /// up to 64 KiB).
@@ -240,12 +239,9 @@ pub(crate) async fn session(
 /// A refused opening whose error body refuses the subscribes it carried: they leave the set and
 /// their `subscribe` fails (see [`subs::on_hello_refused`]). True when some did.
 fn refused_subscribes(shared: &Shared, st: &mut TaskState, body: &[u8]) -> bool {
-    let Ok(answer) = serde_json::from_slice::<Value>(body) else {
-        return false;
-    };
-    let Some(error) = answer
-        .get("error")
-        .and_then(|e| serde_json::from_value::<ErrorBody>(e.clone()).ok())
+    let Some(error) = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|answer| super::rest::error_of(&answer))
     else {
         return false;
     };
