@@ -1,5 +1,6 @@
 //! A catch-up larger than `--max-catch-up-bytes` comes in parts (each planned from the vector the
-//! one before brought the client to), over the WebSocket, SSE and `POST /api/sync` — and the client
+//! one before brought the client to, going on from where it was cut), over the WebSocket, SSE and
+//! `POST /api/sync` (with the `cursor` of each answer) — and the client
 //! still ends exactly equal to the server, with writes going on meanwhile, never short of an event.
 //! Only the last part is followed by `synced`; over SSE the parts' events carry no `id:`, so a
 //! `Last-Event-ID` never claims more than the client has.
@@ -219,6 +220,77 @@ async fn post_sync_answers_a_part_at_a_time_until_complete() {
     }
     assert!(parts >= 4, "{parts} parts of ~30 KB for ~200 KB");
     assert_eq!(replica.docs, server_docs(&s, "games").await);
+}
+
+/// With the `cursor` each part answers, a part goes on from where the one before was cut and
+/// reads only what changed before it: documents already sent that change between the parts come
+/// again (as events onto the version the client has, or snapshots), the rest once — and the client
+/// ends equal to the server. A cursor this server did not make is refused and changes nothing.
+#[tokio::test]
+async fn post_sync_goes_on_from_its_cursor_with_what_changed_before_it() {
+    let s = TestServer::start(BUDGET);
+    fill(&s).await;
+    let mut replica = Replica::default();
+    let (mut vector, mut cursor) = (json!({}), Value::Null);
+    let mut sent: BTreeMap<String, usize> = BTreeMap::new();
+    let mut parts = 0;
+    loop {
+        let mut req = json!({"client_id": "http-cursor", "subscribe": ["games"], "state_vector": vector});
+        if !cursor.is_null() {
+            req["cursor"] = cursor.clone();
+        }
+        let (status, body) = common::send(s.http.post(format!("{}/api/sync", s.url)).json(&req)).await;
+        assert_eq!(status, 200, "{body}");
+        parts += 1;
+        for m in body["messages"].as_array().unwrap() {
+            *sent.entry(m["id"].as_str().unwrap().to_string()).or_default() += 1;
+            replica.apply(m);
+        }
+        if body["complete"] == json!(true) {
+            assert!(body.get("cursor").is_none());
+            break;
+        }
+        vector = body["state_vector"].clone();
+        cursor = body["cursor"].clone();
+        assert!(cursor.is_string(), "a part names where the next goes on: {body}");
+        // The first document, sent in the first part, changes between every two parts.
+        rest_patch(
+            &s,
+            "games",
+            "g00",
+            json!([{"op": "replace", "path": "/n", "value": 100 + parts}]),
+        )
+        .await;
+        assert!(parts < 50, "the parts do not end");
+    }
+    assert!(parts >= 4, "{parts} parts of ~30 KB for ~200 KB");
+    assert_eq!(replica.docs, server_docs(&s, "games").await);
+    assert!(
+        sent["g00"] >= parts - 1,
+        "g00 came again after each change: {sent:?}"
+    );
+    let once: Vec<_> = sent
+        .iter()
+        .filter(|(id, n)| id.as_str() != "g00" && **n > 1)
+        .collect();
+    assert!(once.is_empty(), "unchanged documents came once: {once:?}");
+
+    for bad in ["", "x", "12:games", "1:no such:x", "-1:games:", "1:games:.dot"] {
+        let req = json!({"client_id": "http-cursor", "subscribe": ["games"], "cursor": bad});
+        let (status, body) = common::send(s.http.post(format!("{}/api/sync", s.url)).json(&req)).await;
+        assert_eq!(
+            (status.as_u16(), body["error"]["code"].as_str()),
+            (400, Some("invalid_cursor")),
+            "{bad}: {body}"
+        );
+    }
+    let req = json!({"client_id": "sse-cursor", "subscribe": ["games"], "cursor": "1:games:"});
+    let (status, body) = common::send(s.http.post(format!("{}/sync/sse", s.url)).json(&req)).await;
+    assert_eq!(
+        (status.as_u16(), body["error"]["code"].as_str()),
+        (400, Some("invalid_message")),
+        "{body}"
+    );
 }
 
 /// A token that reads only some of a collection: what it may not read is not planned at all, so it

@@ -234,7 +234,11 @@ pub async fn register(
     body: JsonBody,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let bytes = body.bytes;
-    let hello = super::sync::hello_of(&state, &headers, body)?;
+    let (hello, cursor) = super::sync::hello_of(&state, &headers, body)?;
+    if cursor.is_some() {
+        let msg = "a cursor goes on a POST /api/sync catch-up; an SSE stream sends every part itself";
+        return Err(ApiError::bad_request(ErrorCode::InvalidMessage, msg));
+    }
     // The subscriptions are kept as sent (at most 64); the vector, which may be megabytes, moves
     // through the acceptance instead of being copied.
     let subscribe = hello.subscribe.clone();

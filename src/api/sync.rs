@@ -16,7 +16,8 @@ use super::extract::{JsonBody, Path, Query};
 use super::AppState;
 use crate::auth::{Grants, Principal};
 use crate::error::{ApiError, ErrorCode};
-use crate::model::validate_id;
+use crate::model::{validate_collection, validate_id, Seq};
+use crate::plan::Resume;
 use crate::sync::open::{accept, once};
 use crate::sync::protocol::{Hello, ServerMessage, StateVector, Subscription, SyncedMessage};
 use crate::sync::session::ProtocolError;
@@ -42,35 +43,80 @@ pub struct SyncRequest {
     subscribe: Vec<Subscription>,
     #[serde(default)]
     state_vector: Option<StateVector>,
+    /// `POST /api/sync` only: the `cursor` of the part before (see [`Cursor`]).
+    #[serde(default)]
+    cursor: Option<String>,
     /// Read from the body before it is parsed (the header's wins).
     #[serde(default, rename = "token")]
     _token: Option<String>,
 }
 
+/// Where the next part of a `POST /api/sync` catch-up goes on: a [`Resume`] as a string,
+/// `"<position>:<collection>:<after>"` (`after` empty: none of that collection yet). Opaque to
+/// clients, which send back the one they were given. Nothing in it widens what is read: the
+/// token's scope applies to every part, and a cursor that claims more than the server has read
+/// (a position beyond the log's) is ignored; a forged one can only make the client miss what it
+/// then claims to have.
+pub struct Cursor;
+
+impl Cursor {
+    pub fn encode(r: &Resume) -> String {
+        format!(
+            "{}:{}:{}",
+            r.position,
+            r.collection,
+            r.after.as_deref().unwrap_or("")
+        )
+    }
+
+    pub fn decode(s: &str) -> Result<Resume, ApiError> {
+        let invalid = || ApiError::bad_request(ErrorCode::InvalidCursor, "not a cursor this server gave");
+        let mut parts = s.splitn(3, ':');
+        let (Some(position), Some(collection), Some(after)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid());
+        };
+        let position: Seq = position.parse().map_err(|_| invalid())?;
+        validate_collection(collection).map_err(|_| invalid())?;
+        if !after.is_empty() {
+            validate_id(after).map_err(|_| invalid())?;
+        }
+        Ok(Resume {
+            position,
+            collection: collection.to_string(),
+            after: Some(after.to_string()).filter(|a| !a.is_empty()),
+        })
+    }
+}
+
 /// `POST /api/sync`: the messages that bring a client current (subscriptions the token cannot
 /// read first, as `error` `forbidden` messages), and its resulting vector. The token: the
 /// `Authorization` header, else the body's `token`. Nothing is remembered for the client: a plain
-/// HTTP answer may be lost, so it acknowledges nothing.
+/// HTTP answer may be lost, so it acknowledges nothing. A catch-up larger than its budget is
+/// answered a part at a time, each with the `cursor` the next request sends back.
 pub async fn manual(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    let accepted = accept(&state.auth, hello_of(&state, &headers, body)?)?;
-    let c = once(&state.sync(), accepted).await?;
+    let (hello, cursor) = hello_of(&state, &headers, body)?;
+    let accepted = accept(&state.auth, hello)?;
+    let resume = cursor.as_deref().map(Cursor::decode).transpose()?;
+    let (c, vector) = once(&state.sync(), accepted, resume).await?;
     if !c.complete {
         // A part of a catch-up larger than --max-catch-up-bytes: no `synced` (this is not
-        // current); posting again with this vector gives the next part.
+        // current); posting again with this vector (and the cursor) gives the next part.
         return Ok(Json(json!({
             "messages": c.messages,
             "complete": false,
             "seq": c.position,
-            "state_vector": c.vector,
+            "state_vector": vector,
+            "cursor": c.resume.as_ref().map(Cursor::encode),
         })));
     }
     let synced = SyncedMessage {
         seq: c.position,
-        state_vector: c.vector,
+        state_vector: vector,
         snapshots: c.snapshots,
         events: c.events,
         subscription: None,
@@ -120,9 +166,13 @@ pub async fn client(
         .ok_or_else(|| ApiError::not_found(format!("no client '{client_id}' has synced here")))
 }
 
-/// A sync request body (`POST /api/sync`, `POST /sync/sse`) as a hello, with its token: the
-/// `Authorization` header's, else the body's `token`.
-pub fn hello_of(state: &AppState, headers: &HeaderMap, body: JsonBody) -> Result<Hello, ApiError> {
+/// A sync request body (`POST /api/sync`, `POST /sync/sse`) as a hello, with its token (the
+/// `Authorization` header's, else the body's `token`) and its `cursor`.
+pub fn hello_of(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: JsonBody,
+) -> Result<(Hello, Option<String>), ApiError> {
     let header_token = bearer(headers)?.map(str::to_string);
     let token = header_token.or_else(|| {
         body.value
@@ -141,10 +191,11 @@ pub fn hello_of(state: &AppState, headers: &HeaderMap, body: JsonBody) -> Result
             ));
         }
     };
-    Ok(Hello {
+    let hello = Hello {
         client_id: req.client_id,
         subscribe: req.subscribe,
         state_vector: req.state_vector,
         token,
-    })
+    };
+    Ok((hello, req.cursor))
 }

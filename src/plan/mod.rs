@@ -26,7 +26,7 @@
 mod planner;
 
 pub use planner::{
-    Answer, CatchUpRows, CollectionRows, DocRows, Need, Planner, Readable, Selection, SUMMARY_PAGE,
+    Answer, CatchUpRows, CollectionRows, DocRows, Need, Planner, Readable, Resume, Selection, SUMMARY_PAGE,
 };
 
 use std::collections::BTreeMap;
@@ -161,12 +161,13 @@ pub fn refine(first: Step, summary: Option<&DocSummary>, patch_bytes: &[u64]) ->
     }
 }
 
-/// Plans one collection: every document the server has, and every document the client claims.
-/// Returns the steps in id order (documents needing nothing are left out).
+/// Plans one collection: every document the server has, and every document the client claims in
+/// `range` (none when `None`: the summaries are only those changed lately, and speak for no
+/// others). Returns the steps in id order (documents needing nothing are left out).
 pub fn plan_collection(
     client: Option<&BTreeMap<String, Version>>,
     server: &[DocSummary],
-    range: IdRange<'_>,
+    range: Option<IdRange<'_>>,
 ) -> Vec<(String, Step)> {
     let empty = BTreeMap::new();
     let client = client.unwrap_or(&empty);
@@ -178,7 +179,7 @@ pub fn plan_collection(
         }
     }
     let known: std::collections::HashSet<&str> = server.iter().map(|s| s.id.as_str()).collect();
-    for (id, v) in in_range(client, range) {
+    for (id, v) in range.into_iter().flat_map(|range| in_range(client, range)) {
         if !known.contains(id.as_str()) {
             let st = step(Some(*v), None);
             if st != Step::Nothing {
@@ -343,7 +344,7 @@ mod tests {
             ("d".to_string(), 5),
         ]
         .into();
-        let plan = plan_collection(Some(&client), &server, (None, None));
+        let plan = plan_collection(Some(&client), &server, Some((None, None)));
         assert_eq!(
             plan,
             vec![
@@ -352,7 +353,7 @@ mod tests {
                 ("d".to_string(), Step::Delete { version: 0 }),
             ]
         );
-        let fresh = plan_collection(None, &server, (None, None));
+        let fresh = plan_collection(None, &server, Some((None, None)));
         assert_eq!(
             fresh,
             vec![

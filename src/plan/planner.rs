@@ -7,7 +7,15 @@
 //! when a snapshot could be the cheaper), then its events or its body; then the next page. A page
 //! speaks for the ids from the last page's end to its own, so what the client has there and the
 //! page lacks is reset (deleted at version 0). A backend answers every read inside one
-//! consistent read transaction, so the rows describe one position of the log:
+//! consistent read transaction, so the rows describe one position of the log.
+//!
+//! A plan cut by its byte budget says where it stopped ([`Resume`]): the next part, read at a later
+//! position, asks only for the documents that *changed since* the last part's position up to that
+//! point (what the client has there is current to that position, and a scope's verdict on a
+//! document depends only on the document), then goes on from there. So a catch-up of N documents
+//! in parts reads each summary once, not once per part before it. A collection with a window
+//! (`latest`) is planned whole in every part: a window moves when other documents are created.
+//!
 //!
 //! ```text
 //! let mut planner = Planner::new(position, collections, vector);
@@ -36,10 +44,15 @@ pub enum Need<'p> {
     /// The next page of `collection`'s documents (tombstones included), summarized, in id
     /// order: at most `limit` of those whose id is above `after` (from the first when `None`):
     /// [`Answer::Summaries`]. A page shorter than `limit` is the last.
+    ///
+    /// With `changed_after`, only the documents whose last change has a `seq` above it and whose
+    /// id is at most `through` (any when `None`): such a page speaks for no other ids.
     Summaries {
         collection: &'p str,
         after: Option<&'p str>,
         limit: usize,
+        changed_after: Option<Seq>,
+        through: Option<&'p str>,
     },
     /// The patch sizes in bytes of one document's retained events with versions `from..=to`, in
     /// version order: [`Answer::PatchSizes`].
@@ -82,6 +95,22 @@ pub struct CatchUpRows {
     /// [`Planner::with_budget`]): the rows are a consistent part, and planning again from the
     /// vector they bring the client to gives the rest.
     pub complete: bool,
+    /// For a part: where the next part may go on ([`Planner::resuming`]) instead of planning
+    /// every document again. `None` for the last part, or when the plan was cut where it cannot
+    /// say (while reading what changed since the part before: the next part starts over).
+    pub resume: Option<Resume>,
+}
+
+/// Where a catch-up cut by its budget goes on. The part before was read at `position`; it (and
+/// the parts before it) brought the client current there for the requested collections before
+/// `collection` and, of that one, for the ids up to and including `after` (none of it when
+/// `None`). The vector the next part is planned from must be the one those parts brought the
+/// client to, and the collections requested the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub position: Seq,
+    pub collection: String,
+    pub after: Option<String>,
 }
 
 /// One collection's documents to send, in id order (documents needing nothing are left out).
@@ -137,11 +166,21 @@ pub struct Planner<'a> {
     budget: u64,
     used: u64,
     selection: Option<&'a Selection>,
+    /// Where the part before was cut, if this plan goes on from it, with the index of its
+    /// collection among the requested ones.
+    resume: Option<(Resume, usize)>,
+    collections: &'a [String],
+    /// The index of the current collection among the requested ones.
+    index: usize,
 }
 
 /// The collection being planned and what is known of it so far.
 struct Collection<'a> {
     name: &'a str,
+    /// Which of its documents are read: all, or (going on from a part before) what changed.
+    phase: Phase,
+    /// While reading all: the last id whose document is planned (where a cut goes on).
+    covered: Option<String>,
     /// The client's scopes of it, when it follows it only in part.
     scopes: Option<&'a Scopes>,
     /// The page of summaries being planned (every summary, for a collection with windows).
@@ -155,6 +194,51 @@ struct Collection<'a> {
     taken: HashSet<String>,
     steps: std::vec::IntoIter<(String, Scoped)>,
     documents: Vec<(String, DocRows)>,
+}
+
+/// Which documents of a collection a plan reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// Every one, from the page after `after`.
+    All,
+    /// Those changed since `since` (the position of the part before), with ids up to `through`
+    /// (all when `None`); then `then`.
+    Changed {
+        since: Seq,
+        through: Option<String>,
+        then: Then,
+    },
+}
+
+/// What follows reading the changes of a collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Then {
+    /// Nothing: the part before covered the collection.
+    Done,
+    /// Every document with an id above this one.
+    From(String),
+}
+
+/// How a collection is read when a plan goes on from `resume` and it is the `index`-th
+/// requested; `windowed` ones whole, always.
+fn phase(resume: Option<&(Resume, usize)>, index: usize, windowed: bool) -> Phase {
+    let Some((r, at)) = resume.filter(|_| !windowed) else {
+        return Phase::All;
+    };
+    let since = r.position;
+    match (index.cmp(at), &r.after) {
+        (std::cmp::Ordering::Less, _) => Phase::Changed {
+            since,
+            through: None,
+            then: Then::Done,
+        },
+        (std::cmp::Ordering::Equal, Some(after)) => Phase::Changed {
+            since,
+            through: Some(after.clone()),
+            then: Then::From(after.clone()),
+        },
+        _ => Phase::All,
+    }
 }
 
 /// One window being resolved: the candidates (indexes into the summaries), newest first; the next
@@ -218,13 +302,42 @@ impl<'a> Planner<'a> {
                 position,
                 collections: Vec::with_capacity(collections.len()),
                 complete: true,
+                resume: None,
             },
             budget: u64::MAX,
             used: 0,
             selection: None,
+            resume: None,
+            collections,
+            index: 0,
         };
         planner.next_collection();
         planner
+    }
+
+    /// Goes on from where the part before was cut (`None`: plans everything): what it covered is
+    /// read only where it changed since (see the module docs). Call before
+    /// [`Planner::with_selection`] (which may make a collection windowed).
+    ///
+    /// A resume from a later position than this plan's, or of a collection not requested, is
+    /// ignored (everything is planned): the part before cannot have seen what this read does not.
+    pub fn resuming(mut self, resume: Option<Resume>) -> Planner<'a> {
+        let collections = self.collections;
+        self.resume = resume.filter(|r| r.position <= self.out.position).and_then(|r| {
+            let at = collections.iter().position(|c| *c == r.collection)?;
+            Some((r, at))
+        });
+        self.start_phase();
+        self
+    }
+
+    /// Sets how the current collection is read, once its scopes and the resume are known.
+    fn start_phase(&mut self) {
+        let (resume, index) = (self.resume.as_ref(), self.index);
+        if let Some(c) = self.current.as_mut() {
+            let windowed = c.scopes.is_some_and(|s| s.windows().next().is_some());
+            c.phase = phase(resume, index, windowed);
+        }
     }
 
     /// Plans only until the rows taken reach `bytes` (at least one document is always planned,
@@ -246,6 +359,7 @@ impl<'a> Planner<'a> {
         if let Some(c) = self.current.as_mut() {
             c.scopes = self.selection.and_then(|s| s.scopes.get(c.name));
         }
+        self.start_phase();
         self
     }
 
@@ -265,6 +379,16 @@ impl<'a> Planner<'a> {
     fn cut(&mut self) {
         self.out.complete = false;
         self.waiting = Waiting::Nothing;
+        self.out.resume = match self.current.as_ref().map(|c| &c.phase) {
+            // Cut while reading what changed: the ids before the cut are current to this position,
+            // those after it only to the part before's — the next part starts over.
+            Some(Phase::Changed { .. }) => None,
+            _ => Some(Resume {
+                position: self.out.position,
+                collection: self.collections[self.index].clone(),
+                after: self.current.as_ref().and_then(|c| c.covered.clone()),
+            }),
+        };
         if let Some(done) = self.current.take() {
             self.out.collections.push(CollectionRows {
                 collection: done.name.to_string(),
@@ -277,11 +401,20 @@ impl<'a> Planner<'a> {
     pub fn need(&self) -> Option<Need<'_>> {
         let collection = self.current.as_ref()?.name;
         Some(match &self.waiting {
-            Waiting::Summaries => Need::Summaries {
-                collection,
-                after: self.current.as_ref()?.after.as_deref(),
-                limit: SUMMARY_PAGE,
-            },
+            Waiting::Summaries => {
+                let c = self.current.as_ref()?;
+                let (changed_after, through) = match &c.phase {
+                    Phase::All => (None, None),
+                    Phase::Changed { since, through, .. } => (Some(*since), through.as_deref()),
+                };
+                Need::Summaries {
+                    collection,
+                    after: c.after.as_deref(),
+                    limit: SUMMARY_PAGE,
+                    changed_after,
+                    through,
+                }
+            }
             Waiting::PatchSizes { id, from, to } => Need::PatchSizes {
                 collection,
                 id,
@@ -337,6 +470,8 @@ impl<'a> Planner<'a> {
                 }
                 c.summaries = page;
                 let client = self.vector.get(c.name);
+                // A page of changes speaks for no other ids: nothing the client has is reset.
+                let range = Some(range).filter(|_| c.phase == Phase::All);
                 c.steps = match c.scopes {
                     Some(scopes) => plan_scoped(client, &c.summaries, scopes, &c.taken, range),
                     None => plan_collection(client, &c.summaries, range)
@@ -448,7 +583,7 @@ impl<'a> Planner<'a> {
             &c.summaries,
             scopes,
             &c.taken,
-            (None, None),
+            Some((None, None)),
         );
         c.steps = steps.into_iter();
         self.next_document();
@@ -469,10 +604,25 @@ impl<'a> Planner<'a> {
                     self.waiting = Waiting::Summaries;
                     return;
                 }
+                if let Phase::Changed {
+                    then: Then::From(after),
+                    ..
+                } = &c.phase
+                {
+                    // The changes are read: every document after what the part before covered.
+                    c.after = Some(after.clone());
+                    c.covered = Some(after.clone());
+                    c.phase = Phase::All;
+                    self.waiting = Waiting::Summaries;
+                    return;
+                }
                 // The next collection's summaries are the next read.
                 self.next_collection();
                 return;
             };
+            if c.phase == Phase::All {
+                c.covered = Some(id.clone());
+            }
             match scoped {
                 Scoped::Plain(first) => {
                     if self.refine_and_take(id, first) {
@@ -533,13 +683,22 @@ impl<'a> Planner<'a> {
                 documents: done.documents,
             });
         }
+        // Every collection before the next one was pushed, planned or cut.
+        self.index = self.out.collections.len();
         if self.spent() && self.pending.len() > 0 {
             self.out.complete = false;
+            self.out.resume = Some(Resume {
+                position: self.out.position,
+                collection: self.collections[self.index].clone(),
+                after: None,
+            });
             return;
         }
         if let Some(name) = self.pending.next() {
             self.current = Some(Collection {
                 name,
+                phase: Phase::All,
+                covered: None,
                 scopes: self.selection.and_then(|s| s.scopes.get(name.as_str())),
                 summaries: Vec::new(),
                 after: None,
@@ -549,6 +708,7 @@ impl<'a> Planner<'a> {
                 steps: Vec::new().into_iter(),
                 documents: Vec::new(),
             });
+            self.start_phase();
             self.waiting = Waiting::Summaries;
         }
     }
@@ -586,7 +746,7 @@ fn plan_scoped(
     server: &[DocSummary],
     scopes: &Scopes,
     taken: &HashSet<String>,
-    range: IdRange<'_>,
+    range: Option<IdRange<'_>>,
 ) -> Vec<(String, Scoped)> {
     let empty = BTreeMap::new();
     let client = client.unwrap_or(&empty);
@@ -616,7 +776,7 @@ fn plan_scoped(
     for s in server {
         decide(&s.id, Some(s));
     }
-    for (id, _) in in_range(client, range) {
+    for (id, _) in range.into_iter().flat_map(|range| in_range(client, range)) {
         if summary_of(server, id).is_none() {
             decide(id, None);
         }
@@ -643,6 +803,8 @@ mod tests {
         data_bytes: u64,
         patch_bytes: u64,
         created: i64,
+        /// The position of its last change.
+        seq: Seq,
     }
 
     fn doc(version: Version, deleted: bool, compacted_through: Version, data_bytes: u64) -> Doc {
@@ -653,6 +815,7 @@ mod tests {
             data_bytes,
             patch_bytes: 10,
             created: 0,
+            seq: 1,
         }
     }
 
@@ -672,8 +835,22 @@ mod tests {
         vector: &StateVector,
         budget: u64,
     ) -> (CatchUpRows, Vec<String>) {
+        run_from(db, 99, collections, vector, budget, None)
+    }
+
+    /// [`run_within`] at `position`, going on from `resume`.
+    fn run_from(
+        db: &BTreeMap<&str, BTreeMap<&str, Doc>>,
+        position: Seq,
+        collections: &[&str],
+        vector: &StateVector,
+        budget: u64,
+        resume: Option<Resume>,
+    ) -> (CatchUpRows, Vec<String>) {
         let collections: Vec<String> = collections.iter().map(|c| c.to_string()).collect();
-        let mut planner = Planner::new(99, &collections, vector).with_budget(budget);
+        let mut planner = Planner::new(position, &collections, vector)
+            .with_budget(budget)
+            .resuming(resume);
         let mut reads = Vec::new();
         while let Some(need) = planner.need() {
             reads.push(format!("{need:?}"));
@@ -682,11 +859,16 @@ mod tests {
                     collection,
                     after,
                     limit,
+                    changed_after,
+                    through,
                 } => Answer::Summaries(
                     db.get(collection)
                         .into_iter()
                         .flatten()
                         .filter(|(id, _)| after.is_none_or(|a| **id > a))
+                        .filter(|(id, d)| {
+                            changed_after.is_none_or(|p| d.seq > p && through.is_none_or(|t| **id <= t))
+                        })
                         .take(limit)
                         .map(|(id, d)| DocSummary {
                             id: id.to_string(),
@@ -799,6 +981,56 @@ mod tests {
         assert_eq!(run_within(&db, &["a", "b"], &start, 1 << 30).0, whole);
     }
 
+    #[test]
+    fn a_part_goes_on_from_the_cut_reading_only_what_changed_before_it() {
+        let ids: Vec<String> = (0..3000).map(|i| format!("d{i:04}")).collect();
+        let mut db: BTreeMap<&str, BTreeMap<&str, Doc>> = BTreeMap::new();
+        for c in ["a", "b"] {
+            let docs = ids
+                .iter()
+                .map(|id| (id.as_str(), doc(1, false, 0, 1000)))
+                .collect();
+            db.insert(c, docs);
+        }
+        let mut vector = StateVector::new();
+        let (mut position, mut resume) = (10, None);
+        let mut reads = Vec::new();
+        let mut parts = 0;
+        loop {
+            let (part, r) = run_from(&db, position, &["a", "b"], &vector, 500_000, resume.take());
+            reads.extend(r);
+            vector = applied(vector, &part);
+            parts += 1;
+            if part.complete {
+                break;
+            }
+            resume = part.resume.clone();
+            let cut = resume.clone().expect("a cut while reading everything says where");
+            assert_eq!(cut.position, position);
+            // Between parts, the first document of `a` changes (it is always before the cut).
+            position += 1;
+            let d = db.get_mut("a").unwrap().get_mut("d0000").unwrap();
+            (d.version, d.seq) = (d.version + 1, position);
+        }
+        assert!(parts >= 12, "{parts} parts");
+        let all = |c: &str| db[c].iter().map(|(id, d)| (id.to_string(), d.version)).collect();
+        let want: StateVector = [("a".to_string(), all("a")), ("b".to_string(), all("b"))].into();
+        assert_eq!(
+            vector, want,
+            "the parts are the whole, with what changed between them"
+        );
+        // Each summary was read once (four pages a collection), besides the changes.
+        let whole_pages = reads
+            .iter()
+            .filter(|r| r.starts_with("Summaries") && r.contains("changed_after: None"))
+            .count();
+        assert!(
+            whole_pages <= 2 * 4 + parts,
+            "{whole_pages} pages read whole in {parts} parts"
+        );
+        assert!(reads.iter().any(|r| r.contains("changed_after: Some")));
+    }
+
     fn event(collection: &str, id: &str, version: Version) -> Event {
         Event {
             seq: version,
@@ -853,10 +1085,10 @@ mod tests {
         assert_eq!(
             pages,
             [
-                r#"Summaries { collection: "a", after: None, limit: 1000 }"#.to_string(),
-                format!(r#"Summaries {{ collection: "a", after: Some("{last_of_first}"), limit: 1000 }}"#),
+                r#"Summaries { collection: "a", after: None, limit: 1000, changed_after: None, through: None }"#.to_string(),
+                format!(r#"Summaries {{ collection: "a", after: Some("{last_of_first}"), limit: 1000, changed_after: None, through: None }}"#),
                 format!(
-                    r#"Summaries {{ collection: "a", after: Some("{}"), limit: 1000 }}"#,
+                    r#"Summaries {{ collection: "a", after: Some("{}"), limit: 1000, changed_after: None, through: None }}"#,
                     ids[2 * SUMMARY_PAGE - 1]
                 ),
             ]
@@ -885,8 +1117,8 @@ mod tests {
         assert_eq!(
             reads,
             [
-                r#"Summaries { collection: "a", after: None, limit: 1000 }"#,
-                r#"Summaries { collection: "b", after: None, limit: 1000 }"#
+                r#"Summaries { collection: "a", after: None, limit: 1000, changed_after: None, through: None }"#,
+                r#"Summaries { collection: "b", after: None, limit: 1000, changed_after: None, through: None }"#
             ]
         );
         assert_eq!(rows.position, 99);

@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::model::{Document, Event, Op, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
-use crate::plan::{CatchUpRows, Selection};
+use crate::plan::{CatchUpRows, Planner, Resume, Selection};
 use crate::protocol::StateVector;
 use crate::time::Timestamp;
 use crate::write::{Refusal, Write, WriteError};
@@ -264,6 +264,41 @@ impl PartialEq for BackendError {
 }
 
 /// The storage API: domain operations, each atomic.
+/// What one catch-up read covers ([`Store::catch_up`]): a part of a catch-up, or all of it.
+pub struct CatchUpRead {
+    /// The collections, in the order they are planned.
+    pub collections: Vec<String>,
+    /// What the client has: shared with its session, not copied for each part.
+    pub vector: Arc<StateVector>,
+    /// The rows' byte budget ([`Planner::with_budget`]).
+    pub budget: u64,
+    /// The documents it may plan (all without one): [`Planner::with_selection`].
+    pub selection: Option<Arc<Selection>>,
+    /// Where the part before was cut, when this one goes on from it: [`Planner::resuming`].
+    pub resume: Option<Resume>,
+}
+
+impl CatchUpRead {
+    /// Every document of `collections` for a client with `vector`, in one part.
+    pub fn whole(collections: Vec<String>, vector: StateVector) -> CatchUpRead {
+        CatchUpRead {
+            collections,
+            vector: Arc::new(vector),
+            budget: u64::MAX,
+            selection: None,
+            resume: None,
+        }
+    }
+
+    /// The plan of this read, at `position` (the read transaction's).
+    pub fn planner(&self, position: Seq) -> Planner<'_> {
+        Planner::new(position, &self.collections, &self.vector)
+            .with_budget(self.budget)
+            .resuming(self.resume.clone())
+            .with_selection(self.selection.as_deref())
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Applies one write atomically: idempotency check, version check, document write, event append
@@ -351,17 +386,9 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<MaintenanceStats, StoreError>;
 
-    /// Reads what a client with `vector` needs to catch up on `collections` — the reads a
-    /// [`crate::plan::Planner`] asks for, within `budget` bytes
-    /// ([`crate::plan::Planner::with_budget`]) and of the documents `selection` allows (all
-    /// without one) — all at one consistent position of the log.
-    async fn catch_up(
-        &self,
-        collections: &[String],
-        vector: &StateVector,
-        budget: u64,
-        selection: Option<Arc<Selection>>,
-    ) -> Result<CatchUpRows, StoreError>;
+    /// Reads what `read` says a client needs to catch up — the reads its
+    /// [`CatchUpRead::planner`] asks for — all at one consistent position of the log.
+    async fn catch_up(&self, read: CatchUpRead) -> Result<CatchUpRows, StoreError>;
 
     /// The client's last acknowledged vector, if it ever acknowledged one.
     async fn load_client(&self, client_id: &str) -> Result<Option<ClientState>, StoreError>;

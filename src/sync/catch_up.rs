@@ -2,12 +2,12 @@
 //!
 //! The store answers the [`Planner`](crate::plan::Planner)'s reads at one position of the log and
 //! returns [`CatchUpRows`]; this module turns them into what a transport sends — `snapshot` and
-//! `event` messages in sending order — and the vector the client has after applying them. Every
+//! `event` messages in sending order — and the changes they make to the client's vector. Every
 //! transport's catch-up and `POST /api/sync` go through here, so they cannot differ.
 
-use crate::model::Seq;
-use crate::plan::{CatchUpRows, DocRows};
-use crate::protocol::{RemovedMessage, ServerMessage, SnapshotMessage, StateVector};
+use crate::model::{Seq, Version};
+use crate::plan::{CatchUpRows, DocRows, Resume};
+use crate::protocol::{RemovedMessage, ServerMessage, SnapshotMessage};
 
 /// What brings a client current, read at one consistent position of the log.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,40 +16,45 @@ pub struct CatchUp {
     pub position: Seq,
     /// `snapshot` and `event` messages, per document in version order.
     pub messages: Vec<ServerMessage>,
-    /// The client's vector after applying them (for the requested collections).
-    pub vector: StateVector,
+    /// What they change in the client's vector, per collection planned: each document sent and
+    /// the version the client has of it after them (0: nothing, it leaves the vector). The rest of
+    /// the vector stays as it was — so a part costs what it sends, not what the client has.
+    pub changes: Vec<(String, Vec<(String, Version)>)>,
     pub snapshots: u64,
     pub events: u64,
     /// Whether this brings the client current; `false` for a part of a catch-up cut by its byte
     /// budget, after which the next part is planned from the vector this one brings it to.
     pub complete: bool,
+    /// For a part: where the next one goes on ([`crate::plan::Planner::resuming`]).
+    pub resume: Option<Resume>,
 }
 
 impl CatchUp {
-    /// The catch-up of a client with `vector`, from the rows read for it.
-    pub fn assemble(rows: CatchUpRows, vector: &StateVector) -> CatchUp {
+    /// The catch-up the rows read for a client make.
+    pub fn assemble(rows: CatchUpRows) -> CatchUp {
         let mut out = CatchUp {
             position: rows.position,
             messages: Vec::new(),
-            vector: StateVector::new(),
+            changes: Vec::with_capacity(rows.collections.len()),
             snapshots: 0,
             events: 0,
             complete: rows.complete,
+            resume: rows.resume,
         };
         for c in rows.collections {
-            let mut resulting = vector.get(&c.collection).cloned().unwrap_or_default();
+            let mut changes = Vec::with_capacity(c.documents.len());
             for (id, doc) in c.documents {
-                match doc {
+                let version = match doc {
                     DocRows::Events { to, events } => {
                         out.events += events.len() as u64;
                         out.messages.extend(events.into_iter().map(ServerMessage::Event));
-                        resulting.insert(id, to);
+                        to
                     }
                     DocRows::Body { version, data } => {
                         out.snapshots += 1;
                         out.messages
                             .push(snapshot(&c.collection, &id, version, Some(data)));
-                        resulting.insert(id, version);
+                        version
                     }
                     DocRows::Removed { version } => {
                         out.messages.push(ServerMessage::Removed(RemovedMessage {
@@ -58,28 +63,17 @@ impl CatchUp {
                             version,
                             seq: None,
                         }));
-                        resulting.remove(&id);
+                        0
                     }
                     DocRows::Deleted { version } => {
                         out.snapshots += 1;
                         out.messages.push(snapshot(&c.collection, &id, version, None));
-                        if version == 0 {
-                            resulting.remove(&id);
-                        } else {
-                            resulting.insert(id, version);
-                        }
+                        version
                     }
-                }
+                };
+                changes.push((id, version));
             }
-            out.vector.insert(c.collection, resulting);
-        }
-        if !out.complete {
-            // A part: the collections not planned yet keep the client's vector as it is.
-            for (collection, docs) in vector {
-                out.vector
-                    .entry(collection.clone())
-                    .or_insert_with(|| docs.clone());
-            }
+            out.changes.push((c.collection, changes));
         }
         order_messages(&mut out.messages);
         out
@@ -152,7 +146,7 @@ mod tests {
     }
 
     #[test]
-    fn rows_become_messages_counts_and_the_resulting_vector() {
+    fn rows_become_messages_counts_and_the_changes_to_the_vector() {
         let rows = CatchUpRows {
             position: 30,
             collections: vec![
@@ -183,30 +177,23 @@ mod tests {
                 },
             ],
             complete: true,
+            resume: None,
         };
-        let mut vector = StateVector::new();
-        vector.entry("c".into()).or_default().extend([
-            ("a".to_string(), 10),
-            ("keep".to_string(), 2),
-            ("r".to_string(), 9),
-            ("z".to_string(), 5),
-        ]);
-        vector.entry("other".into()).or_default().insert("o".into(), 1);
-        let c = CatchUp::assemble(rows, &vector);
+        let c = CatchUp::assemble(rows);
         assert_eq!(c.position, 30);
         assert_eq!(keys(&c.messages), ["sb", "dr", "dz", "e11", "e12"]);
         assert_eq!((c.snapshots, c.events), (3, 2));
-        let mut expected = StateVector::new();
-        expected.entry("c".into()).or_default().extend([
-            ("a".to_string(), 12),
-            ("b".to_string(), 4),
-            ("keep".to_string(), 2),
-            ("z".to_string(), 6),
-        ]);
-        expected.insert("empty".into(), Default::default());
+        let change = |id: &str, v| (id.to_string(), v);
         assert_eq!(
-            c.vector, expected,
-            "only the requested collections, resets removed"
+            c.changes,
+            [
+                (
+                    "c".to_string(),
+                    vec![change("a", 12), change("b", 4), change("r", 0), change("z", 6)]
+                ),
+                ("empty".to_string(), vec![])
+            ],
+            "each document sent and where it leaves the client; a reset at 0"
         );
     }
 }

@@ -211,14 +211,16 @@ pub async fn run<T: Transport>(ctx: &SyncContext, t: &mut T, opened: Opened, pee
 
 /// Sends what brings the client from its session vector to current, then `synced`. A catch-up
 /// larger than its byte budget (`--max-catch-up-bytes`) is read and sent in parts, each planned
-/// from the vector the previous one brought the client to, so no more than one part is in memory
-/// at a time; only the last is followed by `synced` (counting every part's messages).
+/// from the vector the previous one brought the client to and going on from where it was cut
+/// (reading only what changed before that point), so no more than one part is in memory at a
+/// time; only the last is followed by `synced` (counting every part's messages).
 async fn catch_up<T: Transport>(ctx: &SyncContext, t: &mut T, session: &mut Session) -> Result<(), End> {
     let started = Instant::now();
     let (mut snapshots, mut events) = (0, 0);
     let mut in_parts = false;
+    let mut resume = None;
     loop {
-        let mut c = read_catch_up(ctx, session).await.map_err(|e| {
+        let mut c = read_catch_up(ctx, session, resume.take()).await.map_err(|e| {
             tracing::warn!(error = %e, "catch-up failed");
             End::Close(CLOSE_INTERNAL, "catch-up failed")
         })?;
@@ -232,6 +234,7 @@ async fn catch_up<T: Transport>(ctx: &SyncContext, t: &mut T, session: &mut Sess
         }
         t.flush().await?;
         session.caught_up(&c);
+        resume = c.resume.take();
         if T::ACKS_WHAT_IT_SENDS {
             // A stream that dies with frames in flight is corrected on reconnect (see `resume`).
             session.ack(c.position);
@@ -240,7 +243,10 @@ async fn catch_up<T: Transport>(ctx: &SyncContext, t: &mut T, session: &mut Sess
         events += c.events;
         if c.complete {
             (c.snapshots, c.events) = (snapshots, events);
-            send(t, &session.synced(&c)).await?;
+            let synced = session.lend_synced(&c);
+            let sent = send(t, &synced).await;
+            session.synced_sent(synced);
+            sent?;
             crate::metrics::caught_up(started.elapsed(), snapshots, events);
             return Ok(());
         }
@@ -258,17 +264,24 @@ async fn catch_up_scope<T: Transport>(
     subscription: Option<&Scope>,
 ) -> Result<(), End> {
     let (mut snapshots, mut events) = (0, 0);
+    let mut resume = None;
     loop {
-        let mut c = super::catch_up(&*ctx.store, session, ctx.catch_up_bytes, Some(collection))
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "catch-up failed");
-                End::Close(CLOSE_INTERNAL, "catch-up failed")
-            })?;
+        let read = super::catch_up(
+            &*ctx.store,
+            session,
+            ctx.catch_up_bytes,
+            Some(collection),
+            resume.take(),
+        );
+        let mut c = read.await.map_err(|e| {
+            tracing::warn!(error = %e, "catch-up failed");
+            End::Close(CLOSE_INTERNAL, "catch-up failed")
+        })?;
         for m in &c.messages {
             t.feed_unnumbered(m).await?;
         }
         session.caught_up_scope(collection, &c);
+        resume = c.resume.take();
         snapshots += c.snapshots;
         events += c.events;
         if c.complete {

@@ -33,42 +33,47 @@ pub use crate::protocol;
 use std::time::Duration;
 
 use crate::auth::Access;
-use crate::store::{Store, StoreError};
+use crate::plan::Resume;
+use crate::store::{CatchUpRead, Store, StoreError};
 
 pub use catch_up::CatchUp;
 pub use open::SyncContext;
 
 /// What brings the session's client current from its vector for its collections: the messages in
-/// sending order and the resulting vector, read at one consistent position of the log. Every
-/// transport's catch-up and `POST /api/sync` go through here. Rows of documents the session may
-/// not read are dropped before any message is made of them (its vector holds none of them
-/// either, see [`Session::reset_vector`](session::Session::reset_vector)).
-/// Within `budget` bytes: a catch-up larger than that comes in parts ([`CatchUp::complete`]).
-/// With `only`, just that collection (a live `subscribe`'s, or an `unsubscribe`'s check).
+/// sending order and the changes they make to its vector, read at one consistent position of the
+/// log. Every transport's catch-up and `POST /api/sync` go through here. Rows of documents the
+/// session may not read are dropped before any message is made of them (its vector holds none of
+/// them either, see [`Session::reset_vector`](session::Session::reset_vector)).
+/// Within `budget` bytes: a catch-up larger than that comes in parts ([`CatchUp::complete`]),
+/// each going on from where the one before was cut (`resume`: [`CatchUp::resume`]), once the
+/// session has taken that one. With `only`, just that collection (a live `subscribe`'s, or an
+/// `unsubscribe`'s check).
 pub async fn catch_up(
     store: &dyn Store,
     session: &session::Session,
     budget: u64,
     only: Option<&str>,
+    resume: Option<Resume>,
 ) -> Result<CatchUp, StoreError> {
-    let one;
     let collections = match only {
-        Some(c) => {
-            one = [c.to_string()];
-            &one[..]
-        }
-        None => session.collections(),
+        Some(c) => vec![c.to_string()],
+        None => session.collections().to_vec(),
     };
-    let mut rows = store
-        .catch_up(collections, session.vector(), budget, session.selection())
-        .await?;
+    let read = CatchUpRead {
+        collections,
+        vector: session.shared_vector(),
+        budget,
+        selection: session.selection(),
+        resume,
+    };
+    let mut rows = store.catch_up(read).await?;
     for c in &mut rows.collections {
         let access = session.access(&c.collection);
         if *access != Access::All {
             c.documents.retain(|(id, _)| access.allows(id));
         }
     }
-    Ok(CatchUp::assemble(rows, session.vector()))
+    Ok(CatchUp::assemble(rows))
 }
 
 /// How long a new WebSocket may take to send its `hello`.

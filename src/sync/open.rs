@@ -19,11 +19,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::protocol::{Hello, ServerMessage, StateVector};
 use super::resume::vector_at;
+use super::session::restrict;
 use super::session::{compile, validate_hello, ProtocolError, Session};
 use super::CatchUp;
 use crate::auth::{Access, Principal};
 use crate::hub::{Hub, Subscription};
 use crate::model::Seq;
+use crate::plan::Resume;
 use crate::scope::Scope;
 use crate::store::{Store, StoreError};
 
@@ -146,9 +148,15 @@ pub async fn open(ctx: &SyncContext, accepted: Accepted, start: Start) -> Result
 }
 
 /// A one-off catch-up (`POST /api/sync`): from the hello's vector or the remembered one, the
-/// refusals first. Nothing is remembered for the client — a plain HTTP answer may be lost, so it
-/// acknowledges nothing.
-pub async fn once(ctx: &SyncContext, accepted: Accepted) -> Result<CatchUp, StoreError> {
+/// refusals first — or, going on from a part before (`resume`), from the vector that part
+/// answered. Nothing is remembered for the client — a plain HTTP answer may be lost, so it
+/// acknowledges nothing. Returns the catch-up and the vector it brings the client to (for the
+/// session's collections).
+pub async fn once(
+    ctx: &SyncContext,
+    accepted: Accepted,
+    resume: Option<Resume>,
+) -> Result<(CatchUp, StateVector), StoreError> {
     let Parts {
         mut session,
         vector,
@@ -160,9 +168,11 @@ pub async fn once(ctx: &SyncContext, accepted: Accepted) -> Result<CatchUp, Stor
         None => remembered(ctx, session.key()).await?,
     };
     session.reset_vector(v);
-    let mut c = read_catch_up(ctx, &session).await?;
+    let mut c = read_catch_up(ctx, &session, resume).await?;
+    session.caught_up(&c);
     c.messages.splice(0..0, refusals);
-    Ok(c)
+    let vector = restrict(session.vector(), session.collections());
+    Ok((c, vector))
 }
 
 /// An accepted hello's parts: its session (with an empty vector yet), the hello's vector, the
@@ -187,8 +197,13 @@ fn session_of(a: Accepted) -> Parts {
 
 /// What brings the session's client from its vector to current, for its collections (and only
 /// the documents it may read).
-pub async fn read_catch_up(ctx: &SyncContext, session: &Session) -> Result<CatchUp, StoreError> {
-    super::catch_up(&*ctx.store, session, ctx.catch_up_bytes, None).await
+/// A part of it goes on from the one before (`resume`).
+pub async fn read_catch_up(
+    ctx: &SyncContext,
+    session: &Session,
+    resume: Option<Resume>,
+) -> Result<CatchUp, StoreError> {
+    super::catch_up(&*ctx.store, session, ctx.catch_up_bytes, None, resume).await
 }
 
 /// The vector remembered under `key` (a `Principal::client_key`).

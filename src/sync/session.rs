@@ -132,7 +132,9 @@ pub struct Session {
     /// Whether some collection is readable only in part: when not, live events need no check.
     restricted: bool,
     /// What the client has been sent (or had, per its hello), for the subscribed collections.
-    vector: StateVector,
+    /// Shared with a catch-up read in flight (so a part does not copy it); written through
+    /// `Arc::make_mut`, which copies only if a read still holds it (none does by then).
+    vector: Arc<StateVector>,
     /// Log position covered by the last catch-up: live events at or below it are already included.
     position: Seq,
     /// Collections caught up later than `position` (a live `subscribe`'s catch-up, an
@@ -213,7 +215,7 @@ impl Session {
             scoped: BTreeMap::new(),
             restricted: false,
             access: Vec::new(),
-            vector: StateVector::new(),
+            vector: Arc::default(),
             position: 0,
             covered: BTreeMap::new(),
             unacked: HashMap::new(),
@@ -321,7 +323,9 @@ impl Session {
         }
         let mut access_map = self.access_map();
         access_map.insert(scope.collection.clone(), access);
-        self.vector.entry(scope.collection.clone()).or_default();
+        Arc::make_mut(&mut self.vector)
+            .entry(scope.collection.clone())
+            .or_default();
         self.subscriptions.push(scope);
         self.derive(access_map);
         Ok(())
@@ -344,7 +348,7 @@ impl Session {
                 Unsubscribed::Nothing
             });
         }
-        let docs = self.vector.remove(&c).unwrap_or_default();
+        let docs = Arc::make_mut(&mut self.vector).remove(&c).unwrap_or_default();
         let mut left = Vec::new();
         for (doc, version) in docs {
             // Forgotten as acknowledged at version 0 once the client acks what follows.
@@ -423,7 +427,7 @@ impl Session {
         {
             let access = access_of(&c);
             if access.is_none() {
-                self.vector.remove(&c);
+                Arc::make_mut(&mut self.vector).remove(&c);
                 if let Some(docs) = self.unacked.remove(&c) {
                     self.unacked_len -= docs.len();
                 }
@@ -438,7 +442,7 @@ impl Session {
             if *a == Access::All {
                 continue;
             }
-            if let Some(docs) = self.vector.get_mut(c) {
+            if let Some(docs) = Arc::make_mut(&mut self.vector).get_mut(c) {
                 docs.retain(|id, _| a.allows(id));
             }
             if let Some(docs) = self.unacked.get_mut(c) {
@@ -458,6 +462,11 @@ impl Session {
         &self.vector
     }
 
+    /// The vector, shared (for a catch-up read).
+    pub fn shared_vector(&self) -> Arc<StateVector> {
+        Arc::clone(&self.vector)
+    }
+
     pub fn position(&self) -> Seq {
         self.position
     }
@@ -473,7 +482,7 @@ impl Session {
                 docs.retain(|id, _| a.allows(id));
             }
         }
-        self.vector = vector;
+        self.vector = Arc::new(vector);
     }
 
     /// Records a catch-up that was sent: the vector and position it brought the client to.
@@ -496,26 +505,25 @@ impl Session {
     }
 
     fn took(&mut self, c: &CatchUp) {
-        for (collection, docs) in &c.vector {
-            let before = self.vector.entry(collection.clone()).or_default();
-            let removed: Vec<String> = before
-                .keys()
-                .filter(|id| !docs.contains_key(*id))
-                .cloned()
-                .collect();
+        for (collection, docs) in &c.changes {
+            let vector = Arc::make_mut(&mut self.vector);
+            let before = match vector.get_mut(collection) {
+                Some(before) => before,
+                None => vector.entry(collection.clone()).or_default(),
+            };
             let mut changed = Vec::new();
-            for id in removed {
-                before.remove(&id);
-                changed.push((id, 0));
-            }
             for (id, v) in docs {
-                if before.get(id) != Some(v) {
-                    before.insert(id.clone(), *v);
-                    changed.push((id.clone(), *v));
+                let was = if *v == 0 {
+                    before.remove(id)
+                } else {
+                    before.insert(id.clone(), *v)
+                };
+                if was.unwrap_or(0) != *v {
+                    changed.push((id, *v));
                 }
             }
             for (id, v) in changed {
-                self.record(c.position, collection, &id, v);
+                self.record(c.position, collection, id, v);
             }
         }
         self.sent = self.sent.max(c.position);
@@ -541,15 +549,31 @@ impl Session {
         }
     }
 
-    /// The `synced` message for a catch-up just recorded with [`Session::caught_up`].
-    pub fn synced(&self, c: &CatchUp) -> ServerMessage {
+    /// The `synced` message for a catch-up just recorded with [`Session::caught_up`], holding the
+    /// session's vector itself — moved into it, not copied (a million documents' vector is tens of
+    /// megabytes); [`Session::synced_sent`] takes it back. Its collections are the session's (an
+    /// empty one for a collection with no documents).
+    pub fn lend_synced(&mut self, c: &CatchUp) -> ServerMessage {
+        let mut vector = std::mem::take(Arc::make_mut(&mut self.vector));
+        for collection in &self.collections {
+            if !vector.contains_key(collection) {
+                vector.insert(collection.clone(), BTreeMap::new());
+            }
+        }
         ServerMessage::Synced(SyncedMessage {
             seq: c.position,
-            state_vector: restrict(&self.vector, &self.collections),
+            state_vector: vector,
             snapshots: c.snapshots,
             events: c.events,
             subscription: None,
         })
+    }
+
+    /// Takes back the vector lent to a `synced` ([`Session::lend_synced`]) once it is sent.
+    pub fn synced_sent(&mut self, synced: ServerMessage) {
+        if let ServerMessage::Synced(m) = synced {
+            self.vector = Arc::new(m.state_vector);
+        }
     }
 
     /// The `synced` that ends a live `subscribe`'s catch-up: its collection's vector, and its id.
@@ -570,7 +594,7 @@ impl Session {
         if self.restricted && !self.readable(&e.collection, &e.id) {
             return Live::Skip;
         }
-        let Some(docs) = self.vector.get_mut(&e.collection) else {
+        let Some(docs) = Arc::make_mut(&mut self.vector).get_mut(&e.collection) else {
             return Live::Skip;
         };
         if e.seq <= self.position || self.covered.get(&e.collection).is_some_and(|p| e.seq <= *p) {
@@ -606,7 +630,7 @@ impl Session {
 
     /// After [`Live::Remove`]: the client is to drop the document; the `removed` message.
     pub fn removed(&mut self, e: &Event) -> ServerMessage {
-        if let Some(docs) = self.vector.get_mut(&e.collection) {
+        if let Some(docs) = Arc::make_mut(&mut self.vector).get_mut(&e.collection) {
             docs.remove(&e.id);
         }
         self.sent = self.sent.max(e.seq);
@@ -643,7 +667,7 @@ impl Session {
             }
             Some(s) => {
                 let (collection, id, version) = (e.collection.clone(), e.id.clone(), s.doc.version);
-                if let Some(docs) = self.vector.get_mut(&collection) {
+                if let Some(docs) = Arc::make_mut(&mut self.vector).get_mut(&collection) {
                     docs.insert(id.clone(), version);
                 }
                 self.sent = self.sent.max(e.seq);
@@ -663,7 +687,7 @@ impl Session {
 
     /// Records a live event as sent.
     fn sent_live(&mut self, e: &Event) {
-        if let Some(docs) = self.vector.get_mut(&e.collection) {
+        if let Some(docs) = Arc::make_mut(&mut self.vector).get_mut(&e.collection) {
             match docs.get_mut(&e.id) {
                 Some(v) => *v = e.version,
                 None => {
@@ -772,14 +796,16 @@ mod tests {
         )
     }
 
+    /// A catch-up to `position` whose changes are `v`'s entries (version 0: removed).
     fn catch_up(position: Seq, v: StateVector) -> CatchUp {
         CatchUp {
             position,
             messages: vec![],
-            vector: v,
+            changes: v.into_iter().map(|(c, d)| (c, d.into_iter().collect())).collect(),
             snapshots: 0,
             events: 0,
             complete: true,
+            resume: None,
         }
     }
 
@@ -791,6 +817,30 @@ mod tests {
         assert_eq!(s.live(&ev(10, "a", 3, Op::Update)), Live::Skip);
         assert_eq!(s.live(&ev(11, "a", 4, Op::Update)), Live::Send);
         assert_eq!(s.vector()["games"]["a"], 4);
+    }
+
+    #[test]
+    fn synced_lends_the_vector_and_gets_it_back() {
+        let mut s = Session::unrestricted(
+            "c".into(),
+            &["games".to_string(), "notes".to_string()],
+            StateVector::new(),
+        );
+        let c = catch_up(7, vector(&[("a", 3)]));
+        s.caught_up(&c);
+        let synced = s.lend_synced(&c);
+        let ServerMessage::Synced(m) = &synced else {
+            panic!("{synced:?}")
+        };
+        assert_eq!(m.seq, 7);
+        assert_eq!(m.state_vector["games"]["a"], 3);
+        assert!(
+            m.state_vector["notes"].is_empty(),
+            "every collection, the empty ones too"
+        );
+        s.synced_sent(synced);
+        assert_eq!(s.vector()["games"]["a"], 3);
+        assert_eq!(s.live(&ev(8, "a", 4, Op::Update)), Live::Send);
     }
 
     #[test]
@@ -845,7 +895,7 @@ mod tests {
     #[test]
     fn a_catch_up_that_removes_a_document_is_acknowledged_as_version_zero() {
         let mut s = Session::unrestricted("c".into(), &["games".to_string()], vector(&[("ghost", 4)]));
-        s.caught_up(&catch_up(3, vector(&[])));
+        s.caught_up(&catch_up(3, vector(&[("ghost", 0)])));
         s.ack(3);
         assert_eq!(s.take_acked().unwrap(), (3, vector(&[("ghost", 0)])));
     }

@@ -53,7 +53,7 @@
 //! stay private (`async fn` or `fn`), so they are not mistaken for checks.
 
 use std::any::Any;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,7 +64,9 @@ use tokio::sync::broadcast;
 use eventsync::hub::Hub;
 use eventsync::model::{validate_id, Data, Event, Op, Seq, SnapshotInfo, StoredDoc, Version};
 pub use eventsync::store::Store;
-use eventsync::store::{Budget, Committed, EventFilter, MaintenanceStats, Retention, StoreError};
+use eventsync::store::{
+    Budget, CatchUpRead, Committed, EventFilter, MaintenanceStats, Retention, StoreError,
+};
 use eventsync::time::Timestamp;
 use eventsync::write::{rebuild, Limits, Mutation, Write, WriteError};
 
@@ -161,6 +163,7 @@ macro_rules! conformance_tests {
             idempotency_records_expire_after_the_ttl,
             last_seq_survives_compaction_of_the_newest_events,
             catch_up_reads_a_large_collection_in_pages,
+            catch_up_parts_go_on_from_the_cut_and_bring_what_changed_before_it,
             close_refuses_later_writes,
         }
     };
@@ -2101,7 +2104,7 @@ pub async fn catch_up_reads_a_large_collection_in_pages(store: Arc<dyn Store>, _
     let collections = vec!["big".to_string()];
     // A fresh client: every live document once, in id order, whatever the pages.
     let rows = s
-        .catch_up(&collections, &StateVector::new(), u64::MAX, None)
+        .catch_up(CatchUpRead::whole(collections.clone(), StateVector::new()))
         .await
         .unwrap();
     assert!(rows.complete);
@@ -2132,7 +2135,7 @@ pub async fn catch_up_reads_a_large_collection_in_pages(store: Arc<dyn Store>, _
     for id in [&before, &between, &after] {
         has.insert(id.clone(), 1);
     }
-    let rows = s.catch_up(&collections, &vector, u64::MAX, None).await.unwrap();
+    let rows = s.catch_up(CatchUpRead::whole(collections, vector)).await.unwrap();
     let sent: Vec<(&str, bool)> = rows.collections[0]
         .documents
         .iter()
@@ -2147,6 +2150,100 @@ pub async fn catch_up_reads_a_large_collection_in_pages(store: Arc<dyn Store>, _
             (after.as_str(), true)
         ],
         "only the changed document and the resets"
+    );
+}
+
+/// A catch-up in parts, each going on from where the one before was cut (`plan::Resume`), while
+/// documents change between the parts — before the cut (found through the store's "changed
+/// since" read), after it, created and deleted: the parts together bring the client to exactly
+/// the store's state, and a document unchanged since the part that sent it is not sent again.
+pub async fn catch_up_parts_go_on_from_the_cut_and_bring_what_changed_before_it(
+    store: Arc<dyn Store>,
+    _hub: Hub,
+) {
+    use eventsync::plan::{DocRows, SUMMARY_PAGE};
+    use eventsync::protocol::StateVector;
+    let s = &*store;
+    let n = SUMMARY_PAGE + 200;
+    let id = |i: usize| format!("d{i:05}");
+    for i in 0..n {
+        ok(s, create("big", &id(i), json!({"n": 0, "log": []}))).await;
+    }
+    ok(s, create("small", "s1", json!({"n": 0, "log": []}))).await;
+    let collections = vec!["big".to_string(), "small".to_string()];
+    let mut vector = StateVector::new();
+    let mut resume = None;
+    let mut sent: HashMap<String, usize> = HashMap::new();
+    let mut changed = HashSet::new();
+    for part in 0.. {
+        assert!(part < 100, "the parts do not end");
+        let read = CatchUpRead {
+            collections: collections.clone(),
+            vector: Arc::new(vector.clone()),
+            // About 40 documents a part.
+            budget: 40 * 100,
+            selection: None,
+            resume: resume.take(),
+        };
+        let rows = s.catch_up(read).await.unwrap();
+        for c in &rows.collections {
+            let docs = vector.entry(c.collection.clone()).or_default();
+            for (doc, r) in &c.documents {
+                *sent.entry(format!("{}/{doc}", c.collection)).or_default() += 1;
+                match r {
+                    DocRows::Events { to, .. } => docs.insert(doc.clone(), *to),
+                    DocRows::Body { version, .. } => docs.insert(doc.clone(), *version),
+                    DocRows::Deleted { version } => docs.insert(doc.clone(), *version),
+                    DocRows::Removed { .. } => docs.remove(doc),
+                };
+            }
+        }
+        if rows.complete {
+            break;
+        }
+        resume = rows.resume.clone();
+        assert!(
+            resume.is_some(),
+            "a part cut while reading everything says where it was cut"
+        );
+        // Between parts: a document the parts so far sent changes (the first, again and again),
+        // one far ahead changes, one is created among the sent ones, one sent is deleted.
+        if part % 3 == 0 {
+            ok(s, append("big", &id(0), json!(part))).await;
+            changed.insert(format!("big/{}", id(0)));
+        }
+        if part == 2 {
+            ok(s, append("big", &id(n - 1), json!(part))).await;
+            ok(s, create("big", "d00000a", json!({"n": 0, "log": []}))).await;
+            ok(s, delete("big", &id(3))).await;
+            changed.extend(["big/d00000a".to_string(), format!("big/{}", id(3))]);
+        }
+    }
+    // Exactly the store's state, whatever changed between the parts.
+    let fresh = s
+        .catch_up(CatchUpRead::whole(collections.clone(), StateVector::new()))
+        .await
+        .unwrap();
+    let mut want = StateVector::new();
+    for c in &fresh.collections {
+        let docs = want.entry(c.collection.clone()).or_default();
+        for (doc, r) in &c.documents {
+            if let DocRows::Body { version, .. } = r {
+                docs.insert(doc.clone(), *version);
+            }
+        }
+    }
+    want.get_mut("big")
+        .unwrap()
+        .insert(id(3), get(s, "big", &id(3)).await.doc.version);
+    assert_eq!(vector, want, "the parts together are the store's state");
+    let again: Vec<&String> = sent.iter().filter(|(_, n)| **n > 1).map(|(k, _)| k).collect();
+    for doc in &again {
+        assert!(changed.contains(*doc), "{doc} was sent twice without changing");
+    }
+    assert!(
+        again.contains(&&format!("big/{}", id(0))),
+        "a change before the cut is sent"
     );
 }
 

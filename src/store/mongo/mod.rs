@@ -41,11 +41,11 @@ use self::transaction::{transaction, Abort, READ};
 use self::writer::{Command, Writer};
 use crate::hub::Hub;
 use crate::model::{Document, Event, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
-use crate::plan::{Answer, CatchUpRows, DocSummary, Need, Planner, Selection};
+use crate::plan::{Answer, CatchUpRows, DocSummary, Need};
 use crate::protocol::StateVector;
 use crate::store::{
-    Budget, ClientState, Committed, EventFilter, Filling, MaintenanceStats, Paged, Retention, Store,
-    StoreError,
+    Budget, CatchUpRead, ClientState, Committed, EventFilter, Filling, MaintenanceStats, Paged, Retention,
+    Store, StoreError,
 };
 use crate::time::Timestamp;
 use crate::write::{Limits, Policy, Write};
@@ -283,6 +283,8 @@ pub(crate) async fn ensure_document_indexes(db: &Database, collection: &str) -> 
     let indexes = vec![
         index("snapshot_due", doc! {"snap_due": 1, "_id": 1}, false),
         index("compaction_due", doc! {"compact_due": 1, "_id": 1}, false),
+        // What changed since a position: a catch-up's later parts (`plan::Resume`).
+        index("changed", doc! {"seq": 1}, false),
     ];
     ensure_indexes(db, collection, indexes).await
 }
@@ -556,22 +558,11 @@ impl Store for MongoStore {
         Ok(stats)
     }
 
-    async fn catch_up(
-        &self,
-        collections: &[String],
-        vector: &StateVector,
-        budget: u64,
-        selection: Option<Arc<Selection>>,
-    ) -> Result<CatchUpRows, StoreError> {
+    async fn catch_up(&self, read: CatchUpRead) -> Result<CatchUpRows, StoreError> {
         self.check_open()?;
-        let selection = selection.as_deref();
+        let read = &read;
         Ok(transaction!(&self.sessions, READ, |s| catch_up(
-            &self.db,
-            s,
-            collections,
-            vector,
-            budget,
-            selection
+            &self.db, s, read
         ))?)
     }
 
@@ -757,25 +748,26 @@ async fn compact_one(
 }
 
 /// Answers a catch-up's reads inside the session's snapshot transaction (one consistent position).
-async fn catch_up(
-    db: &Database,
-    s: &mut ClientSession,
-    collections: &[String],
-    vector: &StateVector,
-    budget: u64,
-    selection: Option<&Selection>,
-) -> Result<CatchUpRows, Abort> {
+async fn catch_up(db: &Database, s: &mut ClientSession, read: &CatchUpRead) -> Result<CatchUpRows, Abort> {
     let position = read_counter(db, Some(&mut *s)).await?;
-    let mut planner = Planner::new(position, collections, vector)
-        .with_budget(budget)
-        .with_selection(selection);
+    let mut planner = read.planner(position);
     while let Some(need) = planner.need() {
         let answer = match need {
             Need::Summaries {
                 collection,
                 after,
                 limit,
-            } => Answer::Summaries(summaries(db, s, collection, after, limit).await?),
+                changed_after,
+                through,
+            } => {
+                let page = Page {
+                    after,
+                    limit,
+                    changed_after,
+                    through,
+                };
+                Answer::Summaries(summaries(db, s, collection, page).await?)
+            }
             Need::PatchSizes {
                 collection,
                 id,
@@ -810,27 +802,50 @@ async fn catch_up(
     Ok(planner.finish())
 }
 
-/// A page of `collection`'s summaries: at most `limit`, ids above `after`, in id order (BSON
-/// compares strings by their UTF-8 bytes, as Rust does).
+/// Which summaries a page holds (see [`Need::Summaries`]).
+struct Page<'p> {
+    after: Option<&'p str>,
+    limit: usize,
+    changed_after: Option<Seq>,
+    through: Option<&'p str>,
+}
+
+/// A page of `collection`'s summaries: at most `limit`, ids above `after` (and, for changes, at
+/// most `through`, changed after `changed_after`), in id order (BSON compares strings by their
+/// UTF-8 bytes, as Rust does).
 async fn summaries(
     db: &Database,
     s: &mut ClientSession,
     collection: &str,
-    after: Option<&str>,
-    limit: usize,
+    page: Page<'_>,
 ) -> Result<Vec<DocSummary>, Abort> {
-    let filter = match after {
-        Some(after) => doc! {"_id": {"$gt": after}},
-        None => doc! {},
-    };
-    let cursor = db
-        .collection::<BsonDoc>(collection)
+    let mut ids = BsonDoc::new();
+    if let Some(after) = page.after {
+        ids.insert("$gt", after);
+    }
+    let mut filter = BsonDoc::new();
+    if let Some(since) = page.changed_after {
+        filter.insert("seq", doc! {"$gt": int(since)});
+        if let Some(through) = page.through {
+            ids.insert("$lte", through);
+        }
+    }
+    if !ids.is_empty() {
+        filter.insert("_id", ids);
+    }
+    let docs = db.collection::<BsonDoc>(collection);
+    let find = docs
         .find(filter)
         .projection(codec::summary_fields())
         .sort(doc! {"_id": 1})
-        .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-        .session(&mut *s)
-        .await?;
+        .limit(i64::try_from(page.limit).unwrap_or(i64::MAX));
+    // The changes since a position are few: found by their seq, then sorted.
+    let find = if page.changed_after.is_some() {
+        find.hint(mongodb::options::Hint::Name("changed".into()))
+    } else {
+        find
+    };
+    let cursor = find.session(&mut *s).await?;
     let records = collect(cursor, s).await?;
     Ok(records.iter().map(codec::summary).collect::<Result<_, _>>()?)
 }

@@ -24,10 +24,11 @@ use tokio::sync::{mpsc, oneshot};
 use self::writer::{backend, Chunk, Command, DocKey, Writer};
 use crate::hub::Hub;
 use crate::model::{Document, Event, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
-use crate::plan::{CatchUpRows, Selection};
+use crate::plan::CatchUpRows;
 use crate::protocol::StateVector;
 use crate::store::{
-    Budget, ClientState, Committed, EventFilter, MaintenanceStats, Paged, Retention, Store, StoreError,
+    Budget, CatchUpRead, ClientState, Committed, EventFilter, MaintenanceStats, Paged, Retention, Store,
+    StoreError,
 };
 use crate::time::Timestamp;
 use crate::write::{Limits, Policy, Write};
@@ -290,17 +291,8 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn catch_up(
-        &self,
-        collections: &[String],
-        vector: &StateVector,
-        budget: u64,
-        selection: Option<Arc<Selection>>,
-    ) -> Result<CatchUpRows, StoreError> {
-        let (c, v) = (collections.to_vec(), vector.clone());
-        self.readers
-            .run(move |conn| rows::catch_up(conn, &c, &v, budget, selection.as_deref()))
-            .await
+    async fn catch_up(&self, read: CatchUpRead) -> Result<CatchUpRows, StoreError> {
+        self.readers.run(move |conn| rows::catch_up(conn, &read)).await
     }
 
     async fn load_client(&self, client_id: &str) -> Result<Option<ClientState>, StoreError> {

@@ -4,9 +4,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::Value;
 
 use crate::model::{Data, Document, Event, Op, Seq, Snapshot, SnapshotInfo, StoredDoc, Version};
-use crate::plan::{Answer, CatchUpRows, DocSummary, Need, Planner, Selection};
+use crate::plan::{Answer, CatchUpRows, DocSummary, Need};
 use crate::protocol::StateVector;
-use crate::store::{Budget, ClientState, EventFilter, Filling, Paged};
+use crate::store::{Budget, CatchUpRead, ClientState, EventFilter, Filling, Paged};
 use crate::time::Timestamp;
 
 pub const DOC_COLUMNS: &str =
@@ -238,24 +238,25 @@ pub fn last_seq(conn: &Connection) -> rusqlite::Result<Seq> {
 }
 
 /// Answers a catch-up's reads inside one read transaction (one consistent position of the log).
-pub fn catch_up(
-    conn: &Connection,
-    collections: &[String],
-    vector: &StateVector,
-    budget: u64,
-    selection: Option<&Selection>,
-) -> rusqlite::Result<CatchUpRows> {
+pub fn catch_up(conn: &Connection, read: &CatchUpRead) -> rusqlite::Result<CatchUpRows> {
     let tx = conn.unchecked_transaction()?;
-    let mut planner = Planner::new(last_seq(&tx)?, collections, vector)
-        .with_budget(budget)
-        .with_selection(selection);
+    let mut planner = read.planner(last_seq(&tx)?);
     while let Some(need) = planner.need() {
         let answer = match need {
             Need::Summaries {
                 collection,
                 after,
                 limit,
+                changed_after: None,
+                ..
             } => Answer::Summaries(doc_summaries(&tx, collection, after, limit)?),
+            Need::Summaries {
+                collection,
+                after,
+                limit,
+                changed_after: Some(since),
+                through,
+            } => Answer::Summaries(changed_summaries(&tx, collection, since, after, through, limit)?),
             Need::PatchSizes {
                 collection,
                 id,
@@ -292,17 +293,47 @@ fn doc_summaries(
     // From the first: every id is above the empty string (ids are never empty). A plain `id > ?2`
     // lets SQLite seek the primary key to the page's start instead of scanning up to it.
     let after = after.unwrap_or("");
-    let rows = stmt.query_map(params![collection, after, limit], |r| {
-        Ok(DocSummary {
-            id: r.get(0)?,
-            version: u64_at(r, 1)?,
-            deleted: r.get::<_, i64>(2)? != 0,
-            compacted_through: u64_at(r, 3)?,
-            data_bytes: u64_at(r, 4)?,
-            created: r.get(5)?,
-        })
-    })?;
+    let rows = stmt.query_map(params![collection, after, limit], summary)?;
     rows.collect()
+}
+
+/// A page of the summaries of `collection`'s documents changed after `since`: at most `limit`,
+/// ids above `after` and at most `through`, in id order. Found through the index by `seq` (the
+/// changes since a part of a catch-up are few; the ids they fall among may be a million).
+fn changed_summaries(
+    conn: &Connection,
+    collection: &str,
+    since: Seq,
+    after: Option<&str>,
+    through: Option<&str>,
+    limit: usize,
+) -> rusqlite::Result<Vec<DocSummary>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, version, deleted, compacted_through, octet_length(data), created_at \
+         FROM documents INDEXED BY documents_changed \
+         WHERE collection = ?1 AND seq > ?2 AND id > ?3 AND (?4 IS NULL OR id <= ?4) \
+         ORDER BY id LIMIT ?5",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let since = i64::try_from(since).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(
+        params![collection, since, after.unwrap_or(""), through, limit],
+        summary,
+    )?;
+    rows.collect()
+}
+
+/// A summary from a row of `id, version, deleted, compacted_through, octet_length(data),
+/// created_at`.
+fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<DocSummary> {
+    Ok(DocSummary {
+        id: r.get(0)?,
+        version: u64_at(r, 1)?,
+        deleted: r.get::<_, i64>(2)? != 0,
+        compacted_through: u64_at(r, 3)?,
+        data_bytes: u64_at(r, 4)?,
+        created: r.get(5)?,
+    })
 }
 
 fn patch_sizes(

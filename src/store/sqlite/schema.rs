@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS documents (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS documents_compactable ON documents (collection, id)
     WHERE snapshot_version > compacted_through;
+-- What changed since a position: a catch-up's later parts (`plan::Resume`).
+CREATE INDEX IF NOT EXISTS documents_changed ON documents (collection, seq);
 
 CREATE TABLE IF NOT EXISTS events (
     seq        INTEGER PRIMARY KEY,
