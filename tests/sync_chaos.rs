@@ -342,6 +342,7 @@ fn error_kind(e: &ClientError) -> &'static str {
         ClientError::InvalidOptions(_) => "invalid options",
         ClientError::Persist(_) => "persist",
         ClientError::Subscription(_) => "subscription refused",
+        ClientError::Presence(_) => "presence refused",
     }
 }
 

@@ -33,14 +33,9 @@ use crate::auth::Principal;
 use crate::error::ErrorCode;
 use crate::model::{validate_collection, validate_id};
 
-/// Channels one session may be in at once.
-pub const MAX_CHANNELS: usize = 16;
+pub use super::protocol::presence_limits::{MAX_BROADCAST_BYTES, MAX_CHANNELS, MAX_STATE_BYTES};
 /// Members one channel may have.
 pub const MAX_MEMBERS: usize = 1000;
-/// Bytes of a member's state (as JSON).
-pub const MAX_STATE_BYTES: usize = 1024;
-/// Bytes of a broadcast's data (as JSON).
-pub const MAX_BROADCAST_BYTES: usize = 4096;
 /// Presence updates and broadcasts per second per session (twice as many in a burst).
 pub const RATE: u32 = 20;
 /// Messages waiting for one member; beyond, the newest are dropped for it.

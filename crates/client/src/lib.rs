@@ -37,6 +37,14 @@
 //! collections keeps the plain `GET` with its query. Runtime changes are not persisted with the
 //! replica: a new process starts from [`ClientOptions::subscribe`].
 //!
+//! **Presence** (PROTOCOL.md §12). [`Client::join`] a channel — a collection or `collection/id` the
+//! token may read — with a small public state; [`Client::members`] is who is there as the server
+//! last said, and each change comes as [`Change::Presence`]; [`Client::set_presence`] replaces the
+//! state, [`Client::broadcast`] sends the others an ephemeral message ([`Change::Broadcast`] on
+//! their side), [`Client::leave`] leaves. Nothing of it is stored: every new connection joins the
+//! channels again with their last state (a WebSocket after its `hello`, an SSE stream over its back
+//! channel once its first frame names it); a broadcast made while no connection is live is lost.
+//!
 //! For a server with `--auth jwt`, give [`ClientOptions::token`] (replace it with
 //! [`Client::set_token`]) or a [`ClientOptions::token_provider`], which is asked before every
 //! connection and, on a WebSocket, before the token runs out (the session is re-authenticated in
@@ -121,6 +129,7 @@
 
 pub use eventsync_protocol as protocol;
 
+mod presence;
 mod replica;
 mod rest;
 mod sse;
@@ -140,15 +149,17 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use presence::{BroadcastChange, PresenceChange};
 pub use replica::{Applied, Counters, Replica};
 pub use subs::{scope, IntoSubscription};
 
 use eventsync_protocol::messages::{
-    RemovedMessage, ResultMessage, SnapshotMessage, SyncedMessage, WriteMessage, WriteOp,
+    ClientMessage, RemovedMessage, ResultMessage, SnapshotMessage, SyncedMessage, WriteMessage, WriteOp,
 };
-pub use eventsync_protocol::messages::{Scope, Subscription};
+pub use eventsync_protocol::messages::{Member, PresenceEvent, Scope, Subscription};
 use eventsync_protocol::model::{Event, Seq};
 use eventsync_protocol::{ErrorBody, ErrorCode};
+use serde_json::{Map, Value};
 
 /// How the client receives: a WebSocket (`/sync/ws`, writes over it too) or Server-Sent Events
 /// (`/sync/sse`, receive-only; writes go over the REST API).
@@ -379,6 +390,10 @@ pub enum Change {
     /// subscription ended): it was dropped from the replica, with its vector entry. Not a delete:
     /// the document may still exist, and arrives again as a snapshot if it comes back in scope.
     Removed(Arc<RemovedMessage>),
+    /// A presence channel the client joined ([`Client::join`]) changed: the members after it.
+    Presence(Arc<PresenceChange>),
+    /// Another member of a joined channel broadcast something ([`Client::broadcast`]).
+    Broadcast(Arc<BroadcastChange>),
 }
 
 /// What the connection side has seen (the replica's own counters are in [`Replica::counters`]).
@@ -433,6 +448,10 @@ pub enum ClientError {
     /// (its `error`: `invalid_subscription`, `forbidden`, ...). Nothing changed.
     #[error("subscription refused: {0}")]
     Subscription(ErrorBody),
+    /// A presence request the server would refuse (a channel not joined, a state or broadcast
+    /// over its size, too many channels). Nothing was sent.
+    #[error("presence: {0}")]
+    Presence(String),
 }
 
 impl ClientError {
@@ -461,6 +480,9 @@ pub(crate) enum Command {
     /// [`Client::subscribe`] / [`Client::unsubscribe`]: answered once in effect.
     Subscribe(Box<Subscription>, subs::Reply),
     Unsubscribe(String, subs::Reply),
+    /// A presence message (`join`, `presence`, `leave`, `broadcast`) for the live connection;
+    /// dropped when there is none (the next one joins again: [`presence`]).
+    Ephemeral(Box<ClientMessage>),
 }
 
 /// What the handles and the task share.
@@ -469,6 +491,8 @@ pub(crate) struct Shared {
     pub base: Url,
     pub replica: Mutex<Replica>,
     pub state: Mutex<State>,
+    /// The presence channels joined, and their members.
+    pub presence: Mutex<presence::Channels>,
     /// Bumped on every change of the replica or the state, so waiters re-check.
     pub notify: watch::Sender<u64>,
     /// `None` once the task has stopped, so that receivers end.
@@ -500,6 +524,10 @@ impl Shared {
 
     pub fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn presence(&self) -> MutexGuard<'_, presence::Channels> {
+        self.presence.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn bump(&self) {
@@ -669,6 +697,7 @@ impl Client {
                 subscriptions,
                 ..State::default()
             }),
+            presence: Mutex::default(),
             notify: watch::channel(0).0,
             changes: Mutex::new(Some(changes)),
             token: Mutex::new((options.token.as_ref().map(|t| t.0.clone()), None)),
@@ -860,6 +889,54 @@ impl Client {
         let id = id.to_string();
         self.subscription_command(|reply| Command::Unsubscribe(id, reply))
             .await
+    }
+
+    /// Joins the presence channel `channel` — a collection (`"chat"`) or a document
+    /// (`"games/g1"`) the token may read — with a small public `state` (at most 1 KiB), or replaces
+    /// the state in one already joined. Returns once it is on its way: the members come as
+    /// [`Change::Presence`] (the first with every member, this client included) and in
+    /// [`Client::members`]. Every new connection joins again with the last state; joined offline,
+    /// it takes effect on the next connection. A refusal by the server (`forbidden`,
+    /// `rate_limited`) arrives as an `error` message, counted in [`ClientStats::server_errors`].
+    pub async fn join(&self, channel: &str, state: Map<String, Value>) -> Result<(), ClientError> {
+        let message = self.inner.shared.presence().join(channel, state)?;
+        self.ephemeral(message).await
+    }
+
+    /// Replaces this client's state in a joined channel (the others get an `update`).
+    pub async fn set_presence(&self, channel: &str, state: Map<String, Value>) -> Result<(), ClientError> {
+        let message = self.inner.shared.presence().update(channel, state)?;
+        self.ephemeral(message).await
+    }
+
+    /// Leaves a channel (the others get a `leave`, as they do when the connection ends).
+    pub async fn leave(&self, channel: &str) -> Result<(), ClientError> {
+        let message = self.inner.shared.presence().leave(channel);
+        match message {
+            Some(message) => self.ephemeral(message).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Sends `data` (at most 4 KiB) to a joined channel's other members, as a
+    /// [`Change::Broadcast`] on their side; never stored, and lost if no connection is live.
+    pub async fn broadcast(&self, channel: &str, data: Value) -> Result<(), ClientError> {
+        let message = self.inner.shared.presence().broadcast(channel, data)?;
+        self.ephemeral(message).await
+    }
+
+    /// The members of a joined channel as the server last said (empty until its answer; `None`
+    /// for a channel not joined).
+    pub fn members(&self, channel: &str) -> Option<Vec<Member>> {
+        self.inner.shared.presence().members(channel)
+    }
+
+    async fn ephemeral(&self, message: ClientMessage) -> Result<(), ClientError> {
+        if self.status() == Status::Closed {
+            return Err(ClientError::Closed);
+        }
+        let timeout = self.inner.shared.options.write_timeout;
+        self.command(Command::Ephemeral(Box::new(message)), timeout).await
     }
 
     async fn subscription_command(

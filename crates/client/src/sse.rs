@@ -9,7 +9,8 @@
 //!
 //! Receive-only: a resync is a reconnect, so is a change of subscriptions; writes go over REST
 //! ([`super::rest`]); acknowledgements are implied by `Last-Event-ID` (or the next registration's
-//! vector).
+//! vector). Presence messages go over the stream's back channel (`POST /sync/sse/{stream}`, the
+//! stream named by its first frame; [`super::presence`]).
 
 use reqwest::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use reqwest::{StatusCode, Url};
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::subs::{self, Via};
 use super::task::{self, Conn, End, Next, TaskState};
 use super::{endpoint, ClientError, Command, Shared, Status};
-use eventsync_protocol::messages::Subscription;
+use eventsync_protocol::messages::{ClientMessage, Subscription};
 
 /// A `GET` URL longer than this registers with `POST /sync/sse` instead (the server reads URIs of
 /// up to 64 KiB).
@@ -186,6 +187,14 @@ pub(crate) async fn session(
                     }
                     Next::Continue
                 }
+                // Over the back channel, once the stream has named itself (until then, the
+                // stream's first frame makes it join every channel, this one included).
+                Some(Command::Ephemeral(message)) => {
+                    if let Some(stream) = conn.stream.clone() {
+                        back_channel(shared, http, &stream, &message).await;
+                    }
+                    Next::Continue
+                }
             },
             chunk = response.chunk() => match chunk {
                 Ok(Some(bytes)) => {
@@ -203,6 +212,15 @@ pub(crate) async fn session(
                         }
                     }
                     events.clear();
+                    if conn.rejoin {
+                        conn.rejoin = false;
+                        if let Some(stream) = conn.stream.clone() {
+                            let joins = shared.presence().rejoin();
+                            for join in &joins {
+                                back_channel(shared, http, &stream, join).await;
+                            }
+                        }
+                    }
                     next
                 }
                 Ok(None) => {
@@ -233,6 +251,25 @@ pub(crate) async fn session(
                 };
             }
         }
+    }
+}
+
+/// Hands a message to the stream's session (`POST /sync/sse/{stream}`), bounded in time. A refusal
+/// or a failure is logged, not retried: presence is ephemeral, and the next stream joins again.
+async fn back_channel(shared: &Shared, http: &reqwest::Client, stream: &str, message: &ClientMessage) {
+    let client = &shared.options.client_id;
+    let Ok(url) = shared.base.join(&format!("sync/sse/{stream}")) else {
+        return;
+    };
+    let mut request = http.post(url).json(message);
+    if let Some(token) = shared.token() {
+        request = request.bearer_auth(token);
+    }
+    match tokio::time::timeout(shared.options.write_timeout, request.send()).await {
+        Ok(Ok(r)) if r.status().is_success() => {}
+        Ok(Ok(r)) => tracing::debug!(%client, status = %r.status(), "back channel refused a message"),
+        Ok(Err(e)) => tracing::debug!(%client, error = %e, "back channel failed"),
+        Err(_) => tracing::debug!(%client, "back channel timed out"),
     }
 }
 

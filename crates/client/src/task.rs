@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::replica::{Applied, Replica};
 use super::subs::{self, SubOps, Via};
-use super::{sse, ws, Change, ClientError, Command, Shared, Status, Transport};
+use super::{sse, ws, BroadcastChange, Change, ClientError, Command, Shared, Status, Transport};
 use eventsync_protocol::messages::{ResultMessage, ServerMessage, WriteMessage};
 use eventsync_protocol::model::Seq;
 
@@ -178,6 +178,10 @@ pub(crate) struct Conn {
     pub ack_now: bool,
     pub last_ack: Instant,
     pub last_received: Instant,
+    /// An SSE stream's id (its first frame), for the back channel.
+    pub stream: Option<String>,
+    /// The stream just named itself: join the presence channels again over the back channel.
+    pub rejoin: bool,
 }
 
 impl Conn {
@@ -193,6 +197,8 @@ impl Conn {
             ack_now: false,
             last_ack: now,
             last_received: now,
+            stream: None,
+            rejoin: false,
         }
     }
 
@@ -424,12 +430,39 @@ pub(crate) fn on_message(shared: &Shared, st: &mut TaskState, conn: &mut Conn, m
             shared.bump();
             Next::Continue
         }
-        // Presence is not part of the replica (a client of it subscribes to the changes' raw
-        // messages); an SSE stream's id is its back channel, which this client does not use.
-        ServerMessage::Pong { .. }
-        | ServerMessage::Presence { .. }
-        | ServerMessage::Broadcast { .. }
-        | ServerMessage::Stream { .. } => Next::Continue,
+        // Presence is not part of the replica: the channels joined keep their members.
+        ServerMessage::Presence {
+            channel,
+            event,
+            member,
+            members,
+        } => {
+            let change = shared
+                .presence()
+                .on_presence(channel, event, member.map(|m| *m), members);
+            if let Some(change) = change {
+                shared.publish(|| Some(Change::Presence(Arc::new(change))));
+            }
+            Next::Continue
+        }
+        ServerMessage::Broadcast { channel, from, data } => {
+            let from = *from;
+            shared.publish(|| {
+                Some(Change::Broadcast(Arc::new(BroadcastChange {
+                    channel,
+                    from,
+                    data,
+                })))
+            });
+            Next::Continue
+        }
+        // An SSE stream's id: its back channel, over which the presence channels are joined again.
+        ServerMessage::Stream { stream } => {
+            conn.stream = Some(stream);
+            conn.rejoin = true;
+            Next::Continue
+        }
+        ServerMessage::Pong { .. } => Next::Continue,
         ServerMessage::Authenticated { .. } => {
             shared.stat(|s| s.authenticated += 1);
             Next::Continue
@@ -561,6 +594,8 @@ async fn wait(
                         st.resume_seq = 0;
                     }
                 }
+                // Not connected: the next connection joins the channels again.
+                Some(Command::Ephemeral(_)) => {}
             },
             _ = sleep_until(until) => return Wake::Connect,
             _ = tick.tick() => {

@@ -257,6 +257,8 @@ async fn hello_catch_up_acks_and_live_events() {
             Change::Snapshot(s) => format!("snapshot {}", s.id),
             Change::Synced(s) => format!("synced {}", s.seq),
             Change::Removed(r) => format!("removed {}", r.id),
+            Change::Presence(p) => format!("presence {}", p.channel),
+            Change::Broadcast(b) => format!("broadcast {}", b.channel),
         });
     }
     assert_eq!(
@@ -638,6 +640,8 @@ fn kinds(rx: &mut tokio::sync::broadcast::Receiver<Change>) -> Vec<String> {
                 None => "synced".to_string(),
             },
             Change::Removed(r) => format!("removed {}/{}", r.collection, r.id),
+            Change::Presence(p) => format!("presence {}", p.channel),
+            Change::Broadcast(b) => format!("broadcast {}", b.channel),
         });
     }
     kinds
@@ -1490,7 +1494,7 @@ async fn real_server_with(url: &str, transport: Transport) {
                 events += 1;
             }
             Change::Snapshot(_) => snapshots += 1,
-            Change::Synced(_) | Change::Removed(_) => {}
+            Change::Synced(_) | Change::Removed(_) | Change::Presence(_) | Change::Broadcast(_) => {}
         }
     }
     // Live: create, patch, merge, replace, delete, create; the write made offline comes with the
@@ -1666,7 +1670,7 @@ async fn real_server_subscriptions_with(url: &str, transport: Transport) {
         match change {
             Change::Removed(r) => removed.push(format!("{}/{}", r.collection == games, r.id)),
             Change::Synced(s) => named_synced.extend(s.subscription.clone()),
-            Change::Event(_) | Change::Snapshot(_) => {}
+            Change::Event(_) | Change::Snapshot(_) | Change::Presence(_) | Change::Broadcast(_) => {}
         }
     }
     assert_eq!(removed, ["true/d1", "false/p1"], "{transport:?}");

@@ -70,6 +70,13 @@ pub(crate) async fn session(
     if send(&mut ws, &hello).await.is_err() {
         return End::RETRY;
     }
+    // The presence channels joined, again (the server answers each after the catch-up's start).
+    let joins = shared.presence().rejoin();
+    for join in &joins {
+        if send(&mut ws, join).await.is_err() {
+            return End::RETRY;
+        }
+    }
     shared.set_status(Status::Syncing);
     st.pending.unsend_all();
     while let Some(write) = st.pending.next_to_send(options.max_inflight_writes) {
@@ -121,6 +128,12 @@ pub(crate) async fn session(
                 }
                 Some(Command::Unsubscribe(id, reply)) => {
                     subs::unsubscribe(shared, &mut st.subs, id, reply, Via::Socket);
+                    Next::Continue
+                }
+                Some(Command::Ephemeral(message)) => {
+                    if send(&mut ws, &message).await.is_err() {
+                        return End::RETRY;
+                    }
                     Next::Continue
                 }
             },

@@ -253,6 +253,16 @@ pub struct ResultMessage {
     pub error: Option<ErrorBody>,
 }
 
+/// Presence's bounds (PROTOCOL.md §12): the server refuses beyond them, clients check them first.
+pub mod presence_limits {
+    /// Channels one session may be in at once.
+    pub const MAX_CHANNELS: usize = 16;
+    /// Bytes of a member's state (as JSON).
+    pub const MAX_STATE_BYTES: usize = 1024;
+    /// Bytes of a broadcast's data (as JSON).
+    pub const MAX_BROADCAST_BYTES: usize = 4096;
+}
+
 /// One member of a presence channel: a session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Member {

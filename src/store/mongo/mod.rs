@@ -839,12 +839,9 @@ async fn summaries(
         .projection(codec::summary_fields())
         .sort(doc! {"_id": 1})
         .limit(i64::try_from(page.limit).unwrap_or(i64::MAX));
-    // The changes since a position are few: found by their seq, then sorted.
-    let find = if page.changed_after.is_some() {
-        find.hint(mongodb::options::Hint::Name("changed".into()))
-    } else {
-        find
-    };
+    // The changes since a position are few: the query planner finds them through the `changed`
+    // index (`{seq: 1}`). Not hinted: a hint fails on a collection that does not exist (yet), or
+    // that a node of an older version created without the index.
     let cursor = find.session(&mut *s).await?;
     let records = collect(cursor, s).await?;
     Ok(records.iter().map(codec::summary).collect::<Result<_, _>>()?)
