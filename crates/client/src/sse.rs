@@ -258,9 +258,7 @@ pub(crate) async fn session(
 /// or a failure is logged, not retried: presence is ephemeral, and the next stream joins again.
 async fn back_channel(shared: &Shared, http: &reqwest::Client, stream: &str, message: &ClientMessage) {
     let client = &shared.options.client_id;
-    let Ok(url) = shared.base.join(&format!("sync/sse/{stream}")) else {
-        return;
-    };
+    let url = endpoint(&shared.base, &["sync", "sse", stream]);
     let mut request = http.post(url).json(message);
     if let Some(token) = shared.token() {
         request = request.bearer_auth(token);
