@@ -201,22 +201,10 @@ struct Collection<'a> {
 enum Phase {
     /// Every one, from the page after `after`.
     All,
-    /// Those changed since `since` (the position of the part before), with ids up to `through`
-    /// (all when `None`); then `then`.
-    Changed {
-        since: Seq,
-        through: Option<String>,
-        then: Then,
-    },
-}
-
-/// What follows reading the changes of a collection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Then {
-    /// Nothing: the part before covered the collection.
-    Done,
-    /// Every document with an id above this one.
-    From(String),
+    /// Those changed since `since` (the position of the part before), with ids up to `through`;
+    /// then every document above `through`. With `None`, all of them: the part before covered
+    /// the whole collection, nothing follows.
+    Changed { since: Seq, through: Option<String> },
 }
 
 /// How a collection is read when a plan goes on from `resume` and it is the `index`-th
@@ -227,15 +215,10 @@ fn phase(resume: Option<&(Resume, usize)>, index: usize, windowed: bool) -> Phas
     };
     let since = r.position;
     match (index.cmp(at), &r.after) {
-        (std::cmp::Ordering::Less, _) => Phase::Changed {
-            since,
-            through: None,
-            then: Then::Done,
-        },
+        (std::cmp::Ordering::Less, _) => Phase::Changed { since, through: None },
         (std::cmp::Ordering::Equal, Some(after)) => Phase::Changed {
             since,
             through: Some(after.clone()),
-            then: Then::From(after.clone()),
         },
         _ => Phase::All,
     }
@@ -605,8 +588,7 @@ impl<'a> Planner<'a> {
                     return;
                 }
                 if let Phase::Changed {
-                    then: Then::From(after),
-                    ..
+                    through: Some(after), ..
                 } = &c.phase
                 {
                     // The changes are read: every document after what the part before covered.
